@@ -1,0 +1,43 @@
+# Two entry points for a fresh machine: `make demo` (the main job on the embedded corpus) and `make test`.
+# Both create .venv and install what they need. Where no CUDA GPU is visible we install the CPU build of torch
+# first, so pip never pulls the multi-GB CUDA wheels on CI or laptops.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH_CPU ?= torch==2.13.0
+HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
+
+.PHONY: demo test lint bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.torch: | $(BIN)/python
+ifeq ($(HAS_GPU),1)
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install --quiet "torch>=2.4"
+else
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install --quiet "$(TORCH_CPU)"
+endif
+	touch $@
+
+$(VENV)/.demo: pyproject.toml $(VENV)/.torch
+	$(BIN)/pip install --quiet -e ".[demo]"
+	touch $@
+
+$(VENV)/.test: pyproject.toml $(VENV)/.torch
+	$(BIN)/pip install --quiet -e ".[test]"
+	touch $@
+
+demo: $(VENV)/.demo
+	$(BIN)/nezha pretrain
+
+test: $(VENV)/.test
+	$(BIN)/python -m pytest
+
+lint: $(VENV)/.test
+	$(BIN)/python -m pip install --quiet ruff
+	$(BIN)/ruff check nezha_cli tests benchmarks examples
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,3 @@
+from nezha_cli.cli import main
+
+main()

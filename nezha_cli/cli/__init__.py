@@ -1,0 +1,98 @@
+"""The ``nezha`` command line: parse, validate, call the library, print.
+
+Subcommands live one per module in this package and are imported only when used, so ``nezha --help`` stays fast
+(torch is never imported to print help). Library errors (:class:`nezha_cli.errors.NezhaError`) become one line on
+stderr and exit code 2; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+
+import click
+
+from nezha_cli import __version__
+from nezha_cli.errors import NezhaError
+
+# name -> "module:attribute". Order is the order of the pipeline, which is how --help lists them.
+COMMANDS: dict[str, str] = {}
+
+
+class UserError(click.ClickException):
+    """A library error shown as one line; exit code 2 like click's usage errors."""
+
+    exit_code = 2
+
+    def show(self, file=None) -> None:
+        click.echo(f"Error: {self.format_message()}", err=True, file=file)
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS) + sorted(n for n in self.commands if n not in COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in self.commands:
+            return self.commands[name]
+        target = COMMANDS.get(name)
+        if target is None:
+            return None
+        module_name, attr = target.split(":")
+        return getattr(importlib.import_module(module_name), attr)
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except NezhaError as exc:
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            raise UserError(str(exc)) from None
+        except KeyboardInterrupt:
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            click.echo("Interrupted.", err=True)
+            ctx.exit(130)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.version_option(__version__, "-V", "--version", prog_name="nezha")
+@click.option("--debug", is_flag=True, help="Show full tracebacks and debug logging.")
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors; no progress display.")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool, quiet: bool) -> None:
+    """NEZHA from corpus to deployed model.
+
+    \b
+    The pipeline, each step reading the previous step's output directory:
+      tokenize -> mask -> pretrain -> finetune -> evaluate -> export
+    Run `nezha COMMAND --help` for the options of each step.
+    """
+    ctx.ensure_object(dict)
+    ctx.obj["debug"] = debug
+    ctx.obj["quiet"] = quiet
+    _configure_logging(debug=debug, quiet=quiet)
+
+
+def _configure_logging(debug: bool, quiet: bool) -> None:
+    from rich.logging import RichHandler
+
+    from nezha_cli.console import stderr_console
+
+    level = logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO
+    logger = logging.getLogger("nezha_cli")
+    logger.handlers.clear()
+    handler = RichHandler(console=stderr_console(), show_time=False, show_path=debug, markup=False)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    logger.propagate = False
+
+
+def main(argv: list[str] | None = None) -> None:
+    cli.main(args=argv, prog_name="nezha")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

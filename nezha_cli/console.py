@@ -1,0 +1,59 @@
+"""Shared rich consoles and the progress display used by every long-running step."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    ProgressColumn,
+    DownloadColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+
+
+def stderr_console() -> Console:
+    # Progress and logs go to stderr so that stdout stays clean for results that scripts parse.
+    return Console(stderr=True)
+
+
+class RateColumn(ProgressColumn):
+    """Items per second, e.g. ``12.3 steps/s``."""
+
+    def __init__(self, unit: str) -> None:
+        super().__init__()
+        self.unit = unit
+
+    def render(self, task):
+        from rich.text import Text
+
+        speed = task.finished_speed or task.speed
+        return Text("?" if speed is None else f"{speed:,.1f} {self.unit}/s", style="progress.data.speed")
+
+
+def make_progress(unit: str = "items", disable: bool = False, console: Console | None = None) -> Progress:
+    """A progress display showing what, how far, rate and ETA.
+
+    ``unit="bytes"`` shows sizes and MB/s (corpus reading); anything else shows ``done/total`` and ``unit/s``.
+    """
+    if unit == "bytes":
+        columns = [DownloadColumn(), TransferSpeedColumn()]
+    else:
+        columns = [MofNCompleteColumn(), RateColumn(unit)]
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        *columns,
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=console or stderr_console(),
+        disable=disable,
+        transient=False,
+    )

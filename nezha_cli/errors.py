@@ -1,0 +1,25 @@
+"""Exceptions the library raises for problems a user can fix.
+
+The CLI turns any :class:`NezhaError` into one line on stderr and exit code 2; everything else is a bug and keeps
+its traceback. Messages name the file or field at fault and say what to do.
+"""
+
+
+class NezhaError(Exception):
+    """Base class for user-facing errors."""
+
+
+class ConfigError(NezhaError, ValueError):
+    """An invalid model configuration, recipe or option."""
+
+
+class CheckpointError(NezhaError):
+    """A model directory or checkpoint that cannot be read or does not fit the model."""
+
+
+class DataError(NezhaError):
+    """Input data that is missing, malformed or inconsistent."""
+
+
+class OutputExistsError(NezhaError):
+    """An output path exists and --overwrite was not given."""

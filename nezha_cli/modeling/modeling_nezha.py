@@ -1,0 +1,632 @@
+"""The NEZHA model family, with transformers' class, parameter and output names.
+
+Reads top to bottom: outputs, embeddings, attention, layer, encoder, pooler, heads, then the models. Parameter
+names match transformers' Nezha classes exactly so that checkpoints move between the two without translation.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from nezha_cli.modeling.configuration import NezhaConfig
+from nezha_cli.modeling.relative_attention import (
+    relative_key_scores,
+    relative_position_table,
+    relative_value_context,
+)
+
+# ----------------------------------------------------------------------------------------------------- outputs
+
+
+@dataclass
+class ModelOutput:
+    """Attribute access by name; ``output[0]`` and ``to_tuple()`` give the fields that are set, as transformers."""
+
+    def to_tuple(self) -> tuple:
+        return tuple(getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None)
+
+    def __getitem__(self, index):
+        if isinstance(index, str):
+            return getattr(self, index)
+        return self.to_tuple()[index]
+
+
+@dataclass
+class BaseModelOutputWithPooling(ModelOutput):
+    last_hidden_state: torch.Tensor | None = None
+    pooler_output: torch.Tensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+
+
+@dataclass
+class NezhaForPreTrainingOutput(ModelOutput):
+    loss: torch.Tensor | None = None
+    prediction_logits: torch.Tensor | None = None
+    seq_relationship_logits: torch.Tensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+    # The two parts of ``loss``, for logging (not in transformers' output).
+    mlm_loss: torch.Tensor | None = None
+    nsp_loss: torch.Tensor | None = None
+
+
+@dataclass
+class SequenceClassifierOutput(ModelOutput):
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+
+
+# Same fields; separate names so that code and reprs say what they hold, as in transformers.
+MaskedLMOutput = SequenceClassifierOutput
+NextSentencePredictorOutput = SequenceClassifierOutput
+MultipleChoiceModelOutput = SequenceClassifierOutput
+TokenClassifierOutput = SequenceClassifierOutput
+
+
+@dataclass
+class QuestionAnsweringModelOutput(ModelOutput):
+    loss: torch.Tensor | None = None
+    start_logits: torch.Tensor | None = None
+    end_logits: torch.Tensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+
+
+# ------------------------------------------------------------------------------------------------- activations
+
+
+def _gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    return F.gelu(x, approximate="tanh")
+
+
+ACT2FN = {
+    "gelu": F.gelu,
+    "gelu_new": _gelu_tanh,
+    "gelu_pytorch_tanh": _gelu_tanh,
+    "gelu_fast": _gelu_tanh,
+    "relu": F.relu,
+    "silu": F.silu,
+    "swish": F.silu,
+    "tanh": torch.tanh,
+    "mish": F.mish,
+}
+
+
+# ------------------------------------------------------------------------------------------------------ blocks
+
+
+class NezhaEmbeddings(nn.Module):
+    """Word + token type embeddings, LayerNorm, dropout. No absolute positions: order comes from the attention."""
+
+    def __init__(self, config: NezhaConfig):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, input_ids=None, token_type_ids=None, inputs_embeds=None) -> torch.Tensor:
+        if inputs_embeds is None:
+            inputs_embeds = self.word_embeddings(input_ids)
+        if token_type_ids is None:
+            token_type_ids = torch.zeros(inputs_embeds.shape[:-1], dtype=torch.long, device=inputs_embeds.device)
+        embeddings = inputs_embeds + self.token_type_embeddings(token_type_ids)
+        return self.dropout(self.LayerNorm(embeddings))
+
+
+class NezhaSelfAttention(nn.Module):
+    def __init__(self, config: NezhaConfig):
+        super().__init__()
+        self.num_attention_heads = config.num_attention_heads
+        self.attention_head_size = config.attention_head_size
+        self.query = nn.Linear(config.hidden_size, config.hidden_size)
+        self.key = nn.Linear(config.hidden_size, config.hidden_size)
+        self.value = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dropout = nn.Dropout(config.attention_probs_dropout_prob)
+        # Benchmarks switch this off to measure what the relative terms cost; a released NEZHA always has them.
+        self.use_relative_positions = True
+
+    def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        return x.unflatten(-1, (self.num_attention_heads, self.attention_head_size)).transpose(1, 2)
+
+    def forward(self, hidden_states, attention_mask, relative_table, output_attentions=False):
+        # Scaling q first equals scaling the summed scores: (q.k + q.a) / sqrt(d) = (q / sqrt(d)).(k + a).
+        query = self._split_heads(self.query(hidden_states)) / math.sqrt(self.attention_head_size)
+        key = self._split_heads(self.key(hidden_states))
+        value = self._split_heads(self.value(hidden_states))
+
+        scores = torch.matmul(query, key.transpose(-1, -2))
+        if self.use_relative_positions:
+            scores = scores + relative_key_scores(query, relative_table)
+        if attention_mask is not None:
+            scores = scores + attention_mask
+        probs = self.dropout(torch.softmax(scores, dim=-1))
+        context = torch.matmul(probs, value)
+        if self.use_relative_positions:
+            context = context + relative_value_context(probs, relative_table)
+        context = context.transpose(1, 2).flatten(-2)
+        return context, (probs if output_attentions else None)
+
+
+class NezhaSelfOutput(nn.Module):
+    def __init__(self, config: NezhaConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, hidden_states, input_tensor):
+        return self.LayerNorm(self.dropout(self.dense(hidden_states)) + input_tensor)
+
+
+class NezhaAttention(nn.Module):
+    def __init__(self, config: NezhaConfig):
+        super().__init__()
+        self.self = NezhaSelfAttention(config)
+        self.output = NezhaSelfOutput(config)
+
+    def forward(self, hidden_states, attention_mask, relative_table, output_attentions=False):
+        context, probs = self.self(hidden_states, attention_mask, relative_table, output_attentions)
+        return self.output(context, hidden_states), probs
+
+
+class NezhaIntermediate(nn.Module):
+    def __init__(self, config: NezhaConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.intermediate_act_fn = ACT2FN[config.hidden_act]
+
+    def forward(self, hidden_states):
+        return self.intermediate_act_fn(self.dense(hidden_states))
+
+
+class NezhaOutput(nn.Module):
+    def __init__(self, config: NezhaConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, hidden_states, input_tensor):
+        return self.LayerNorm(self.dropout(self.dense(hidden_states)) + input_tensor)
+
+
+class NezhaLayer(nn.Module):
+    def __init__(self, config: NezhaConfig):
+        super().__init__()
+        self.attention = NezhaAttention(config)
+        self.intermediate = NezhaIntermediate(config)
+        self.output = NezhaOutput(config)
+
+    def forward(self, hidden_states, attention_mask, relative_table, output_attentions=False):
+        attention_output, probs = self.attention(hidden_states, attention_mask, relative_table, output_attentions)
+        layer_output = self.output(self.intermediate(attention_output), attention_output)
+        return layer_output, probs
+
+
+class NezhaEncoder(nn.Module):
+    def __init__(self, config: NezhaConfig):
+        super().__init__()
+        self.layer = nn.ModuleList([NezhaLayer(config) for _ in range(config.num_hidden_layers)])
+        # One fixed table for all heads and layers; derived from the config, so not part of the state dict.
+        self.register_buffer(
+            "relative_positions_table",
+            relative_position_table(config.max_relative_position, config.attention_head_size),
+            persistent=False,
+        )
+        self.gradient_checkpointing = False
+
+    def forward(self, hidden_states, attention_mask=None, output_attentions=False, output_hidden_states=False):
+        all_hidden_states = (hidden_states,) if output_hidden_states else None
+        all_attentions = () if output_attentions else None
+        table = self.relative_positions_table
+        for layer in self.layer:
+            if self.gradient_checkpointing and self.training:
+                hidden_states, probs = checkpoint(
+                    layer, hidden_states, attention_mask, table, output_attentions, use_reentrant=False
+                )
+            else:
+                hidden_states, probs = layer(hidden_states, attention_mask, table, output_attentions)
+            if output_hidden_states:
+                all_hidden_states = all_hidden_states + (hidden_states,)
+            if output_attentions:
+                all_attentions = all_attentions + (probs,)
+        return hidden_states, all_hidden_states, all_attentions
+
+
+class NezhaPooler(nn.Module):
+    def __init__(self, config: NezhaConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.activation = nn.Tanh()
+
+    def forward(self, hidden_states):
+        return self.activation(self.dense(hidden_states[:, 0]))
+
+
+class NezhaPredictionHeadTransform(nn.Module):
+    def __init__(self, config: NezhaConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.transform_act_fn = ACT2FN[config.hidden_act]
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(self, hidden_states):
+        return self.LayerNorm(self.transform_act_fn(self.dense(hidden_states)))
+
+
+class NezhaLMPredictionHead(nn.Module):
+    def __init__(self, config: NezhaConfig):
+        super().__init__()
+        self.transform = NezhaPredictionHeadTransform(config)
+        # The decoder weight is tied to the word embeddings (set by the model); the bias is an output-only bias,
+        # shared with decoder.bias as in transformers so that both names load.
+        self.decoder = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+        self.decoder.bias = self.bias
+
+    def forward(self, hidden_states):
+        return self.decoder(self.transform(hidden_states))
+
+
+class NezhaOnlyMLMHead(nn.Module):
+    def __init__(self, config: NezhaConfig):
+        super().__init__()
+        self.predictions = NezhaLMPredictionHead(config)
+
+    def forward(self, sequence_output):
+        return self.predictions(sequence_output)
+
+
+class NezhaOnlyNSPHead(nn.Module):
+    def __init__(self, config: NezhaConfig):
+        super().__init__()
+        self.seq_relationship = nn.Linear(config.hidden_size, 2)
+
+    def forward(self, pooled_output):
+        return self.seq_relationship(pooled_output)
+
+
+class NezhaPreTrainingHeads(nn.Module):
+    def __init__(self, config: NezhaConfig):
+        super().__init__()
+        self.predictions = NezhaLMPredictionHead(config)
+        self.seq_relationship = nn.Linear(config.hidden_size, 2)
+
+    def forward(self, sequence_output, pooled_output):
+        return self.predictions(sequence_output), self.seq_relationship(pooled_output)
+
+
+# ------------------------------------------------------------------------------------------------------ models
+
+
+class NezhaPreTrainedModel(nn.Module):
+    """Weight init, tying, gradient checkpointing and ``save_pretrained``/``from_pretrained``."""
+
+    base_model_prefix = "nezha"
+    # Names of parameters that are aliases of other parameters (not written; restored by tying).
+    _tied_weights_keys: tuple[str, ...] = ()
+
+    def __init__(self, config: NezhaConfig):
+        super().__init__()
+        if not isinstance(config, NezhaConfig):
+            raise TypeError(f"config must be a NezhaConfig, got {type(config).__name__}")
+        self.config = config
+
+    def post_init(self) -> None:
+        self.apply(self._init_weights)
+        self.tie_weights()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            module.weight.data.normal_(mean=0.0, std=std)
+            if module.bias is not None:
+                module.bias.data.zero_()
+        elif isinstance(module, nn.Embedding):
+            module.weight.data.normal_(mean=0.0, std=std)
+            if module.padding_idx is not None:
+                module.weight.data[module.padding_idx].zero_()
+        elif isinstance(module, nn.LayerNorm):
+            module.weight.data.fill_(1.0)
+            module.bias.data.zero_()
+        elif isinstance(module, NezhaLMPredictionHead):
+            module.bias.data.zero_()
+
+    def tie_weights(self) -> None:
+        head = self.get_output_embeddings()
+        if head is not None:
+            head.weight = self.get_input_embeddings().weight
+            head.bias = self._mlm_head().bias
+
+    def _mlm_head(self) -> NezhaLMPredictionHead | None:
+        cls = getattr(self, "cls", None)
+        return getattr(cls, "predictions", None)
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        base = getattr(self, self.base_model_prefix, self)
+        return base.embeddings.word_embeddings
+
+    def get_output_embeddings(self) -> nn.Linear | None:
+        head = self._mlm_head()
+        return head.decoder if head is not None else None
+
+    def gradient_checkpointing_enable(self) -> None:
+        for module in self.modules():
+            if isinstance(module, NezhaEncoder):
+                module.gradient_checkpointing = True
+
+    def num_parameters(self, trainable_only: bool = False) -> int:
+        seen: set[int] = set()
+        total = 0
+        for p in self.parameters():
+            if id(p) in seen or (trainable_only and not p.requires_grad):
+                continue
+            seen.add(id(p))
+            total += p.numel()
+        return total
+
+    def save_pretrained(self, directory: str | Path, **kwargs) -> None:
+        from nezha_cli.modeling.checkpoint import save_pretrained
+
+        save_pretrained(self, directory, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, config: NezhaConfig | None = None, **kwargs):
+        from nezha_cli.modeling.checkpoint import from_pretrained
+
+        return from_pretrained(cls, directory, config=config, **kwargs)
+
+
+def extended_attention_mask(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """[B, L] (1 = keep) or [B, L, L] -> additive mask broadcastable to [B, H, L, L], as transformers builds it."""
+    if attention_mask.dim() == 2:
+        mask = attention_mask[:, None, None, :]
+    elif attention_mask.dim() == 3:
+        mask = attention_mask[:, None, :, :]
+    else:
+        raise ValueError(f"attention_mask must have 2 or 3 dimensions, got shape {tuple(attention_mask.shape)}")
+    return (1.0 - mask.to(dtype)) * torch.finfo(dtype).min
+
+
+class NezhaModel(NezhaPreTrainedModel):
+    def __init__(self, config: NezhaConfig, add_pooling_layer: bool = True):
+        super().__init__(config)
+        self.embeddings = NezhaEmbeddings(config)
+        self.encoder = NezhaEncoder(config)
+        self.pooler = NezhaPooler(config) if add_pooling_layer else None
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        token_type_ids=None,
+        inputs_embeds=None,
+        output_attentions: bool = False,
+        output_hidden_states: bool = False,
+    ) -> BaseModelOutputWithPooling:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids and inputs_embeds")
+        embedding_output = self.embeddings(input_ids, token_type_ids, inputs_embeds)
+        mask = None
+        if attention_mask is not None:
+            mask = extended_attention_mask(attention_mask, embedding_output.dtype)
+        sequence_output, hidden_states, attentions = self.encoder(
+            embedding_output, mask, output_attentions=output_attentions, output_hidden_states=output_hidden_states
+        )
+        pooled_output = self.pooler(sequence_output) if self.pooler is not None else None
+        return BaseModelOutputWithPooling(sequence_output, pooled_output, hidden_states, attentions)
+
+
+def _body_kwargs(kwargs: dict) -> dict:
+    return {k: kwargs[k] for k in ("attention_mask", "token_type_ids", "inputs_embeds", "output_attentions",
+                                   "output_hidden_states") if k in kwargs}
+
+
+def gather_positions(sequence_output: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """sequence_output[b, positions[b, p]] -> [B, P, H] (BERT's ``gather_indexes``)."""
+    index = positions.unsqueeze(-1).expand(-1, -1, sequence_output.shape[-1])
+    return torch.gather(sequence_output, 1, index)
+
+
+class NezhaForPreTraining(NezhaPreTrainedModel):
+    """MLM + NSP heads.
+
+    Pass ``masked_lm_positions`` ([B, P], as written by ``nezha mask``) to score only those positions against the
+    vocabulary: ``prediction_logits`` is then [B, P, V] and ``labels`` [B, P] (-100 for padding). Without it the
+    whole sequence is scored, as in transformers. Both give the same loss.
+    """
+
+    _tied_weights_keys = ("cls.predictions.decoder.weight", "cls.predictions.decoder.bias")
+
+    def __init__(self, config: NezhaConfig):
+        super().__init__(config)
+        self.nezha = NezhaModel(config)
+        self.cls = NezhaPreTrainingHeads(config)
+        self.post_init()
+
+    def forward(self, input_ids=None, labels=None, next_sentence_label=None, masked_lm_positions=None, **kwargs):
+        outputs = self.nezha(input_ids, **_body_kwargs(kwargs))
+        sequence_output = outputs.last_hidden_state
+        if masked_lm_positions is not None:
+            sequence_output = gather_positions(sequence_output, masked_lm_positions)
+        prediction_scores, seq_relationship_score = self.cls(sequence_output, outputs.pooler_output)
+
+        loss = mlm_loss = nsp_loss = None
+        if labels is not None:
+            mlm_loss = F.cross_entropy(prediction_scores.reshape(-1, self.config.vocab_size).float(), labels.reshape(-1))
+        if next_sentence_label is not None:
+            nsp_loss = F.cross_entropy(seq_relationship_score.view(-1, 2).float(), next_sentence_label.view(-1))
+        if mlm_loss is not None and nsp_loss is not None:
+            loss = mlm_loss + nsp_loss
+        return NezhaForPreTrainingOutput(
+            loss, prediction_scores, seq_relationship_score, outputs.hidden_states, outputs.attentions, mlm_loss, nsp_loss
+        )
+
+
+class NezhaForMaskedLM(NezhaPreTrainedModel):
+    _tied_weights_keys = ("cls.predictions.decoder.weight", "cls.predictions.decoder.bias")
+
+    def __init__(self, config: NezhaConfig):
+        super().__init__(config)
+        self.nezha = NezhaModel(config, add_pooling_layer=False)
+        self.cls = NezhaOnlyMLMHead(config)
+        self.post_init()
+
+    def forward(self, input_ids=None, labels=None, **kwargs):
+        outputs = self.nezha(input_ids, **_body_kwargs(kwargs))
+        prediction_scores = self.cls(outputs.last_hidden_state)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(prediction_scores.view(-1, self.config.vocab_size).float(), labels.view(-1))
+        return MaskedLMOutput(loss, prediction_scores, outputs.hidden_states, outputs.attentions)
+
+
+class NezhaForNextSentencePrediction(NezhaPreTrainedModel):
+    def __init__(self, config: NezhaConfig):
+        super().__init__(config)
+        self.nezha = NezhaModel(config)
+        self.cls = NezhaOnlyNSPHead(config)
+        self.post_init()
+
+    def forward(self, input_ids=None, labels=None, next_sentence_label=None, **kwargs):
+        labels = labels if labels is not None else next_sentence_label
+        outputs = self.nezha(input_ids, **_body_kwargs(kwargs))
+        logits = self.cls(outputs.pooler_output)
+        loss = None if labels is None else F.cross_entropy(logits.view(-1, 2).float(), labels.view(-1))
+        return NextSentencePredictorOutput(loss, logits, outputs.hidden_states, outputs.attentions)
+
+
+def _classifier_dropout(config: NezhaConfig) -> nn.Dropout:
+    p = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+    return nn.Dropout(p)
+
+
+class NezhaForSequenceClassification(NezhaPreTrainedModel):
+    def __init__(self, config: NezhaConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.nezha = NezhaModel(config)
+        self.dropout = _classifier_dropout(config)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def forward(self, input_ids=None, labels=None, **kwargs):
+        outputs = self.nezha(input_ids, **_body_kwargs(kwargs))
+        logits = self.classifier(self.dropout(outputs.pooler_output))
+        loss = None if labels is None else self._loss(logits, labels)
+        return SequenceClassifierOutput(loss, logits, outputs.hidden_states, outputs.attentions)
+
+    def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        # Same rules as transformers: 1 label = regression, integer labels = single-label, else multi-label.
+        problem_type = self.config.problem_type
+        if problem_type is None:
+            if self.num_labels == 1:
+                problem_type = "regression"
+            elif labels.dtype in (torch.long, torch.int):
+                problem_type = "single_label_classification"
+            else:
+                problem_type = "multi_label_classification"
+        logits = logits.float()
+        if problem_type == "regression":
+            if self.num_labels == 1:
+                return F.mse_loss(logits.squeeze(), labels.squeeze().float())
+            return F.mse_loss(logits, labels.float())
+        if problem_type == "single_label_classification":
+            return F.cross_entropy(logits.view(-1, self.num_labels), labels.view(-1))
+        return F.binary_cross_entropy_with_logits(logits, labels.float())
+
+
+class NezhaForMultipleChoice(NezhaPreTrainedModel):
+    """Inputs are [B, num_choices, L]; logits [B, num_choices]."""
+
+    def __init__(self, config: NezhaConfig):
+        super().__init__(config)
+        self.nezha = NezhaModel(config)
+        self.dropout = _classifier_dropout(config)
+        self.classifier = nn.Linear(config.hidden_size, 1)
+        self.post_init()
+
+    def forward(self, input_ids=None, labels=None, attention_mask=None, token_type_ids=None, inputs_embeds=None,
+                **kwargs):
+        num_choices = input_ids.shape[1] if input_ids is not None else inputs_embeds.shape[1]
+
+        def flat(x):
+            return None if x is None else x.reshape(-1, *x.shape[2:])
+
+        outputs = self.nezha(
+            flat(input_ids), attention_mask=flat(attention_mask), token_type_ids=flat(token_type_ids),
+            inputs_embeds=flat(inputs_embeds), **_body_kwargs(kwargs),
+        )
+        logits = self.classifier(self.dropout(outputs.pooler_output)).view(-1, num_choices)
+        loss = None if labels is None else F.cross_entropy(logits.float(), labels)
+        return MultipleChoiceModelOutput(loss, logits, outputs.hidden_states, outputs.attentions)
+
+
+class NezhaForTokenClassification(NezhaPreTrainedModel):
+    def __init__(self, config: NezhaConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.nezha = NezhaModel(config, add_pooling_layer=False)
+        self.dropout = _classifier_dropout(config)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def forward(self, input_ids=None, labels=None, **kwargs):
+        outputs = self.nezha(input_ids, **_body_kwargs(kwargs))
+        logits = self.classifier(self.dropout(outputs.last_hidden_state))
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits.view(-1, self.num_labels).float(), labels.view(-1))
+        return TokenClassifierOutput(loss, logits, outputs.hidden_states, outputs.attentions)
+
+
+class NezhaForQuestionAnswering(NezhaPreTrainedModel):
+    def __init__(self, config: NezhaConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.nezha = NezhaModel(config, add_pooling_layer=False)
+        self.qa_outputs = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def forward(self, input_ids=None, start_positions=None, end_positions=None, **kwargs):
+        outputs = self.nezha(input_ids, **_body_kwargs(kwargs))
+        logits = self.qa_outputs(outputs.last_hidden_state)
+        start_logits, end_logits = (t.squeeze(-1).contiguous() for t in logits.split(1, dim=-1))
+        loss = None
+        if start_positions is not None and end_positions is not None:
+            # Positions outside the window (answer not in this span) are ignored, as in transformers.
+            ignored = start_logits.shape[1]
+            start = start_positions.view(-1).clamp(0, ignored)
+            end = end_positions.view(-1).clamp(0, ignored)
+            loss = (
+                F.cross_entropy(start_logits.float(), start, ignore_index=ignored)
+                + F.cross_entropy(end_logits.float(), end, ignore_index=ignored)
+            ) / 2
+        return QuestionAnsweringModelOutput(loss, start_logits, end_logits, outputs.hidden_states, outputs.attentions)
+
+
+MODEL_CLASSES: dict[str, type[NezhaPreTrainedModel]] = {
+    cls.__name__: cls
+    for cls in (
+        NezhaModel,
+        NezhaForPreTraining,
+        NezhaForMaskedLM,
+        NezhaForNextSentencePrediction,
+        NezhaForSequenceClassification,
+        NezhaForMultipleChoice,
+        NezhaForTokenClassification,
+        NezhaForQuestionAnswering,
+    )
+}
