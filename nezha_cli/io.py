@@ -90,4 +90,6 @@ def read_json(path: Path, what: str = "JSON file") -> Any:
     except UnicodeDecodeError as exc:
         raise NezhaError(f"{path}: {what} is not UTF-8 ({exc.reason} at byte {exc.start})") from None
     except json.JSONDecodeError as exc:
-        raise NezhaError(f"{path}: {what} is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})") from None
+        raise NezhaError(
+            f"{path}: {what} is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})"
+        ) from None

@@ -49,7 +49,8 @@ class LoadReport:
         if self.newly_initialized:
             logger.info("%s: newly initialised (not in the checkpoint): %s", source, ", ".join(self.newly_initialized))
         if self.missing:
-            logger.warning("%s: missing from the checkpoint, left at initial values: %s", source, ", ".join(self.missing))
+            logger.warning("%s: missing from the checkpoint, left at initial values: %s", source,
+                           ", ".join(self.missing))
         for name, want, got in self.mismatched:
             logger.warning("%s: %s has shape %s in the checkpoint but %s in the model; left at initial values",
                            source, name, list(got), list(want))

@@ -95,7 +95,9 @@ class NezhaConfig:
         if self.num_labels < 1:
             raise ConfigError(f"config field num_labels={self.num_labels}: must be >= 1")
         if self.id2label is not None and sorted(self.id2label) != list(range(len(self.id2label))):
-            raise ConfigError(f"config field id2label: ids must be 0..{len(self.id2label) - 1}, got {sorted(self.id2label)}")
+            raise ConfigError(
+                f"config field id2label: ids must be 0..{len(self.id2label) - 1}, got {sorted(self.id2label)}"
+            )
         if not (0 <= self.pad_token_id < self.vocab_size):
             raise ConfigError(f"config field pad_token_id={self.pad_token_id}: must be in [0, vocab_size)")
         if self.problem_type not in (None, "regression", "single_label_classification", "multi_label_classification"):

@@ -17,9 +17,10 @@ from torch.utils.checkpoint import checkpoint
 
 from nezha_cli.modeling.configuration import NezhaConfig
 from nezha_cli.modeling.relative_attention import (
-    relative_key_scores,
+    RelativePositions,
+    relative_context,
     relative_position_table,
-    relative_value_context,
+    relative_scores,
 )
 
 # ----------------------------------------------------------------------------------------------------- outputs
@@ -139,21 +140,23 @@ class NezhaSelfAttention(nn.Module):
     def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
         return x.unflatten(-1, (self.num_attention_heads, self.attention_head_size)).transpose(1, 2)
 
-    def forward(self, hidden_states, attention_mask, relative_table, output_attentions=False):
+    def forward(self, hidden_states, attention_mask, relative_table, positions, output_attentions=False):
         # Scaling q first equals scaling the summed scores: (q.k + q.a) / sqrt(d) = (q / sqrt(d)).(k + a).
         query = self._split_heads(self.query(hidden_states)) / math.sqrt(self.attention_head_size)
         key = self._split_heads(self.key(hidden_states))
         value = self._split_heads(self.value(hidden_states))
 
-        scores = torch.matmul(query, key.transpose(-1, -2))
         if self.use_relative_positions:
-            scores = scores + relative_key_scores(query, relative_table)
+            scores = relative_scores(query, key, relative_table, positions)
+        else:
+            scores = torch.matmul(query, key.transpose(-1, -2))
         if attention_mask is not None:
             scores = scores + attention_mask
         probs = self.dropout(torch.softmax(scores, dim=-1))
-        context = torch.matmul(probs, value)
         if self.use_relative_positions:
-            context = context + relative_value_context(probs, relative_table)
+            context = relative_context(probs, value, relative_table, positions)
+        else:
+            context = torch.matmul(probs.to(value.dtype), value)
         context = context.transpose(1, 2).flatten(-2)
         return context, (probs if output_attentions else None)
 
@@ -175,8 +178,8 @@ class NezhaAttention(nn.Module):
         self.self = NezhaSelfAttention(config)
         self.output = NezhaSelfOutput(config)
 
-    def forward(self, hidden_states, attention_mask, relative_table, output_attentions=False):
-        context, probs = self.self(hidden_states, attention_mask, relative_table, output_attentions)
+    def forward(self, hidden_states, attention_mask, relative_table, positions, output_attentions=False):
+        context, probs = self.self(hidden_states, attention_mask, relative_table, positions, output_attentions)
         return self.output(context, hidden_states), probs
 
 
@@ -208,8 +211,10 @@ class NezhaLayer(nn.Module):
         self.intermediate = NezhaIntermediate(config)
         self.output = NezhaOutput(config)
 
-    def forward(self, hidden_states, attention_mask, relative_table, output_attentions=False):
-        attention_output, probs = self.attention(hidden_states, attention_mask, relative_table, output_attentions)
+    def forward(self, hidden_states, attention_mask, relative_table, positions, output_attentions=False):
+        attention_output, probs = self.attention(
+            hidden_states, attention_mask, relative_table, positions, output_attentions
+        )
         layer_output = self.output(self.intermediate(attention_output), attention_output)
         return layer_output, probs
 
@@ -218,6 +223,7 @@ class NezhaEncoder(nn.Module):
     def __init__(self, config: NezhaConfig):
         super().__init__()
         self.layer = nn.ModuleList([NezhaLayer(config) for _ in range(config.num_hidden_layers)])
+        self.max_relative_position = config.max_relative_position
         # One fixed table for all heads and layers; derived from the config, so not part of the state dict.
         self.register_buffer(
             "relative_positions_table",
@@ -230,13 +236,15 @@ class NezhaEncoder(nn.Module):
         all_hidden_states = (hidden_states,) if output_hidden_states else None
         all_attentions = () if output_attentions else None
         table = self.relative_positions_table
+        # The bucket indices depend only on the length: built once, shared by all layers.
+        positions = RelativePositions.build(hidden_states.shape[1], self.max_relative_position, hidden_states.device)
         for layer in self.layer:
             if self.gradient_checkpointing and self.training:
                 hidden_states, probs = checkpoint(
-                    layer, hidden_states, attention_mask, table, output_attentions, use_reentrant=False
+                    layer, hidden_states, attention_mask, table, positions, output_attentions, use_reentrant=False
                 )
             else:
-                hidden_states, probs = layer(hidden_states, attention_mask, table, output_attentions)
+                hidden_states, probs = layer(hidden_states, attention_mask, table, positions, output_attentions)
             if output_hidden_states:
                 all_hidden_states = all_hidden_states + (hidden_states,)
             if output_attentions:
@@ -465,14 +473,14 @@ class NezhaForPreTraining(NezhaPreTrainedModel):
 
         loss = mlm_loss = nsp_loss = None
         if labels is not None:
-            mlm_loss = F.cross_entropy(prediction_scores.reshape(-1, self.config.vocab_size).float(), labels.reshape(-1))
+            logits = prediction_scores.reshape(-1, self.config.vocab_size).float()
+            mlm_loss = F.cross_entropy(logits, labels.reshape(-1))
         if next_sentence_label is not None:
             nsp_loss = F.cross_entropy(seq_relationship_score.view(-1, 2).float(), next_sentence_label.view(-1))
         if mlm_loss is not None and nsp_loss is not None:
             loss = mlm_loss + nsp_loss
-        return NezhaForPreTrainingOutput(
-            loss, prediction_scores, seq_relationship_score, outputs.hidden_states, outputs.attentions, mlm_loss, nsp_loss
-        )
+        return NezhaForPreTrainingOutput(loss, prediction_scores, seq_relationship_score, outputs.hidden_states,
+                                         outputs.attentions, mlm_loss, nsp_loss)
 
 
 class NezhaForMaskedLM(NezhaPreTrainedModel):

@@ -1,34 +1,36 @@
 """Functional relative positional encoding (NEZHA, section 3.2) without any [L, L, head_size] tensor.
 
-With K = max_relative_position and a query at position i, a key at j has relative index
-``p(i, j) = clip(j - i, -K, K) + K`` and relative vector ``a_ij = E[p(i, j)]``, where E is a fixed
+With K = max_relative_position, a query at position i and a key at j have the relative index
+``p(i, j) = clip(j - i, -K, K) + K`` and the relative vector ``a_ij = E[p(i, j)]``, where E is a fixed
 ``(2K + 1) x head_size`` sinusoid table. Attention is
 
     scores_ij = (q_i . k_j + q_i . a_ij) / sqrt(d)        z_i = sum_j P_ij (v_j + a_ij)
 
-transformers (and the released TF code) gather E into an [L, L, d] tensor per layer. There are only 2K + 1
-distinct a_ij, so here:
+transformers (like the released TF code) gathers E into an [L, L, d] tensor per layer. There are only 2K + 1
+distinct a_ij, so here the relative terms go through the 2K + 1 "buckets":
 
-* key side: ``q @ E^T`` gives the 2K + 1 possible scores of each query; they are laid out by relative offset
-  and *skewed* (a reshape of a padded buffer) so that entry (i, j) lands on offset j - i;
-* value side: P is un-skewed the same way and its columns summed into the 2K + 1 buckets, then ``@ E``.
+* key side: ``q @ E^T`` gives each query's 2K + 1 possible scores, which are gathered into [L, L]
+  (:func:`expand_buckets`), and ``q @ k^T`` is accumulated onto them in place;
+* value side: P is summed into buckets (:func:`sum_buckets`: a band gather for |j - i| < K and prefix/suffix sums
+  for the two clipped buckets), then multiplied by E.
 
-Both are views, pads and sums (no scatter), so the backward pass is as cheap as the forward; memory is
-O(B.H.L.(2L + 2K)), never O(L^2.d), and there is no length cap.
+The backward of one is the other, so both directions cost one gather and one cumulative sum over [L, L] beyond
+plain attention; custom autograd functions keep autograd from materialising anything larger. Extra memory is
+O(B.H.L.(2K + 1)) and there is no length cap.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 
 def relative_position_table(max_relative_position: int, depth: int, dtype=torch.float32) -> torch.Tensor:
     """The fixed table E: row p holds sin (even columns) and cos (odd columns) of p / 10000^(2c/depth).
 
-    As in the released NEZHA code and checkpoints the sinusoid runs over the shifted index p = (j - i) + K in
+    As in the released NEZHA code and checkpoints, the sinusoid runs over the shifted index p = (j - i) + K in
     [0, 2K], not over j - i itself.
     """
     num_buckets = 2 * max_relative_position + 1
@@ -41,67 +43,126 @@ def relative_position_table(max_relative_position: int, depth: int, dtype=torch.
 
 
 def relative_position_index(length: int, max_relative_position: int, device=None) -> torch.Tensor:
-    """p(i, j) = clip(j - i, -K, K) + K as an [L, L] long tensor (for references and tests; not used in forward)."""
+    """p(i, j) = clip(j - i, -K, K) + K as an [L, L] long tensor."""
     pos = torch.arange(length, device=device)
     distance = pos[None, :] - pos[:, None]
     return distance.clamp(-max_relative_position, max_relative_position) + max_relative_position
 
 
-def _skew(x: torch.Tensor) -> torch.Tensor:
-    """[..., L, 2L-1] indexed by offset o = c - (L-1)  ->  [..., L, L] with out[i, j] = x[i, (j - i) + L - 1].
+@dataclass
+class RelativePositions:
+    """Index tensors for one sequence length, built once per forward and shared by all layers (O(L^2) ints)."""
 
-    Row i of the result starts L-1-i columns into row i of x; reading the flat buffer with a row stride of 2L-2
-    instead of 2L-1 shifts each row one column left of the previous one.
-    """
-    length = x.shape[-2]
-    if length == 1:
-        return x
-    flat = x.flatten(-2)[..., length - 1 : length - 1 + length * (2 * length - 2)]
-    return flat.unflatten(-1, (length, 2 * length - 2))[..., :length]
+    length: int
+    max_relative_position: int
+    bucket_index: torch.Tensor  # [L, L]: p(i, j)
+    band_index: torch.Tensor  # [L, 2K-1]: j = i + p - K for the unclipped buckets p = 1 .. 2K-1 (clamped to [0, L))
+    band_valid: torch.Tensor  # [L, 2K-1]: 1.0 where that j exists
+    low_index: torch.Tensor  # [L, 1]: i - K (clamped), the last key of bucket 0
+    low_valid: torch.Tensor  # [L, 1]: 1.0 where i - K >= 0
+    high_index: torch.Tensor  # [L, 1]: min(i + K - 1, L - 1), the last key before bucket 2K
 
-
-def _unskew(p: torch.Tensor) -> torch.Tensor:
-    """Inverse layout of :func:`_skew`: [..., L, L] -> [..., L, 2L-1] with out[i, (j - i) + L - 1] = p[i, j]."""
-    length = p.shape[-1]
-    if length == 1:
-        return p
-    # Pad each row to 2L-1 and read the flat buffer, shifted right by L-1, with a row stride of 2L: each row
-    # lands one column further right than the previous one, so p[i, j] reaches column (j - i) + L - 1, and the
-    # padding supplies the zeros wherever j falls outside [0, L).
-    shifted = F.pad(F.pad(p, (0, length - 1)).flatten(-2), (length - 1, 1))
-    return shifted.unflatten(-1, (length, 2 * length))[..., : 2 * length - 1]
-
-
-def relative_key_scores(query: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-    """q_i . a_ij for all i, j: [..., L, d] x [2K+1, d] -> [..., L, L]."""
-    length = query.shape[-2]
-    k = (table.shape[0] - 1) // 2
-    by_bucket = torch.matmul(query, table.transpose(0, 1).to(query.dtype))  # [..., L, 2K+1]
-    if length - 1 <= k:
-        by_offset = by_bucket[..., k - length + 1 : k + length]
-    else:
-        # Offsets beyond +-K reuse the edge buckets (the clip).
-        edge = length - 1 - k
-        first = by_bucket[..., :1].expand(*by_bucket.shape[:-1], edge)
-        last = by_bucket[..., -1:].expand(*by_bucket.shape[:-1], edge)
-        by_offset = torch.cat([first, by_bucket, last], dim=-1)
-    return _skew(by_offset)
-
-
-def relative_value_context(probs: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-    """sum_j P_ij a_ij for all i: [..., L, L] x [2K+1, d] -> [..., L, d]."""
-    length = probs.shape[-1]
-    k = (table.shape[0] - 1) // 2
-    by_offset = _unskew(probs)  # [..., L, 2L-1]
-    if length - 1 <= k:
-        by_bucket = F.pad(by_offset, (k - length + 1, k - length + 1))
-    else:
-        by_bucket = torch.cat(
-            [
-                by_offset[..., : length - k].sum(-1, keepdim=True),  # offsets <= -K
-                by_offset[..., length - k : length - 1 + k],
-                by_offset[..., length - 1 + k :].sum(-1, keepdim=True),  # offsets >= +K
-            ],
-            dim=-1,
+    @classmethod
+    def build(cls, length: int, max_relative_position: int, device=None) -> RelativePositions:
+        k = max_relative_position
+        i = torch.arange(length, device=device)[:, None]
+        band = i + torch.arange(1 - k, k, device=device)[None, :]
+        return cls(
+            length=length,
+            max_relative_position=k,
+            bucket_index=relative_position_index(length, k, device),
+            band_index=band.clamp(0, length - 1),
+            band_valid=((band >= 0) & (band < length)).float(),
+            low_index=(i - k).clamp(min=0),
+            low_valid=(i >= k).float(),
+            high_index=(i + k - 1).clamp(max=length - 1),
         )
-    return torch.matmul(by_bucket, table.to(by_bucket.dtype))
+
+
+def expand_buckets(y: torch.Tensor, positions: RelativePositions) -> torch.Tensor:
+    """[..., L, 2K+1] -> [..., L, L] with out[i, j] = y[i, p(i, j)]."""
+    return y.gather(-1, positions.bucket_index.expand(*y.shape[:-1], positions.length))
+
+
+def sum_buckets(x: torch.Tensor, positions: RelativePositions) -> torch.Tensor:
+    """[..., L, L] -> [..., L, 2K+1] with out[i, p] = sum of x[i, j] over the j where p(i, j) = p."""
+    shape = x.shape[:-1]
+    band = x.gather(-1, positions.band_index.expand(*shape, positions.band_index.shape[-1]))
+    band = band * positions.band_valid.to(x.dtype)
+    # The clipped buckets 0 and 2K collect every key at distance >= K: a prefix and a suffix sum of the row
+    # (accumulated in at least fp32: these are long sums).
+    cum = x.cumsum(-1, dtype=torch.promote_types(x.dtype, torch.float32))
+    low = cum.gather(-1, positions.low_index.expand(*shape, 1)) * positions.low_valid.to(cum.dtype)
+    high = cum[..., -1:] - cum.gather(-1, positions.high_index.expand(*shape, 1))
+    return torch.cat([low.to(x.dtype), band, high.to(x.dtype)], dim=-1)
+
+
+def _baddbmm_(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """out += a @ b over the leading dimensions, in place (``out`` is contiguous)."""
+    out.view(-1, *out.shape[-2:]).baddbmm_(a.reshape(-1, *a.shape[-2:]), b.reshape(-1, *b.shape[-2:]))
+    return out
+
+
+# The two autograd functions below compute exactly what autograd would from the plain formulas, but write each
+# [L, L] result once: the relative term is gathered into a fresh buffer and the q.k (or P.v) product accumulated
+# onto it, and the backward of each side uses the other side's primitive. Dtypes follow the q/k/v projections,
+# which under autocast are already in the low-precision type.
+
+
+class _RelativeScores(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, query, key, table, positions):
+        table = table.to(query.dtype)
+        scores = expand_buckets(torch.matmul(query, table.t()), positions)
+        _baddbmm_(scores, query, key.transpose(-1, -2))
+        ctx.save_for_backward(query, key, table)
+        ctx.positions = positions
+        return scores
+
+    @staticmethod
+    def backward(ctx, grad):
+        query, key, table = ctx.saved_tensors
+        grad = grad.to(query.dtype)
+        grad_query = torch.matmul(sum_buckets(grad, ctx.positions), table)
+        _baddbmm_(grad_query, grad, key)
+        grad_key = torch.matmul(grad.transpose(-1, -2), query)
+        return grad_query, grad_key, None, None
+
+
+class _RelativeContext(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, probs, value, table, positions):
+        table = table.to(value.dtype)
+        context = torch.matmul(sum_buckets(probs, positions).to(value.dtype), table)
+        probs_lp = probs.to(value.dtype)
+        _baddbmm_(context, probs_lp, value)
+        ctx.save_for_backward(probs_lp, value, table)
+        ctx.positions = positions
+        ctx.probs_dtype = probs.dtype
+        return context
+
+    @staticmethod
+    def backward(ctx, grad):
+        probs, value, table = ctx.saved_tensors
+        grad = grad.to(value.dtype)
+        grad_probs = expand_buckets(torch.matmul(grad, table.t()), ctx.positions)
+        _baddbmm_(grad_probs, grad, value.transpose(-1, -2))
+        grad_value = torch.matmul(probs.transpose(-1, -2), grad)
+        return grad_probs.to(ctx.probs_dtype), grad_value, None, None
+
+
+def relative_scores(query, key, table, positions: RelativePositions) -> torch.Tensor:
+    """q_i . k_j + q_i . a_ij for all i, j: [..., L, d] x [..., L, d] -> [..., L, L]."""
+    if torch.is_grad_enabled() and (query.requires_grad or key.requires_grad):
+        return _RelativeScores.apply(query, key, table, positions)
+    # Inference (and ONNX export) takes the plain ops: same math, nothing to save for backward.
+    table = table.to(query.dtype)
+    return torch.matmul(query, key.transpose(-1, -2)) + expand_buckets(torch.matmul(query, table.t()), positions)
+
+
+def relative_context(probs, value, table, positions: RelativePositions) -> torch.Tensor:
+    """sum_j P_ij (v_j + a_ij) for all i: [..., L, L] x [..., L, d] -> [..., L, d]."""
+    if torch.is_grad_enabled() and (probs.requires_grad or value.requires_grad):
+        return _RelativeContext.apply(probs, value, table, positions)
+    by_bucket = sum_buckets(probs, positions).to(value.dtype)
+    return torch.matmul(probs.to(value.dtype), value) + torch.matmul(by_bucket, table.to(value.dtype))

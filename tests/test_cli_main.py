@@ -1,0 +1,66 @@
+import subprocess
+import sys
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from nezha_cli import __version__
+from nezha_cli.cli import COMMANDS, cli
+from nezha_cli.errors import DataError
+
+
+@pytest.fixture
+def failing_command():
+    @click.command("boom")
+    def boom():
+        raise DataError("corpus.txt:3: not UTF-8; pass --encoding")
+
+    cli.add_command(boom)
+    yield
+    cli.commands.pop("boom")
+
+
+def test_help_lists_the_pipeline():
+    result = CliRunner().invoke(cli, ["--help"])
+    assert result.exit_code == 0
+    assert "tokenize -> mask -> pretrain" in result.output
+    for name in COMMANDS:
+        assert name in result.output
+
+
+def test_every_registered_command_has_help():
+    runner = CliRunner()
+    for name in COMMANDS:
+        result = runner.invoke(cli, [name, "--help"])
+        assert result.exit_code == 0, (name, result.output)
+        assert "Usage: " in result.output
+
+
+def test_version():
+    result = CliRunner().invoke(cli, ["--version"])
+    assert result.exit_code == 0 and __version__ in result.output
+
+
+def test_library_error_is_one_line_and_exit_code_2(failing_command):
+    result = CliRunner().invoke(cli, ["boom"])
+    assert result.exit_code == 2
+    assert result.output.strip() == "Error: corpus.txt:3: not UTF-8; pass --encoding"
+    assert "Traceback" not in result.output
+
+
+def test_debug_shows_the_exception(failing_command):
+    result = CliRunner().invoke(cli, ["--debug", "boom"])
+    assert result.exit_code != 0
+    assert isinstance(result.exception, DataError)
+
+
+def test_unknown_command_is_a_usage_error():
+    result = CliRunner().invoke(cli, ["frobnicate"])
+    assert result.exit_code == 2 and "No such command" in result.output
+
+
+def test_console_script_entry_point():
+    # `python -m nezha_cli` goes through the same main() as the installed `nezha` script.
+    proc = subprocess.run([sys.executable, "-m", "nezha_cli", "--version"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and __version__ in proc.stdout
