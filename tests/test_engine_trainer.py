@@ -1,0 +1,316 @@
+"""The shared training loop on tiny NEZHA pretraining runs: learning, checkpoints, exact resume, NaN handling."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from pretrain_fixtures import TINY_MODEL, write_masked_data
+from safetensors.torch import load_file
+
+from nezha_cli.engine import StepOutput, Trainer, TrainingArguments, TrainingDiverged
+from nezha_cli.engine.checkpoints import list_checkpoints
+from nezha_cli.engine.metrics_log import read_metrics
+from nezha_cli.engine.pretrain import mlm_evaluator, pretraining_step
+from nezha_cli.engine.pretraining_data import StaticPretrainingCollate, load_pretraining_data
+from nezha_cli.errors import ConfigError, OutputExistsError
+from nezha_cli.modeling import NezhaConfig, NezhaForPreTraining
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    return write_masked_data(tmp_path_factory.mktemp("data") / "masked", n=96)
+
+
+def make_model(dropout: float = 0.0, seed: int = 0) -> NezhaForPreTraining:
+    torch.manual_seed(seed)
+    cfg = {**TINY_MODEL, "hidden_dropout_prob": dropout, "attention_probs_dropout_prob": dropout}
+    return NezhaForPreTraining(NezhaConfig(vocab_size=40, **cfg))
+
+
+def make_args(out: Path, **kw) -> TrainingArguments:
+    base = dict(global_batch_size=8, per_device_batch_size=4, max_steps=12, optimizer="adamw", learning_rate=1e-2,
+                warmup_steps=2, logging_steps=2, save_steps=4, save_total_limit=2, progress=False,
+                tensorboard=False, seed=1)
+    base.update(kw)
+    return TrainingArguments(output_dir=out, **base)
+
+
+def train(data_dir: Path, out: Path, step_fn=pretraining_step, dropout: float = 0.0, eval_examples: int = 0,
+          **kw):
+    data = load_pretraining_data(data_dir, eval_examples=eval_examples)
+    collate = StaticPretrainingCollate()
+    evaluate = mlm_evaluator(data.eval, collate) if data.eval is not None else None
+    trainer = Trainer(make_model(dropout), make_args(out, **kw), data.train, collate, step_fn, evaluate=evaluate)
+    return trainer.train()
+
+
+def weights(directory: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(directory / "model.safetensors"))
+
+
+def assert_bit_identical(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+def test_loss_falls_and_outputs(data_dir, tmp_path):
+    out = tmp_path / "run"
+    result = train(data_dir, out, max_steps=40, logging_steps=5, eval_examples=16, eval_steps=20,
+                   metric_for_best_model=None)
+    records = read_metrics(out / "metrics.jsonl")
+    train_records = [r for r in records if "loss" in r]
+    assert [r["step"] for r in train_records] == list(range(5, 41, 5))
+    for key in ("step", "loss", "mlm_loss", "nsp_loss", "mlm_acc", "nsp_acc", "lr", "tokens_per_s"):
+        assert key in train_records[0]
+    assert train_records[-1]["mlm_loss"] < 0.85 * train_records[0]["mlm_loss"]
+    evals = [r for r in records if "eval_mlm_acc" in r]
+    assert [r["step"] for r in evals] == [20, 40]
+    assert evals[-1]["eval_perplexity"] == pytest.approx(float(torch.tensor(evals[-1]["eval_mlm_loss"]).exp()))
+    assert result.global_step == 40 and result.final_dir == out / "final"
+    # final/ is a model directory; checkpoints keep the last two
+    reloaded = NezhaForPreTraining.from_pretrained(out / "final")
+    assert reloaded.config.hidden_size == TINY_MODEL["hidden_size"]
+    assert [p.name for p in list_checkpoints(out)] == ["step-00000036", "step-00000040"]
+    state = json.loads((out / "checkpoints" / "step-00000040" / "trainer_state.json").read_text())
+    assert state["global_step"] == 40 and state["epoch"] == 3 and state["step_in_epoch"] == 10
+
+
+class Crash(Exception):
+    pass
+
+
+def crashing_step(after_micro_batches: int):
+    calls = {"n": 0}
+
+    def step(model, batch):
+        calls["n"] += 1
+        if calls["n"] > after_micro_batches:
+            raise Crash()
+        return pretraining_step(model, batch)
+
+    return step
+
+
+@pytest.mark.parametrize("accumulation", [1, 2])
+def test_resume_is_bit_identical_in_process(data_dir, tmp_path, accumulation):
+    # Dropout on: the RNG states must come back too. 96 examples / 8 = 12 steps per epoch; 15 steps cross an epoch.
+    kw = dict(max_steps=15, per_device_batch_size=8 // accumulation, dropout=0.1)
+    full = train(data_dir, tmp_path / "full", **kw)
+    # Crash in step 11 (after the checkpoint at step 8), then resume.
+    with pytest.raises(Crash):
+        train(data_dir, tmp_path / "cut", step_fn=crashing_step(10 * accumulation + 1), **kw)
+    assert list_checkpoints(tmp_path / "cut")[-1].name == "step-00000008"
+    resumed = train(data_dir, tmp_path / "cut", resume=True, **kw)
+    assert resumed.resumed_from.name == "step-00000008"
+    assert_bit_identical(weights(full.final_dir), weights(resumed.final_dir))
+    drop = ("tokens_per_s",)
+    strip = [{k: v for k, v in r.items() if k not in drop} for r in read_metrics(tmp_path / "full" / "metrics.jsonl")]
+    strip2 = [{k: v for k, v in r.items() if k not in drop} for r in read_metrics(tmp_path / "cut" / "metrics.jsonl")]
+    assert strip == strip2
+
+
+_KILL_SCRIPT = textwrap.dedent("""
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, {tests!r})
+    from test_engine_trainer import train
+    train(Path({data!r}), Path(sys.argv[1]), max_steps=40, save_steps=3, logging_steps=1, dropout=0.1,
+          resume=len(sys.argv) > 2)
+""")
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume_is_bit_identical(data_dir, tmp_path):
+    script = tmp_path / "run.py"
+    script.write_text(_KILL_SCRIPT.format(tests=str(REPO / "tests"), data=str(data_dir)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, str(script), str(tmp_path / "full")], check=True, env=env,
+                   capture_output=True)
+    cut = tmp_path / "cut"
+    kill_at = random.Random().randint(5, 30)
+    proc = subprocess.Popen([sys.executable, str(script), str(cut)], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        while proc.poll() is None:
+            steps = [r.get("step", 0) for r in read_metrics(cut / "metrics.jsonl")]
+            if steps and max(steps) >= kill_at:
+                os.kill(proc.pid, signal.SIGKILL)
+                break
+            time.sleep(0.01)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert not (cut / "final").exists()
+    subprocess.run([sys.executable, str(script), str(cut), "--resume"], check=True, env=env, capture_output=True)
+    assert_bit_identical(weights(tmp_path / "full" / "final"), weights(cut / "final"))
+
+
+def test_nonfinite_loss_stops_and_keeps_last_checkpoint(data_dir, tmp_path):
+    calls = {"n": 0}
+
+    def step(model, batch):
+        calls["n"] += 1
+        out = pretraining_step(model, batch)
+        if calls["n"] > 5 * 2:  # from step 6 on (2 micro-batches per step)
+            out.loss = out.loss * float("nan")
+        return out
+
+    out = tmp_path / "run"
+    with pytest.raises(TrainingDiverged, match="NaN/inf for 3 consecutive steps.*step-00000004"):
+        train(data_dir, out, step_fn=step, per_device_batch_size=4, gradient_accumulation_steps=None,
+              max_nonfinite_steps=3, global_batch_size=8, max_steps=20)
+    # Nothing was written after the NaNs: the checkpoint of step 4 is the last and loads.
+    assert [p.name for p in list_checkpoints(out)] == ["step-00000004"]
+    assert not (out / "final").exists()
+    assert all(torch.isfinite(t).all() for t in weights(list_checkpoints(out)[-1]).values())
+
+
+def test_isolated_nonfinite_step_is_skipped(data_dir, tmp_path):
+    calls = {"n": 0}
+
+    def step(model, batch):
+        calls["n"] += 1
+        out = pretraining_step(model, batch)
+        if calls["n"] == 5:
+            out.loss = out.loss * float("inf")
+        return out
+
+    result = train(data_dir, tmp_path / "run", step_fn=step, per_device_batch_size=8, max_steps=6)
+    assert result.nonfinite_steps == 1 and result.global_step == 6
+    assert all(torch.isfinite(t).all() for t in weights(result.final_dir).values())
+
+
+def test_global_batch_must_divide(data_dir, tmp_path):
+    with pytest.raises(ConfigError, match="global_batch_size=10 is not a multiple of per_device_batch_size=4"):
+        make_args(tmp_path, global_batch_size=10).batch_layout(1)
+    assert make_args(tmp_path, global_batch_size=32, per_device_batch_size=4).batch_layout(2) == (4, 4)
+    assert make_args(tmp_path, global_batch_size=32, per_device_batch_size=None,
+                     gradient_accumulation_steps=2).batch_layout(4) == (4, 2)
+
+
+def test_existing_output_is_refused(data_dir, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "something").write_text("x")
+    with pytest.raises(OutputExistsError, match="--resume"):
+        train(data_dir, out, max_steps=1)
+
+
+def test_best_model_selection(data_dir, tmp_path):
+    # A made-up dev metric that peaks at step 4: final/ must be the model of step 4.
+    values = iter([0.5, 0.9, 0.7])
+    snapshots = {}
+
+    def evaluate(trainer):
+        snapshots[trainer.state["global_step"]] = {
+            k: v.clone() for k, v in trainer.accelerator.unwrap_model(trainer.model).state_dict().items()}
+        return {"score": next(values)}
+
+    data = load_pretraining_data(data_dir)
+    args = make_args(tmp_path / "run", max_steps=6, eval_steps=2, metric_for_best_model="score")
+    trainer = Trainer(make_model(), args, data.train, StaticPretrainingCollate(), pretraining_step, evaluate=evaluate)
+    result = trainer.train()
+    assert result.best_metric == 0.9
+    final = weights(result.final_dir)
+    assert torch.equal(final["nezha.embeddings.word_embeddings.weight"],
+                       snapshots[4]["nezha.embeddings.word_embeddings.weight"])
+
+
+def test_bf16_runs_on_cpu(data_dir, tmp_path):
+    result = train(data_dir, tmp_path / "run", mixed_precision="bf16", max_steps=2, save_steps=0)
+    assert result.mixed_precision == "bf16"
+    assert all(torch.isfinite(t).all() for t in weights(result.final_dir).values())
+
+
+def test_fp16_overflow_steps_are_skipped_and_counted(data_dir, tmp_path):
+    """accelerate scales fp16 losses on GPUs only; emulate its GPU path on CPU with torch's CPU GradScaler."""
+    from accelerate import Accelerator
+
+    class FP16OnCPU(Trainer):
+        def _make_accelerator(self):
+            accelerator, _ = super()._make_accelerator()
+            # What accelerate sets up for fp16 on a GPU: fp16 autocast and a dynamic grad scaler. It starts at
+            # 2**30, so the first fp16 gradients overflow: those steps are skipped and the scale drops.
+            accelerator.state._mixed_precision = "fp16"
+            accelerator.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**30)
+            accelerator.native_amp = True
+            return accelerator, "fp16"
+
+    data = load_pretraining_data(data_dir)
+    args = make_args(tmp_path / "run", max_steps=30, save_steps=0, mixed_precision="no", logging_steps=10)
+    trainer = FP16OnCPU(make_model(), args, data.train, StaticPretrainingCollate(), pretraining_step)
+    assert isinstance(trainer.accelerator, Accelerator)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    result = trainer.train()
+    assert result.overflow_steps >= 1
+    assert result.nonfinite_steps == 0
+    records = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert records[-1]["overflow_steps"] == result.overflow_steps
+    # Once the scale has come down, steps go through and the model learns.
+    assert result.overflow_steps < 30
+    assert records[-1]["mlm_loss"] < records[0]["mlm_loss"]
+    after = weights(result.final_dir)
+    assert all(torch.isfinite(t).all() for t in after.values())
+    assert not torch.equal(after["nezha.embeddings.word_embeddings.weight"],
+                           before["nezha.embeddings.word_embeddings.weight"])
+
+
+def test_mlm_at_masked_positions_equals_full_computation():
+    model = make_model()
+    model.eval()
+    batch = StaticPretrainingCollate()([
+        {"input_ids": [2, 5, 4, 7, 4, 3], "token_type_ids": [0, 0, 0, 1, 1, 1], "masked_lm_positions": [2, 4],
+         "masked_lm_ids": [6, 8], "next_sentence_label": 0},
+        {"input_ids": [2, 9, 4, 3], "token_type_ids": [0, 0, 1, 1], "masked_lm_positions": [2],
+         "masked_lm_ids": [10], "next_sentence_label": 1},
+    ])
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
+    gathered = model(**inputs, masked_lm_positions=batch["masked_lm_positions"], labels=batch["masked_lm_labels"],
+                     next_sentence_label=batch["next_sentence_label"])
+    # The full computation: every position scored, labels spread over the sequence.
+    full_labels = torch.full_like(batch["input_ids"], -100)
+    for b in range(2):
+        for p, label in zip(batch["masked_lm_positions"][b], batch["masked_lm_labels"][b], strict=True):
+            if label != -100:
+                full_labels[b, p] = label
+    full = model(**inputs, labels=full_labels, next_sentence_label=batch["next_sentence_label"])
+    assert full.prediction_logits.shape[1] == 6 and gathered.prediction_logits.shape[1] == 2
+    torch.testing.assert_close(gathered.mlm_loss, full.mlm_loss, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(gathered.loss, full.loss, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(gathered.prediction_logits[0, 1], full.prediction_logits[0, 4])
+    torch.testing.assert_close(gathered.prediction_logits[1, 0], full.prediction_logits[1, 2])
+
+
+def test_step_output_metrics_are_averaged(tmp_path):
+    # A toy regression: the engine works for any model and step function (the fine-tuning use).
+    torch.manual_seed(0)
+    x = torch.randn(32, 4)
+    dataset = [{"x": x[i], "y": x[i].sum()} for i in range(32)]
+
+    def collate(examples):
+        return {"x": torch.stack([e["x"] for e in examples]), "y": torch.stack([e["y"] for e in examples])}
+
+    def step(model, batch):
+        loss = ((model(batch["x"]).squeeze(-1) - batch["y"]) ** 2).mean()
+        return StepOutput(loss, {"constant": torch.tensor(3.0)}, num_tokens=len(batch["x"]))
+
+    args = make_args(tmp_path / "toy", max_steps=8, logging_steps=4, save_steps=0, optimizer="lamb")
+    result = Trainer(torch.nn.Linear(4, 1), args, dataset, collate, step,
+                     save_model=lambda m, d: torch.save(m.state_dict(), d / "w.pt")).train()
+    assert (result.final_dir / "w.pt").is_file()
+    records = read_metrics(tmp_path / "toy" / "metrics.jsonl")
+    assert [r["constant"] for r in records] == [3.0, 3.0]
+    assert records[-1]["loss"] < records[0]["loss"]
