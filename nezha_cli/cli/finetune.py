@@ -1,0 +1,144 @@
+"""``nezha finetune``: fine-tune a model directory on one of the paper's tasks or on your own data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from nezha_cli.engine.args import MIXED_PRECISIONS, OPTIMIZERS
+
+# Column options of the generic tasks (the paper's tasks have fixed layouts), shared with `nezha evaluate`.
+COLUMN_OPTIONS = (
+    ("text_column", "Text column (classification; default: text/sentence/text_a)."),
+    ("text_pair_column", "Second text column (pair-classification; default: text_pair/text_b/sentence2)."),
+    ("label_column", "Label column (classification, multiple-choice; default: label)."),
+    ("tokens_column", "Tokens column, a list or space-separated (ner; default: tokens/text_a)."),
+    ("tags_column", "Tags column, a list or space-separated (ner; default: ner_tags/tags/label)."),
+    ("question_column", "Question column (qa, multiple-choice; default: question)."),
+    ("context_column", "Context column (qa, multiple-choice; default: context)."),
+    ("answers_column", "Answers column {text: [...], answer_start: [...]} (qa; default: answers)."),
+    ("choices_column", "Choices: a list column, or several columns a,b,c (multiple-choice; default: choices)."),
+    ("id_column", "Example id column (default: id when present)."),
+)
+
+
+def column_options(f):
+    for name, help_text in reversed(COLUMN_OPTIONS):
+        f = click.option("--" + name.replace("_", "-"), name, default=None, metavar="NAME", help=help_text)(f)
+    return f
+
+
+def task_epilog() -> str:
+    from nezha_cli.tasks.registry import TASKS
+
+    lines = ["\b", "Tasks:"]
+    for name, cls in TASKS.items():
+        aliases = f" (also {', '.join(cls.aliases)})" if cls.aliases else ""
+        lines.append(f"  {name:<20} {cls.description}{aliases}")
+    return "\n".join(lines)
+
+
+def columns_from(kwargs: dict) -> dict:
+    return {name: kwargs.pop(name) for name, _ in COLUMN_OPTIONS}
+
+
+def relaunch_args(ctx: click.Context) -> list[str]:
+    """This command's arguments as given (less --num-processes), for the processes that --num-processes starts."""
+    obj = ctx.obj or {}
+    args = ["--debug"] if obj.get("debug") else []
+    args += ["--quiet"] if obj.get("quiet") else []
+    args.append(ctx.command.name)
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if param.name == "num_processes" or value is None or value is False:
+            continue
+        flag = param.opts[-1] if param.opts[-1].startswith("--") else param.opts[0]
+        args += [flag] if value is True else [flag, str(value)]
+    return args
+
+
+@click.command("finetune", epilog=task_epilog())
+@click.option("--task", "task_name", required=True, metavar="TASK", help="Task name (see the list below).")
+@click.option("--model", "model_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Pretrained model directory (config.json, model.safetensors, vocab.txt), e.g. OUT/final of "
+                   "`nezha pretrain`.")
+@click.option("--data-dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Directory with train/dev/test files by their usual names (train.tsv, dev.tsv, test.tsv; "
+                   "train.json, dev.json, trial.json for cmrc).")
+@click.option("--train-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Training file.")
+@click.option("--validation-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Dev file, evaluated after every epoch; the best epoch becomes OUT/final.")
+@click.option("--test-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Test file, predicted with the final model (OUT/test_predictions.*, OUT/test_results.json).")
+@click.option("-o", "--output", "output_dir", required=True, type=click.Path(path_type=Path),
+              help="Output directory (checkpoints/, metrics.jsonl, final/).")
+@click.option("--epochs", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Epochs [default: the task's, from the paper's Table 3].")
+@click.option("--max-steps", type=click.IntRange(min=1), default=None, help="Stop after this many steps instead.")
+@click.option("--learning-rate", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Peak learning rate [default: 3e-5, the paper's].")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="Global batch size [default: the task's, 32 for the paper's tasks].")
+@click.option("--per-device-batch-size", type=click.IntRange(min=1), default=None,
+              help="Per-device batch; the rest is gradient accumulation [default: batch size / processes].")
+@click.option("--max-seq-length", type=click.IntRange(min=8), default=None,
+              help="Maximum tokens per input [default: the task's, from the paper's Table 3].")
+@click.option("--warmup-ratio", type=click.FloatRange(0, 1, max_open=True), default=None,
+              help="Share of steps with linear warmup [default: 0.1].")
+@click.option("--weight-decay", type=click.FloatRange(min=0), default=None, help="Weight decay [default: 0.01].")
+@click.option("--optimizer", type=click.Choice(OPTIMIZERS), default="adamw", show_default=True)
+@click.option("--seed", type=int, default=42, show_default=True)
+@click.option("--mixed-precision", type=click.Choice(MIXED_PRECISIONS), default="auto", show_default=True,
+              help="auto: bf16 where the hardware runs it fast, else fp32.")
+@click.option("--logging-steps", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--save-steps", type=click.IntRange(min=0), default=None,
+              help="Checkpoint every N steps [default: every epoch].")
+@click.option("--num-processes", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Run N processes on this machine (GPUs, or CPU over gloo); or start with `accelerate launch`.")
+@click.option("--from-scratch", is_flag=True,
+              help="Randomly initialise the model (same architecture as --model) instead of loading its weights: "
+                   "the baseline that shows what pretraining is worth.")
+@click.option("--vocab", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="vocab.txt when the model directory has none.")
+@click.option("--resume", is_flag=True, help="Continue the run in OUT from its newest checkpoint.")
+@click.option("--overwrite", is_flag=True, help="Replace a non-empty OUT.")
+@column_options
+@click.pass_context
+def finetune(ctx: click.Context, task_name: str, model_dir: Path, data_dir: Path | None, train_file: Path | None,
+             validation_file: Path | None, test_file: Path | None, output_dir: Path, num_processes: int,
+             **kwargs) -> None:
+    """Fine-tune a pretrained model on a task, evaluating on the dev split every epoch.
+
+    \b
+    The best epoch (by accuracy, entity F1 or CMRC's AVERAGE) is kept as OUT/final/, a model directory with
+    its task head, label names and vocab.txt, ready for `nezha evaluate`. OUT/metrics.jsonl logs the loss and
+    the dev metrics; --resume continues an interrupted run.
+
+    \b
+    Examples:
+      nezha finetune --task chnsenti --model pretrained/final --data-dir data/chnsenticorp -o runs/chnsenti
+      nezha finetune --task classification --model M --train-file train.csv --validation-file dev.csv \\
+          --text-column review --label-column stars -o runs/reviews
+    """
+    from nezha_cli.engine.launch import in_launched_process, launch_processes
+
+    if num_processes > 1 and not in_launched_process():
+        ctx.exit(launch_processes(num_processes, relaunch_args(ctx)))
+
+    from nezha_cli.tasks import get_task
+    from nezha_cli.tasks.finetune import DataFiles, FinetuneOptions
+    from nezha_cli.tasks.finetune import finetune as run_finetune
+
+    task = get_task(task_name, **columns_from(kwargs))
+    files = DataFiles.resolve(task, data_dir, train_file, validation_file, test_file)
+    quiet = bool(ctx.obj and ctx.obj.get("quiet"))
+    options = FinetuneOptions(**kwargs, progress=not quiet)
+    result = run_finetune(task, model_dir, output_dir, files, options)
+    if not result.main_process:
+        return
+    if result.best_metric is not None:
+        click.echo(f"best dev {result.main_metric}: {result.best_metric:.4f}")
+    if result.test_metrics is not None:
+        click.echo(f"test {result.main_metric}: {result.test_metrics[result.main_metric]:.4f}")
+    click.echo(f"model: {result.final_dir}")

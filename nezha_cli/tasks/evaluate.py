@@ -1,0 +1,128 @@
+"""Evaluating a fine-tuned model directory on a task's file, and scoring CMRC 2018 prediction files.
+
+``evaluate_model`` predicts every example (features, model, post-processing back to the input) and applies the
+task's official metric; ``score_cmrc_predictions`` is the official CMRC 2018 script on existing files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nezha_cli.errors import CheckpointError, DataError
+from nezha_cli.io import atomic_output_file, read_json
+from nezha_cli.tasks.base import Task
+from nezha_cli.tasks.inference import predict
+from nezha_cli.tasks.metrics import cmrc_gold_answers, cmrc_score
+from nezha_cli.tasks.tokenization import load_tokenizer
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class EvaluationResult:
+    metrics: dict[str, Any] | None  # None when the file has no gold labels (predictions only)
+    predictions: list
+    examples: list
+    file: Path
+
+
+def load_finetuned(task: Task, model_dir: Path):
+    """The model of a fine-tuned directory and its label names; it must carry this task's kind of head."""
+    from nezha_cli.modeling import MODEL_CLASSES, NezhaConfig
+
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise CheckpointError(f"{model_dir}: model directory not found")
+    config = NezhaConfig.from_pretrained(model_dir)
+    architecture = (config.architectures or ["NezhaModel"])[0]
+    if architecture != task.model_class_name:
+        raise CheckpointError(
+            f"{model_dir}: a {architecture}, but task {task.name} needs a {task.model_class_name}; fine-tune it "
+            f"first: nezha finetune --task {task.name} --model {model_dir} ..."
+        )
+    labels = config.labels
+    if task.label_list:
+        expected = list(task.label_list)
+        if config.id2label is None and config.num_labels == len(expected):
+            logger.warning("%s: config has no label names; assuming the task's order %s", model_dir,
+                           ", ".join(expected))
+            labels = expected
+        elif labels != expected:
+            raise CheckpointError(f"{model_dir}: labels {', '.join(labels)} do not match task {task.name} "
+                                  f"({', '.join(expected)})")
+    trained_for = config.extra.get("finetuning_task")
+    if trained_for and trained_for != task.name:
+        logger.warning("%s: fine-tuned for task %s, evaluated as %s", model_dir, trained_for, task.name)
+    model = MODEL_CLASSES[task.model_class_name].from_pretrained(model_dir, config=config, strict=True)
+    return model, labels
+
+
+def predict_examples(task: Task, model, labels: Sequence[str], examples: Sequence, tokenizer, max_seq_length: int,
+                     batch_size: int, device: str | torch.device | None = None, progress=None) -> list:
+    label2id = {name: i for i, name in enumerate(labels)}
+    features = task.build_features(examples, tokenizer, max_seq_length, label2id, training=False)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    outputs = predict(task, model, features, batch_size, device=device, progress=progress)
+    return task.postprocess(examples, features, outputs, dict(enumerate(labels)))
+
+
+def evaluate_model(task: Task, model_dir: Path, file: Path, max_seq_length: int | None = None, batch_size: int = 64,
+                   vocab: Path | None = None, progress=None) -> EvaluationResult:
+    model, labels = load_finetuned(task, model_dir)
+    examples = task.read(Path(file), labels=labels or None, require_labels=False)
+    tokenizer = load_tokenizer(model_dir, vocab)
+    max_seq_length = (max_seq_length or model.config.extra.get("finetuning_max_seq_length")
+                      or task.defaults.max_seq_length)
+    predictions = predict_examples(task, model, labels, examples, tokenizer, max_seq_length, batch_size,
+                                   progress=progress)
+    metrics = task.compute_metrics(examples, predictions) if task.has_references(examples) else None
+    return EvaluationResult(metrics=metrics, predictions=predictions, examples=list(examples), file=Path(file))
+
+
+def write_predictions(task: Task, path: Path, examples: Sequence, predictions: Sequence,
+                      overwrite: bool = True) -> None:
+    """A JSON object ({id: answer}, span tasks) or JSON Lines (one row per example, the other tasks)."""
+    records = task.prediction_records(examples, predictions)
+    with atomic_output_file(Path(path), overwrite=overwrite) as f:
+        if isinstance(records, dict):
+            json.dump(records, f, ensure_ascii=False, indent=1)
+            f.write("\n")
+        else:
+            for record in records:
+                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+# ------------------------------------------------------------------------------------ CMRC prediction files
+
+
+def read_cmrc_predictions(path: Path, known_ids: set[str]) -> dict[str, str]:
+    """A ``{question id: answer text}`` JSON file; ids that the dataset does not have are an error."""
+    predictions = read_json(Path(path), what="predictions file")
+    if not isinstance(predictions, dict):
+        raise DataError(f"{path}: predictions must be a JSON object {{question id: answer text}}, "
+                        f"not a {type(predictions).__name__}")
+    for qid, answer in predictions.items():
+        if isinstance(answer, (list, dict)) or answer is None:
+            raise DataError(f"{path}: the prediction for {qid!r} must be a string, not "
+                            f"{'null' if answer is None else type(answer).__name__}")
+    unknown = [qid for qid in predictions if qid not in known_ids]
+    if unknown:
+        shown = ", ".join(unknown[:3]) + (" ..." if len(unknown) > 3 else "")
+        raise DataError(f"{path}: {len(unknown)} prediction id(s) are not in the dataset ({shown}); is it the "
+                        "prediction file for this dataset?")
+    return predictions
+
+
+def score_cmrc_predictions(dataset: Path, predictions: Path) -> tuple[dict[str, Any], list[str]]:
+    """The official CMRC 2018 numbers for a prediction file, and the ids of unanswered questions."""
+    golds = cmrc_gold_answers(read_json(Path(dataset), what="CMRC 2018 dataset"), source=str(dataset))
+    answers = read_cmrc_predictions(predictions, {qid for qid, _ in golds})
+    unanswered = [qid for qid, _ in golds if qid not in answers]
+    return cmrc_score(golds, answers), unanswered

@@ -1,0 +1,251 @@
+"""Fine-tuning a model directory on a task with the shared training engine (``nezha_cli.engine``).
+
+Everything that can fail on the user's input (files, columns, labels, model directory, output directory) is
+checked before the engine creates anything in OUT, so bad input leaves no partial output. The engine then trains
+with evaluation on the dev split after every epoch and keeps the best model (by the task's main metric) as
+``OUT/final/``: a model directory with its head, the label names in ``config.json`` and ``vocab.txt``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nezha_cli.errors import CheckpointError, ConfigError, DataError, OutputExistsError
+from nezha_cli.io import write_json
+from nezha_cli.tasks.base import Task
+from nezha_cli.tasks.inference import forward_outputs, numeric_metrics, split_outputs
+from nezha_cli.tasks.tokenization import VOCAB_NAME, load_tokenizer
+
+logger = logging.getLogger(__name__)
+
+TEST_RESULTS = "test_results.json"
+
+
+@dataclass
+class DataFiles:
+    train: Path
+    dev: Path | None = None
+    test: Path | None = None
+
+    @classmethod
+    def resolve(cls, task: Task, data_dir: Path | None, train: Path | None = None, dev: Path | None = None,
+                test: Path | None = None) -> DataFiles:
+        """Explicit files win; the rest are looked up in ``data_dir`` by the task's usual names."""
+        if data_dir is None and train is None:
+            raise ConfigError("give --data-dir or --train-file")
+        if train is None:
+            train = task.split_file(data_dir, "train")
+        for split, given in (("dev", dev), ("test", test)):
+            if given is None and data_dir is not None:
+                try:
+                    given = task.split_file(data_dir, split)
+                except DataError:
+                    given = None
+            if split == "dev":
+                dev = given
+            else:
+                test = given
+        for path in (train, dev, test):
+            if path is not None and not Path(path).is_file():
+                raise DataError(f"{path}: file not found")
+        return cls(Path(train), Path(dev) if dev else None, Path(test) if test else None)
+
+
+@dataclass
+class FinetuneOptions:
+    """What ``nezha finetune`` can change; None means the task's default (the paper's Table 3)."""
+
+    epochs: float | None = None
+    max_steps: int | None = None
+    learning_rate: float | None = None
+    batch_size: int | None = None
+    per_device_batch_size: int | None = None
+    max_seq_length: int | None = None
+    warmup_ratio: float | None = None
+    weight_decay: float | None = None
+    optimizer: str = "adamw"
+    seed: int = 42
+    mixed_precision: str = "auto"
+    logging_steps: int = 10
+    save_steps: int | None = None
+    save_total_limit: int = 2
+    resume: bool = False
+    overwrite: bool = False
+    from_scratch: bool = False
+    vocab: Path | None = None
+    eval_batch_size: int = 64
+    progress: bool = True
+
+
+@dataclass
+class FinetuneResult:
+    output_dir: Path
+    final_dir: Path
+    best_metric: float | None
+    main_metric: str
+    global_step: int
+    dev_metrics: list[dict[str, Any]]
+    test_metrics: dict[str, Any] | None
+    # False in the other processes of a multi-process run (which should not print the same result again).
+    main_process: bool = True
+
+
+def check_output_dir(path: Path, resume: bool, overwrite: bool) -> None:
+    """The engine's rule, applied before any work: a non-empty OUT needs --resume or --overwrite."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputExistsError(f"{path}: exists and is not a directory; choose another -o/--output")
+    if path.is_dir() and any(path.iterdir()) and not (resume or overwrite):
+        raise OutputExistsError(f"{path}: output directory is not empty; pass --resume to continue its run, "
+                                "--overwrite to start over, or choose another -o/--output")
+
+
+def load_task_model(task: Task, model_dir: Path, labels: list[str], from_scratch: bool = False, seed: int = 42):
+    """The task's model class on the body in ``model_dir`` (head sized for ``labels``), or randomly initialised.
+
+    The new weights (the head; everything with ``from_scratch``) are drawn from ``seed``, not from whatever state
+    the global RNG is in, so that a run is reproducible and ``--resume`` continues the same run.
+    """
+    from nezha_cli.modeling import MODEL_CLASSES, NezhaConfig
+
+    model_dir = Path(model_dir)
+    cls = MODEL_CLASSES[task.model_class_name]
+    overrides = task.model_overrides(labels)
+    torch.manual_seed(seed)
+    if from_scratch:
+        return cls(dataclasses.replace(NezhaConfig.from_pretrained(model_dir), **overrides))
+    return cls.from_pretrained(model_dir, **overrides)
+
+
+def finetune(task: Task, model_dir: Path, output_dir: Path, files: DataFiles,
+             options: FinetuneOptions | None = None) -> FinetuneResult:
+    from nezha_cli.engine import StepOutput, Trainer, TrainingArguments
+
+    options = options or FinetuneOptions()
+    output_dir, model_dir = Path(output_dir), Path(model_dir)
+    defaults = task.defaults
+    max_seq_length = options.max_seq_length or defaults.max_seq_length
+    batch_size = options.batch_size or defaults.batch_size
+    check_output_dir(output_dir, options.resume, options.overwrite)
+    if not model_dir.is_dir():
+        raise CheckpointError(f"{model_dir}: model directory not found")
+
+    # -- data: read and check everything before OUT is touched ------------------------------------------------
+    train_examples = task.read(files.train)
+    labels = task.labels(train_examples)
+    if task.label_list is None and len(labels) < 2 and task.model_class_name != "NezhaForTokenClassification":
+        raise DataError(f"{files.train}: only one label ({', '.join(labels)}); classification needs at least two")
+    dev_examples = task.read(files.dev, labels=labels) if files.dev else None
+    if dev_examples is None:
+        logger.warning("no dev file: nothing is evaluated during training and OUT/final is the last epoch "
+                       "(give --validation-file, or a dev file in --data-dir)")
+    test_examples = task.read(files.test, labels=labels, require_labels=False) if files.test else None
+    vocab = options.vocab or model_dir / VOCAB_NAME
+    tokenizer = load_tokenizer(model_dir, options.vocab)
+    label2id = {name: i for i, name in enumerate(labels)}
+    train_features = task.build_features(train_examples, tokenizer, max_seq_length, label2id, training=True)
+    if len(train_features) < batch_size:
+        raise DataError(f"{files.train}: {len(train_features)} training features, fewer than one batch of "
+                        f"{batch_size}; use more data or a smaller --batch-size")
+    dev_features = (task.build_features(dev_examples, tokenizer, max_seq_length, label2id, training=False)
+                    if dev_examples else None)
+    model = load_task_model(task, model_dir, labels, options.from_scratch, options.seed)
+    if len(tokenizer.vocab) > model.config.vocab_size:
+        raise CheckpointError(f"{vocab}: {len(tokenizer.vocab)} tokens, more than the model's vocab_size="
+                              f"{model.config.vocab_size}; use the vocab the model was pretrained with")
+    # Recorded so that `nezha evaluate` feeds the model inputs like those it was trained on.
+    model.config.extra.update(finetuning_task=task.name, finetuning_max_seq_length=max_seq_length)
+    logger.info("%s: %d training examples (%d features), %d dev examples; labels: %s", task.name,
+                len(train_examples), len(train_features), len(dev_examples or ()), ", ".join(labels) or "(spans)")
+
+    # -- the engine -------------------------------------------------------------------------------------------
+    steps_per_epoch = len(train_features) // batch_size
+    epochs = options.epochs if options.epochs is not None else defaults.epochs
+    args = TrainingArguments(
+        output_dir=output_dir,
+        global_batch_size=batch_size,
+        per_device_batch_size=options.per_device_batch_size,
+        max_steps=options.max_steps,
+        num_epochs=None if options.max_steps else epochs,
+        optimizer=options.optimizer,
+        learning_rate=options.learning_rate or defaults.learning_rate,
+        weight_decay=options.weight_decay if options.weight_decay is not None else defaults.weight_decay,
+        warmup_ratio=options.warmup_ratio if options.warmup_ratio is not None else defaults.warmup_ratio,
+        lr_schedule="linear",
+        mixed_precision=options.mixed_precision,
+        seed=options.seed,
+        logging_steps=max(1, min(options.logging_steps, steps_per_epoch)),
+        # A checkpoint per epoch by default, so that --resume loses at most one epoch.
+        save_steps=options.save_steps if options.save_steps is not None else steps_per_epoch,
+        save_total_limit=options.save_total_limit,
+        eval_each_epoch=dev_features is not None,
+        metric_for_best_model=task.main_metric if dev_features is not None else None,
+        greater_is_better=True,
+        resume=options.resume,
+        overwrite=options.overwrite,
+        progress=options.progress,
+    )
+
+    def step(model, batch) -> StepOutput:
+        out = model(**batch)
+        return StepOutput(loss=out.loss, num_tokens=batch["attention_mask"].sum())
+
+    dev_history: list[dict[str, Any]] = []
+    id2label = dict(enumerate(labels))
+
+    def evaluate(trainer) -> dict[str, float]:
+        acc = trainer.accelerator
+
+        def fn(model, batch):
+            return forward_outputs(task, model, batch, pad_across=lambda t: acc.pad_across_processes(t, dim=1))
+
+        gathered = trainer.predict(dev_features, task.collate, fn, batch_size=options.eval_batch_size)
+        outputs = split_outputs(gathered, task.output_names)
+        predictions = task.postprocess(dev_examples, dev_features, outputs, id2label)
+        metrics = task.compute_metrics(dev_examples, predictions)
+        dev_history.append({"step": trainer.state["global_step"], **metrics})
+        return numeric_metrics(metrics)
+
+    def save_model(model, directory: Path) -> None:
+        model.save_pretrained(directory)
+        shutil.copyfile(vocab, Path(directory) / VOCAB_NAME)
+
+    trainer = Trainer(model, args, train_features, task.collate, step,
+                      evaluate=evaluate if dev_features is not None else None, save_model=save_model)
+    result = trainer.train()
+
+    test_metrics = None
+    if test_examples is not None and trainer.accelerator.is_main_process:
+        test_metrics = evaluate_test(task, result.final_dir, test_examples, tokenizer, max_seq_length,
+                                     options.eval_batch_size, output_dir)
+    return FinetuneResult(output_dir=output_dir, final_dir=result.final_dir, best_metric=result.best_metric,
+                          main_metric=task.main_metric, global_step=result.global_step, dev_metrics=dev_history,
+                          test_metrics=test_metrics, main_process=trainer.accelerator.is_main_process)
+
+
+def evaluate_test(task: Task, final_dir: Path, examples, tokenizer, max_seq_length: int, batch_size: int,
+                  output_dir: Path) -> dict[str, Any] | None:
+    """Predict the test split with the final model: OUT/test_predictions.* and, with labels, OUT/test_results.json."""
+    from nezha_cli.tasks.evaluate import load_finetuned, predict_examples, write_predictions
+
+    model, labels = load_finetuned(task, final_dir)
+    predictions = predict_examples(task, model, labels, examples, tokenizer, max_seq_length, batch_size)
+    write_predictions(task, output_dir / task_prediction_name(task, "test"), examples, predictions)
+    if not task.has_references(examples):
+        return None
+    metrics = task.compute_metrics(examples, predictions)
+    write_json(output_dir / TEST_RESULTS, metrics)
+    return metrics
+
+
+def task_prediction_name(task: Task, split: str) -> str:
+    return f"{split}_predictions.json" if task.model_class_name == "NezhaForQuestionAnswering" \
+        else f"{split}_predictions.jsonl"
+

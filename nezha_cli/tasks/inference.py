@@ -1,0 +1,71 @@
+"""Running a task's model over features: outputs per feature, for the task's post-processing.
+
+Used in two places: inside fine-tuning (through the engine's ``Trainer.predict``, on every process) and by
+``nezha evaluate`` (a plain no-grad loop on one device).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+MODEL_INPUTS = ("input_ids", "token_type_ids", "attention_mask")
+
+
+def forward_outputs(task, model: torch.nn.Module, batch: dict[str, torch.Tensor],
+                    pad_across: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """The task's output tensors for a batch, plus each row's length for per-token outputs.
+
+    ``pad_across`` pads a [B, L, ...] tensor to the longest L of all processes, so that tensors from batches
+    padded to different lengths can be gathered.
+    """
+    out = model(**{k: batch[k] for k in MODEL_INPUTS if k in batch})
+    result: dict[str, torch.Tensor] = {}
+    per_token = task.model_class_name in ("NezhaForTokenClassification", "NezhaForQuestionAnswering")
+    for name in task.output_names:
+        value = getattr(out, name).float()
+        result[name] = pad_across(value) if per_token and pad_across is not None else value
+    if per_token:
+        result["length"] = batch["attention_mask"].sum(-1)
+    return result
+
+
+def split_outputs(gathered: Iterable[dict[str, torch.Tensor]], names: Sequence[str]) -> dict[str, list[np.ndarray]]:
+    """Batches of outputs -> one array per feature (per-token outputs cut to the feature's length)."""
+    outputs: dict[str, list[np.ndarray]] = {name: [] for name in names}
+    for batch in gathered:
+        lengths = batch.get("length")
+        for name in names:
+            values = batch[name].numpy()
+            for i, row in enumerate(values):
+                outputs[name].append(row[: int(lengths[i])] if lengths is not None else row)
+    return outputs
+
+
+def predict(task, model: torch.nn.Module, features: Sequence[dict[str, Any]], batch_size: int,
+            device: torch.device | str = "cpu", progress=None) -> dict[str, list[np.ndarray]]:
+    """Outputs of ``model`` for ``features`` on one device, in feature order (``nezha evaluate``)."""
+    model.eval()
+    model.to(device)
+
+    def batches():
+        task_id = progress.add_task("predict", total=len(features)) if progress is not None else None
+        for start in range(0, len(features), batch_size):
+            chunk = features[start:start + batch_size]
+            batch = {k: v.to(device) for k, v in task.collate(chunk).items()}
+            with torch.no_grad():
+                out = forward_outputs(task, model, batch)
+            if progress is not None:
+                progress.update(task_id, advance=len(chunk))
+            yield {k: v.cpu() for k, v in out.items()}
+
+    return split_outputs(batches(), task.output_names)
+
+
+def numeric_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    """The scores in a task's metrics (floats; counts such as TOTAL are left out): what the training log and
+    best-model selection take."""
+    return {k: v for k, v in metrics.items() if isinstance(v, float)}

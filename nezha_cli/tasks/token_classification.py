@@ -1,0 +1,210 @@
+"""Token classification (People's Daily NER, generic NER) with character-level BIO tags.
+
+The tags belong to the input units (characters for Chinese NER, words for word-level data); the model sees
+WordPiece tokens of the joined text. Chinese characters are single tokens, but WordPiece merges a run of digits or
+Latin letters into one token ("1997", "ibm") or splits a word into several ("##"). The alignment:
+
+- training: a token takes the tag of the first unit it covers; the further tokens of a unit are ignored (-100);
+- prediction: a token's tag goes to every unit it covers, inside an entity as its continuation (``B-X`` on the
+  first unit, ``I-X`` on the rest); a unit without a token of its own (whitespace) is ``O``.
+
+A sentence longer than ``max_seq_length - 2`` tokens is cut into overlapping windows (never truncated); each token
+is predicted from the window where it has the most context on both sides.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from nezha_cli.errors import DataError
+from nezha_cli.tasks.base import NerExample, Task, check_not_empty, pad_batch
+from nezha_cli.tasks.metrics import entity_scores
+from nezha_cli.tasks.readers import check_label, looks_like_conll, read_conll, read_tsv, split_header
+from nezha_cli.tasks.tokenization import tokens_with_offsets
+
+IGNORE_INDEX = -100
+TOKENS_NAMES = ("text_a", "tokens", "text", "chars")
+TAGS_NAMES = ("label", "labels", "tags", "ner_tags")
+
+
+def join_units(units: Sequence[str]) -> tuple[str, list[int]]:
+    """The text the tokenizer sees and, per character of it, the index of the unit it belongs to.
+
+    Characters are concatenated (so that digit and Latin runs become the words WordPiece was trained on); words
+    of word-level data are separated by a space (which maps to the unit before it and starts no token).
+    """
+    separator = "" if all(len(u) == 1 for u in units) else " "
+    unit_of_char: list[int] = []
+    for i, unit in enumerate(units):
+        unit_of_char.extend([i] * (len(unit) + (len(separator) if i < len(units) - 1 else 0)))
+    return separator.join(units), unit_of_char
+
+
+def align_tokens(units: Sequence[str], tokenizer) -> tuple[list[int], list[tuple[int, int]]]:
+    """Token ids of the sentence and, per token, the (first, last) unit it covers, or (-1, -1) for a token that
+    continues a unit whose first token came earlier."""
+    text, unit_of_char = join_units(units)
+    ids, offsets = tokens_with_offsets(tokenizer, text)
+    spans: list[tuple[int, int]] = []
+    covered = -1  # the last unit that already has its first token
+    for begin, end in offsets:
+        first, last = unit_of_char[begin], unit_of_char[max(begin, end - 1)]
+        spans.append((first, last) if first > covered else (-1, -1))
+        covered = max(covered, last)
+    return ids, spans
+
+
+def windows(length: int, max_tokens: int) -> list[tuple[int, int]]:
+    """(start, end) token windows of at most ``max_tokens``, overlapping by half a window."""
+    if length <= max_tokens:
+        return [(0, length)]
+    stride = max(1, max_tokens // 2)
+    spans = []
+    start = 0
+    while True:
+        end = min(start + max_tokens, length)
+        spans.append((start, end))
+        if end == length:
+            return spans
+        start += stride
+
+
+def continuation(tag: str) -> str:
+    """The tag of the further units of a token tagged ``tag`` (B-X -> I-X)."""
+    if tag == "O" or "-" not in tag:
+        return tag
+    prefix, _, entity_type = tag.partition("-")
+    return f"I-{entity_type}" if prefix in ("B", "I") else tag
+
+
+class TokenClassificationTask(Task):
+    model_class_name = "NezhaForTokenClassification"
+    main_metric = "f1"
+
+    # -- reading ----------------------------------------------------------------------------------------------
+    def read(self, path: Path, labels: Sequence[str] | None = None, require_labels: bool = True) -> list:
+        path = Path(path)
+        allowed = list(labels) if labels is not None else self.label_list
+        examples = []
+        for line, tokens, tags in self.read_sentences(path, require_labels):
+            if tags is not None and allowed is not None:
+                for tag in tags:
+                    check_label(path, line, tag, allowed)
+            examples.append(NerExample(guid=f"{path.stem}-{len(examples)}", tokens=tokens, tags=tags))
+        check_not_empty(examples, path)
+        return examples
+
+    def read_sentences(self, path: Path, require_labels: bool) -> list[tuple[int, list[str], list[str] | None]]:
+        """(line, tokens, tags) per sentence from the TSV layout (``text_a<TAB>label``, space-separated) or CoNLL."""
+        if looks_like_conll(path):
+            return [(line, tokens, tags) for line, tokens, tags in read_conll(path)]
+        columns, rows = split_header(path, read_tsv(path), TOKENS_NAMES + TAGS_NAMES, ("text_a", "label"))
+        t = columns.find(TOKENS_NAMES, "text_a")
+        y = columns.find(TAGS_NAMES, "label", required=require_labels,
+                         hint="test files without tags can only be predicted, not scored")
+        sentences = []
+        for row in rows:
+            if not columns.header and not require_labels and len(row.fields) == 1:
+                tokens, tags = row.fields[0].split(), None
+            else:
+                columns.check_width(row)
+                tokens = row.fields[t].split()
+                tags = row.fields[y].split() if y is not None else None
+            if tags is not None and len(tags) != len(tokens):
+                raise DataError(f"{path}:{row.line}: {len(tokens)} characters but {len(tags)} tags; they must "
+                                "pair up one to one (both space-separated)")
+            if tokens:
+                sentences.append((row.line, tokens, tags))
+        return sentences
+
+    def labels_from_examples(self, examples: Sequence) -> list[str]:
+        tags = {t for e in examples for t in (e.tags or ())}
+        # O first, then each entity type's B before its I, so that ids read naturally.
+        ordered = sorted(tags - {"O"}, key=lambda t: (t.partition("-")[2], t.partition("-")[0]))
+        return ["O", *ordered] if "O" in tags else ordered
+
+    # -- features ---------------------------------------------------------------------------------------------
+    def build_features(self, examples: Sequence, tokenizer, max_seq_length: int, label2id: dict[str, int],
+                       training: bool) -> list[dict[str, Any]]:
+        max_tokens = max_seq_length - 2
+        if max_tokens < 2:
+            raise DataError(f"max_seq_length={max_seq_length} leaves no room for tokens; use at least 4")
+        features = []
+        for index, example in enumerate(examples):
+            ids, spans = align_tokens(example.tokens, tokenizer)
+            if not ids and training:
+                continue  # nothing but whitespace: no token to learn from (predicted all O)
+            token_labels = None
+            if example.tags is not None:
+                token_labels = [label2id[example.tags[first]] if first >= 0 else IGNORE_INDEX for first, _ in spans]
+            for start, end in windows(len(ids), max_tokens):
+                feature: dict[str, Any] = {
+                    "input_ids": [tokenizer.cls_token_id, *ids[start:end], tokenizer.sep_token_id],
+                    "token_type_ids": [0] * (end - start + 2),
+                    "attention_mask": [1] * (end - start + 2),
+                    "example_index": index,
+                    "window": (start, end),
+                }
+                if token_labels is not None:
+                    feature["labels"] = [IGNORE_INDEX, *token_labels[start:end], IGNORE_INDEX]
+                if not training:
+                    feature["spans"] = spans[start:end]
+                    feature["num_tokens"] = len(ids)
+                features.append(feature)
+        return features
+
+    def collate(self, features: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        return pad_batch(features, {"input_ids": 0, "token_type_ids": 0, "attention_mask": 0, "labels": IGNORE_INDEX})
+
+    # -- predictions ------------------------------------------------------------------------------------------
+    def postprocess(self, examples, features, outputs: dict[str, list[np.ndarray]], id2label: dict[int, str]) -> list:
+        by_example: dict[int, list[tuple[dict, np.ndarray]]] = {}
+        for feature, logits in zip(features, outputs["logits"]):
+            by_example.setdefault(feature["example_index"], []).append((feature, logits))
+        predictions = []
+        for index, example in enumerate(examples):
+            tags = ["O"] * len(example.tokens)
+            windows_ = by_example.get(index, [])
+            if not windows_:
+                predictions.append(tags)
+                continue
+            num_tokens = windows_[0][0]["num_tokens"]
+            best_score = np.full(num_tokens, -1.0)
+            token_tag = [""] * num_tokens
+            token_span: list[tuple[int, int]] = [(-1, -1)] * num_tokens
+            for feature, logits in windows_:
+                start, end = feature["window"]
+                for offset in range(end - start):
+                    position = start + offset
+                    # Context on the nearer side, a little more for longer windows (BERT's max-context rule).
+                    score = min(offset, end - start - 1 - offset) + 0.01 * (end - start)
+                    if score > best_score[position]:
+                        best_score[position] = score
+                        token_tag[position] = id2label[int(np.argmax(logits[offset + 1]))]
+                        token_span[position] = feature["spans"][offset]
+            for position in range(num_tokens):
+                first, last = token_span[position]
+                if first < 0:
+                    continue
+                tags[first] = token_tag[position]
+                for unit in range(first + 1, last + 1):
+                    tags[unit] = continuation(token_tag[position])
+            predictions.append(tags)
+        return predictions
+
+    def has_references(self, examples: Sequence) -> bool:
+        return all(e.tags is not None for e in examples)
+
+    def compute_metrics(self, examples: Sequence, predictions: Sequence) -> dict[str, Any]:
+        scores = entity_scores([e.tags for e in examples], predictions)
+        return {"precision": scores["precision"], "recall": scores["recall"], "f1": scores["f1"],
+                "entities": scores["support"], "per_type": scores["per_type"], "examples": len(examples)}
+
+    def prediction_records(self, examples: Sequence, predictions: Sequence) -> list[dict[str, Any]]:
+        return [{"id": e.guid, "tokens": e.tokens, "prediction": p, **({"tags": e.tags} if e.tags else {})}
+                for e, p in zip(examples, predictions)]

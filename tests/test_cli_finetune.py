@@ -1,0 +1,313 @@
+"""`nezha finetune` end to end on tiny models: the paper's tasks on a handful of real examples, the generic tasks,
+learning, resume, and bad input (one line, exit code 2, no partial OUT)."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from task_fixtures import DATA, assert_one_line_error, head_lines, make_model_dir, needs_data, squad_subset, write_vocab
+
+from nezha_cli.cli import cli
+
+FAST = ["--logging-steps", "1", "--mixed-precision", "no"]
+
+
+def run(*args):
+    return CliRunner().invoke(cli, ["-q", *[str(a) for a in args]])
+
+
+def ok(result):
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def read_metrics(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
+
+
+def model_for(tmp_path: Path, *files: Path, **config) -> Path:
+    vocab = write_vocab(tmp_path / "vocab.txt", [f.read_text(encoding="utf-8") for f in files])
+    return make_model_dir(tmp_path / "pretrained", vocab, **config)
+
+
+# ------------------------------------------------------------------------------------- the paper's tasks
+
+
+@needs_data
+@pytest.mark.slow
+def test_chnsenti_finetune_then_evaluate(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    head_lines(DATA / "chnsenticorp" / "train.tsv", data / "train.tsv", 64)
+    head_lines(DATA / "chnsenticorp" / "dev.tsv", data / "dev.tsv", 32)
+    head_lines(DATA / "chnsenticorp" / "dev.tsv", data / "test.tsv", 12)
+    model = model_for(tmp_path, data / "train.tsv", data / "dev.tsv")
+    out = tmp_path / "out"
+    result = ok(run("finetune", "--task", "chnsenti", "--model", model, "--data-dir", data, "-o", out,
+                    "--epochs", "2", "--batch-size", "16", "--max-seq-length", "64", *FAST))
+    assert "best dev accuracy" in result.stdout and "test accuracy" in result.stdout
+    # test.tsv of --data-dir is predicted with the final model.
+    assert len((out / "test_predictions.jsonl").read_text(encoding="utf-8").splitlines()) == 12
+    assert "accuracy" in json.loads((out / "test_results.json").read_text(encoding="utf-8"))
+    final = out / "final"
+    config = json.loads((final / "config.json").read_text(encoding="utf-8"))
+    assert config["architectures"] == ["NezhaForSequenceClassification"]
+    assert config["id2label"] == {"0": "0", "1": "1"} and config["finetuning_task"] == "chnsenti"
+    assert (final / "vocab.txt").read_bytes() == (model / "vocab.txt").read_bytes()
+    evals = [r for r in read_metrics(out) if "eval_accuracy" in r]
+    assert len(evals) == 2  # one per epoch
+    assert any("loss" in r for r in read_metrics(out))
+
+    metrics, predictions = tmp_path / "m.json", tmp_path / "p.jsonl"
+    ok(run("evaluate", "chnsenti", "--model", final, "--data-dir", data, "--output", metrics,
+           "--predictions-out", predictions))
+    scores = json.loads(metrics.read_text(encoding="utf-8"))
+    # OUT/final is the best epoch; evaluating it again gives the accuracy logged for that epoch.
+    assert scores["accuracy"] == pytest.approx(max(r["eval_accuracy"] for r in evals))
+    rows = [json.loads(line) for line in predictions.read_text(encoding="utf-8").splitlines()]
+    assert len(rows) == 32 and {r["prediction"] for r in rows} <= {"0", "1"}
+
+
+@needs_data
+@pytest.mark.slow
+def test_pd_ner_finetune_then_evaluate_with_windows(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    head_lines(DATA / "peoples_daily_ner" / "train.tsv", data / "train.tsv", 48)
+    head_lines(DATA / "peoples_daily_ner" / "dev.tsv", data / "dev.tsv", 24)
+    model = model_for(tmp_path, data / "train.tsv", data / "dev.tsv")
+    out = tmp_path / "out"
+    # 32 tokens per input: the longer sentences of the sample go through several windows.
+    ok(run("finetune", "--task", "msra-ner", "--model", model, "--data-dir", data, "-o", out, "--epochs", "1",
+           "--batch-size", "8", "--max-seq-length", "32", "--learning-rate", "1e-3", *FAST))
+    config = json.loads((out / "final" / "config.json").read_text(encoding="utf-8"))
+    assert list(config["id2label"].values()) == ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG"]
+    (logged,) = [r for r in read_metrics(out) if "eval_f1" in r]
+
+    metrics, predictions = tmp_path / "m.json", tmp_path / "p.jsonl"
+    ok(run("evaluate", "peoples-daily-ner", "--model", out / "final", "--file", data / "dev.tsv", "--output",
+           metrics, "--predictions-out", predictions))
+    scores = json.loads(metrics.read_text(encoding="utf-8"))
+    assert set(scores) >= {"precision", "recall", "f1", "per_type"}
+    assert scores["f1"] == pytest.approx(logged["eval_f1"])
+    rows = [json.loads(line) for line in predictions.read_text(encoding="utf-8").splitlines()]
+    assert len(rows) == 24
+    assert all(len(r["prediction"]) == len(r["tokens"]) == len(r["tags"]) for r in rows)  # every character
+
+
+@needs_data
+@pytest.mark.slow
+def test_cmrc_finetune_then_score_predictions(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    squad_subset(DATA / "cmrc2018" / "trial.json", data / "train.json", slice(0, 6))
+    squad_subset(DATA / "cmrc2018" / "trial.json", data / "dev.json", slice(6, 9))
+    model = model_for(tmp_path, data / "train.json", data / "dev.json")
+    out = tmp_path / "out"
+    ok(run("finetune", "--task", "cmrc", "--model", model, "--data-dir", data, "-o", out, "--epochs", "1",
+           "--batch-size", "8", "--max-seq-length", "96", *FAST))
+    (logged,) = [r for r in read_metrics(out) if "eval_AVERAGE" in r]
+    predictions, metrics = tmp_path / "predictions.json", tmp_path / "m.json"
+    ok(run("evaluate", "cmrc", "--model", out / "final", "--data-dir", data, "--predictions-out", predictions,
+           "--output", metrics))
+    scores = json.loads(metrics.read_text(encoding="utf-8"))
+    assert scores["AVERAGE"] == pytest.approx(logged["eval_AVERAGE"])
+    answers = json.loads(predictions.read_text(encoding="utf-8"))
+    dev = json.loads((data / "dev.json").read_text(encoding="utf-8"))
+    contexts = {qa["id"]: p["context"] for a in dev["data"] for p in a["paragraphs"] for qa in p["qas"]}
+    assert set(answers) == set(contexts)
+    assert all(answer in contexts[qid] for qid, answer in answers.items())  # spans of the original context
+    # Scoring the written predictions with the official-script path gives the same numbers.
+    rescored = tmp_path / "rescored.json"
+    ok(run("evaluate", "cmrc", "--dataset", data / "dev.json", "--predictions", predictions, "--output", rescored))
+    again = json.loads(rescored.read_text(encoding="utf-8"))
+    assert (again["EM"], again["F1"], again["TOTAL"]) == (scores["EM"], scores["F1"], scores["TOTAL"])
+
+
+# ---------------------------------------------------------------------------------------- generic tasks
+
+
+def _write_rows(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def _sentiment_rows(n: int, seed: int) -> list[dict]:
+    """Reviews whose label is whether they are mostly 好 or mostly 坏 (a few filler characters mixed in)."""
+    rng = random.Random(seed)
+    filler = "天地日月山水火木金土"
+    rows = []
+    for _ in range(n):
+        label = rng.randint(0, 1)
+        text = ["好" if label else "坏"] * rng.randint(3, 6) + [rng.choice(filler) for _ in range(rng.randint(0, 3))]
+        rng.shuffle(text)
+        rows.append({"review": "".join(text), "stars": ["bad", "good"][label]})
+    return rows
+
+
+@pytest.mark.slow
+def test_generic_classification_learns(tmp_path):
+    # Mostly 好 or mostly 坏: a tiny model must get the dev set right after a few epochs, its loss falling.
+    train = _write_rows(tmp_path / "train.jsonl", _sentiment_rows(48, 0))
+    dev = _write_rows(tmp_path / "dev.jsonl", _sentiment_rows(32, 1))
+    model = model_for(tmp_path, train, dev)
+    out = tmp_path / "out"
+    ok(run("finetune", "--task", "classification", "--model", model, "--train-file", train, "--validation-file",
+           dev, "--text-column", "review", "--label-column", "stars", "-o", out, "--epochs", "8",
+           "--batch-size", "16", "--learning-rate", "5e-3", "--warmup-ratio", "0", "--max-seq-length", "16", *FAST))
+    records = read_metrics(out)
+    losses = [r["loss"] for r in records if "loss" in r]
+    assert sum(losses[-3:]) / 3 < 0.8 * losses[0]
+    assert max(r["eval_accuracy"] for r in records if "eval_accuracy" in r) == 1.0
+    config = json.loads((out / "final" / "config.json").read_text(encoding="utf-8"))
+    assert config["id2label"] == {"0": "bad", "1": "good"}
+
+
+def _generic_cases(tmp_path: Path) -> dict[str, tuple[list[str], list[Path]]]:
+    pair = [{"sentence1": "天上", "sentence2": "地下", "label": i % 2} for i in range(8)]
+    ner = "".join("张 B-PER\n三 I-PER\n在 O\n北 B-LOC\n京 I-LOC\n\n" for _ in range(8))
+    qa = [{"id": f"q{i}", "question": "谁来了", "context": "今天张三来了。", "answers": {"text": ["张三"],
+           "answer_start": [2]}} for i in range(8)]
+    mc = [{"question": "天上有什么", "choices": ["日", "水", "土"], "label": i % 3} for i in range(8)]
+    (tmp_path / "train.conll").write_text(ner, encoding="utf-8")
+    return {
+        "pair-classification": ([], [_write_rows(tmp_path / "pair.jsonl", pair)]),
+        "ner": ([], [tmp_path / "train.conll"]),
+        "qa": ([], [_write_rows(tmp_path / "qa.jsonl", qa)]),
+        "multiple-choice": ([], [_write_rows(tmp_path / "mc.jsonl", mc)]),
+    }
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task,architecture", [
+    ("pair-classification", "NezhaForSequenceClassification"), ("ner", "NezhaForTokenClassification"),
+    ("qa", "NezhaForQuestionAnswering"), ("multiple-choice", "NezhaForMultipleChoice"),
+])
+def test_generic_tasks_run_end_to_end(tmp_path, task, architecture):
+    options, (train,) = _generic_cases(tmp_path)[task]
+    model = model_for(tmp_path, train)
+    out = tmp_path / "out"
+    ok(run("finetune", "--task", task, "--model", model, "--train-file", train, "--validation-file", train,
+           *options, "-o", out, "--epochs", "1", "--batch-size", "4", "--max-seq-length", "32", *FAST))
+    config = json.loads((out / "final" / "config.json").read_text(encoding="utf-8"))
+    assert config["architectures"] == [architecture]
+    predictions = tmp_path / "predictions.out"
+    ok(run("evaluate", task, "--model", out / "final", "--file", train, "--predictions-out", predictions,
+           "--json", *options))
+    assert predictions.read_text(encoding="utf-8").strip()
+
+
+# ----------------------------------------------------------------------------------------------- resume
+
+
+@pytest.mark.slow
+def test_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    from nezha_cli.tasks.sequence_classification import SequenceClassificationTask
+
+    train = _write_rows(tmp_path / "train.jsonl", _sentiment_rows(32, 0))
+    dev = _write_rows(tmp_path / "dev.jsonl", _sentiment_rows(8, 1))
+    model = model_for(tmp_path, train, dev)
+    args = ["finetune", "--task", "classification", "--model", model, "--train-file", train, "--validation-file",
+            dev, "--text-column", "review", "--label-column", "stars", "--epochs", "3", "--batch-size", "8",
+            "--max-seq-length", "16", "--learning-rate", "1e-3", *FAST]
+    ok(run(*args, "-o", tmp_path / "whole"))
+
+    original = SequenceClassificationTask.compute_metrics
+    calls = {"n": 0}
+
+    def interrupt_at_second_evaluation(self, examples, predictions):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return original(self, examples, predictions)
+
+    monkeypatch.setattr(SequenceClassificationTask, "compute_metrics", interrupt_at_second_evaluation)
+    interrupted = run(*args, "-o", tmp_path / "resumed")
+    assert interrupted.exit_code == 130 and not (tmp_path / "resumed" / "final").exists()
+    monkeypatch.setattr(SequenceClassificationTask, "compute_metrics", original)
+    ok(run(*args, "-o", tmp_path / "resumed", "--resume"))
+
+    whole = load_file(tmp_path / "whole" / "final" / "model.safetensors")
+    resumed = load_file(tmp_path / "resumed" / "final" / "model.safetensors")
+    assert whole.keys() == resumed.keys()
+    assert all((whole[k] == resumed[k]).all() for k in whole)
+    evals = [r["eval_accuracy"] for r in read_metrics(tmp_path / "resumed") if "eval_accuracy" in r]
+    assert evals == [r["eval_accuracy"] for r in read_metrics(tmp_path / "whole") if "eval_accuracy" in r]
+
+
+# -------------------------------------------------------------------------------------------- bad input
+
+
+@pytest.fixture
+def senti(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "train.tsv").write_text("label\ttext_a\n" + "1\t好\n0\t坏\n" * 20, encoding="utf-8")
+    (data / "dev.tsv").write_text("label\ttext_a\n1\t好\n", encoding="utf-8")
+    return data
+
+
+def _refused(tmp_path, *args, fragments=()):
+    out = tmp_path / "out"
+    result = run("finetune", *args, "-o", out, "--epochs", "1", *FAST)
+    assert_one_line_error(result, *fragments)
+    assert not out.exists()
+
+
+def test_bad_labels_columns_and_splits(tmp_path, senti):
+    model = model_for(tmp_path, senti / "train.tsv")
+    (senti / "dev.tsv").write_text("label\ttext_a\n1\t好\n2\t坏\n", encoding="utf-8")
+    _refused(tmp_path, "--task", "chnsenti", "--model", model, "--data-dir", senti,
+             fragments=("dev.tsv:3: label '2' is not in the label set (0, 1)",))
+    (senti / "dev.tsv").write_text("label\ttext_a\n", encoding="utf-8")
+    _refused(tmp_path, "--task", "chnsenti", "--model", model, "--data-dir", senti,
+             fragments=("dev.tsv: no examples found (empty split)",))
+    lcqmc = tmp_path / "lcqmc.tsv"
+    lcqmc.write_text("sentence_a\ttext_b\tlabel\n好\t坏\t1\n", encoding="utf-8")
+    _refused(tmp_path, "--task", "lcqmc", "--model", model, "--train-file", lcqmc,
+             fragments=("lcqmc.tsv: no text_a column", "sentence_a, text_b, label"))
+    csv = tmp_path / "train.csv"
+    csv.write_text("review,label\n好,1\n", encoding="utf-8")
+    _refused(tmp_path, "--task", "classification", "--model", model, "--train-file", csv,
+             fragments=("no column 'text' (columns: review, label); rename it or pass --text-column",))
+    _refused(tmp_path, "--task", "xnli", "--model", model, "--data-dir", tmp_path / "pretrained",
+             fragments=("no train file for task xnli (looked for train.tsv, multinli.train.zh.tsv)",))
+
+
+def test_cmrc_answers_that_never_match_their_context(tmp_path):
+    data = tmp_path / "train.json"
+    qas = [{"id": "Q1", "question": "?", "answers": [{"text": "不存在", "answer_start": 2}]}]
+    data.write_text(json.dumps({"data": [{"paragraphs": [{"context": "这里什么都没有", "qas": qas}]}]},
+                               ensure_ascii=False), encoding="utf-8")
+    model = model_for(tmp_path, data)
+    _refused(tmp_path, "--task", "cmrc", "--model", model, "--train-file", data,
+             fragments=("no answer_start matches its context",))
+
+
+def test_model_and_output_problems(tmp_path, senti):
+    model = model_for(tmp_path, senti / "train.tsv")
+    small = make_model_dir(tmp_path / "small", write_vocab(tmp_path / "small_vocab.txt", ["好"]))
+    (small / "vocab.txt").write_text((model / "vocab.txt").read_text(encoding="utf-8") + "多\n余\n",
+                                     encoding="utf-8")
+    _refused(tmp_path, "--task", "chnsenti", "--model", small, "--data-dir", senti,
+             fragments=("more than the model's vocab_size",))
+    no_vocab = tmp_path / "no_vocab"
+    make_model_dir(no_vocab, model / "vocab.txt")
+    (no_vocab / "vocab.txt").unlink()
+    _refused(tmp_path, "--task", "chnsenti", "--model", no_vocab, "--data-dir", senti,
+             fragments=("no vocab.txt in the model directory; pass --vocab",))
+    _refused(tmp_path, "--task", "lcqmc", "--model", model, "--data-dir", senti, "--tags-column", "x",
+             fragments=("task lcqmc does not take --tags-column",))
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine", encoding="utf-8")
+    result = run("finetune", "--task", "chnsenti", "--model", model, "--data-dir", senti, "-o", out, *FAST)
+    assert_one_line_error(result, "output directory is not empty", "--resume", "--overwrite")
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]

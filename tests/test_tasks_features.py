@@ -1,0 +1,201 @@
+"""Features and post-processing: truncation, NER alignment and windows, CMRC windows and n-best decoding."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+from task_fixtures import write_vocab
+
+from nezha_cli.tasks import get_task
+from nezha_cli.tasks.base import NerExample, QAExample
+from nezha_cli.tasks.question_answering import doc_spans, is_max_context
+from nezha_cli.tasks.sequence_classification import encode_pair
+from nezha_cli.tasks.token_classification import IGNORE_INDEX, align_tokens, windows
+from nezha_cli.tasks.tokenization import encode_prefix
+from nezha_cli.text.tokenizer import BertTokenizer
+
+CHARS = "我在年去了张三北京公司的人来说是好坏甲乙丙丁一二三四五六七八九十天地日月山水火木金土上下左右"
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    vocab = write_vocab(tmp_path_factory.mktemp("vocab") / "vocab.txt", [CHARS],
+                        extra=["1997", "ibm", "un", "##aff", "##able", "1", "9", "7", "i", "b", "m", "##9", "##7"])
+    return BertTokenizer(vocab)
+
+
+def one_hot(ids: list[int], size: int) -> np.ndarray:
+    out = np.zeros((len(ids), size), dtype=np.float32)
+    out[np.arange(len(ids)), ids] = 1.0
+    return out
+
+
+# ------------------------------------------------------------------------------------------ classification
+
+
+def test_encode_pair_truncates_the_longer_text_first(tokenizer):
+    feature, truncated = encode_pair(tokenizer, "甲乙丙丁一二三四五六", "天地日月", max_seq_length=11)
+    tokens = tokenizer.convert_ids_to_tokens(feature["input_ids"])
+    # budget 11 - 3 = 8: the first text loses tokens until both have 4.
+    assert tokens == ["[CLS]", "甲", "乙", "丙", "丁", "[SEP]", "天", "地", "日", "月", "[SEP]"]
+    assert feature["token_type_ids"] == [0] * 6 + [1] * 5
+    assert truncated
+
+
+def test_encode_prefix_equals_the_start_of_the_full_tokenization(tokenizer):
+    rng = random.Random(0)
+    pieces = list(CHARS) + ["IBM", "1997", "unaffable", " ", "，", "ibm1997", "x" * 120]
+    for _ in range(20):
+        text = "".join(rng.choice(pieces) for _ in range(600))
+        for n in (5, 64, 200):
+            assert encode_prefix(tokenizer, text, n) == tokenizer.encode(text)[:n]
+
+
+def test_classification_collate_pads_and_keeps_labels(tokenizer):
+    task = get_task("chnsenti")
+    from nezha_cli.tasks.base import ClassificationExample
+
+    examples = [ClassificationExample("a", "好", label="1"), ClassificationExample("b", "坏坏坏", label="0")]
+    batch = task.collate(task.build_features(examples, tokenizer, 16, {"0": 0, "1": 1}, training=True))
+    assert batch["input_ids"].shape == (2, 5)
+    assert batch["attention_mask"].tolist() == [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]]
+    assert batch["labels"].tolist() == [1, 0]
+
+
+# ------------------------------------------------------------------------------------------------- NER
+
+
+def test_ner_alignment_merged_and_split_tokens(tokenizer):
+    # Characters as units: "1997" and "IBM" are each one WordPiece token covering four / three characters.
+    units = list("我在1997年去IBM")
+    ids, spans = align_tokens(units, tokenizer)
+    assert tokenizer.convert_ids_to_tokens(ids) == ["我", "在", "1997", "年", "去", "ibm"]
+    assert spans == [(0, 0), (1, 1), (2, 5), (6, 6), (7, 7), (8, 10)]
+    # Words as units: one word split into three pieces; only the first carries the word's tag.
+    ids, spans = align_tokens(["我", "unaffable"], tokenizer)
+    assert tokenizer.convert_ids_to_tokens(ids) == ["我", "un", "##aff", "##able"]
+    assert spans == [(0, 0), (1, 1), (-1, -1), (-1, -1)]
+
+
+def test_ner_labels_on_first_tokens_and_predictions_back_to_every_character(tokenizer):
+    task = get_task("ner")
+    units = list("我在1997年去IBM")
+    tags = ["O", "O", "B-T", "I-T", "I-T", "I-T", "O", "O", "B-ORG", "I-ORG", "I-ORG"]
+    labels = ["O", "B-ORG", "I-ORG", "B-T", "I-T"]
+    label2id = {t: i for i, t in enumerate(labels)}
+    example = NerExample("s", units, tags)
+    (train,) = task.build_features([example], tokenizer, 32, label2id, training=True)
+    # [CLS] 我 在 1997 年 去 ibm [SEP]: each token takes the tag of its first character.
+    assert train["labels"] == [IGNORE_INDEX, 0, 0, label2id["B-T"], 0, 0, label2id["B-ORG"], IGNORE_INDEX]
+    (feature,) = task.build_features([example], tokenizer, 32, label2id, training=False)
+    logits = one_hot([0] + [label for label in train["labels"][1:-1]] + [0], len(labels))
+    predicted = task.postprocess([example], [feature], {"logits": [logits]}, dict(enumerate(labels)))
+    # The token tag B-T spreads over 1997 as B-T I-T I-T I-T; B-ORG over IBM as B-ORG I-ORG I-ORG.
+    assert predicted == [tags]
+
+
+def test_windows_cover_every_token():
+    assert windows(5, 8) == [(0, 5)]
+    assert windows(30, 8) == [(0, 8), (4, 12), (8, 16), (12, 20), (16, 24), (20, 28), (24, 30)]
+
+
+def test_long_sentence_is_windowed_and_predicted_from_its_best_window(tokenizer):
+    task = get_task("pd-ner")
+    labels = list(task.label_list)
+    rng = random.Random(1)
+    units = [rng.choice(CHARS) for _ in range(30)]
+    tags = [rng.choice(labels) for _ in units]
+    example = NerExample("long", units, tags)
+    label2id = {t: i for i, t in enumerate(labels)}
+    features = task.build_features([example], tokenizer, 10, label2id, training=False)
+    assert [f["window"] for f in features] == windows(30, 8)  # never truncated: 7 windows of at most 8 tokens
+    outputs = []
+    for f in features:
+        start, end = f["window"]
+        ids = [label2id[t] for t in tags[start:end]]
+        # Each window is right only where the token has enough context; near its edges (other than the
+        # sentence's own ends) it says B-LOC. The max-context rule must pick the right window for every token.
+        for offset in range(end - start):
+            near_start = offset < 2 and start > 0
+            near_end = offset >= end - start - 2 and end < 30
+            if near_start or near_end:
+                ids[offset] = label2id["B-LOC"] if tags[start + offset] != "B-LOC" else label2id["O"]
+        outputs.append(one_hot([0, *ids, 0], len(labels)))
+    (predicted,) = task.postprocess([example], features, {"logits": outputs}, dict(enumerate(labels)))
+    assert predicted == tags
+
+
+# ------------------------------------------------------------------------------------------------ CMRC
+
+
+def test_doc_spans_and_max_context():
+    assert doc_spans(10, 4, 3) == [(0, 4), (3, 4), (6, 4)]
+    spans = doc_spans(10, 4, 3)
+    # token 4: offset 1 of (3,4) (context 1) vs not in (0,4) and offset -2 in (6,4) -> window 1
+    assert [is_max_context(spans, i, 4) for i in range(3)] == [False, True, False]
+
+
+def test_cmrc_windows_training_positions_and_decoding(tokenizer):
+    task = get_task("cmrc")
+    task.doc_stride = 3
+    context = "张三在1997年去了北京的IBM公司。"
+    example = QAExample("q", "张三去了哪里", context, answers=[("IBM公司", 13)], train_answer=(13, 18))
+    assert context[13:18] == "IBM公司"
+    features = task.build_features([example], tokenizer, 16, {}, training=True)
+    # 6 question tokens + 3 special tokens leave 7 context tokens per window.
+    assert len(features) > 1
+    found = []
+    for f in features:
+        if f["start_positions"]:
+            tokens = tokenizer.convert_ids_to_tokens(f["input_ids"][f["start_positions"]:f["end_positions"] + 1])
+            found.append(tokens)
+        else:
+            assert f["end_positions"] == 0  # the answer is not inside this window: [CLS]
+    assert found and all(t == ["ibm", "公", "司"] for t in found)
+
+    eval_features = task.build_features([example], tokenizer, 16, {}, training=False)
+    starts, ends = [], []
+    for f in eval_features:
+        n = len(f["input_ids"])
+        s, e = np.zeros(n, dtype=np.float32), np.zeros(n, dtype=np.float32)
+        s[1], e[2] = 9.0, 9.0  # a tempting span inside the question: never chosen
+        for i, (a, b) in enumerate(f["offsets"]):
+            if a == 13:
+                s[f["context_begin"] + i] = 5.0
+            if b == 18:
+                e[f["context_begin"] + i] = 5.0
+        starts.append(s)
+        ends.append(e)
+    (answer,) = task.postprocess([example], eval_features, {"start_logits": starts, "end_logits": ends}, {})
+    assert answer == "IBM公司"  # cut from the original context: case kept
+
+
+def test_cmrc_decoding_respects_max_answer_length(tokenizer):
+    task = get_task("cmrc")
+    task.max_answer_length = 2
+    context = "甲乙丙丁一二三"
+    example = QAExample("q", "问", context, answers=[("甲乙丙", 0)], train_answer=(0, 3))
+    (f,) = task.build_features([example], tokenizer, 32, {}, training=False)
+    s, e = np.zeros(len(f["input_ids"]), np.float32), np.zeros(len(f["input_ids"]), np.float32)
+    begin = f["context_begin"]
+    s[begin], e[begin + 2], e[begin + 1] = 5.0, 5.0, 1.0  # 甲..丙 is 3 tokens: too long; 甲乙 wins
+    assert task.postprocess([example], [f], {"start_logits": [s], "end_logits": [e]}, {}) == ["甲乙"]
+
+
+# ---------------------------------------------------------------------------------------- multiple choice
+
+
+def test_multiple_choice_features_and_collate(tokenizer):
+    from nezha_cli.tasks.base import MultipleChoiceExample
+
+    task = get_task("multiple-choice")
+    examples = [MultipleChoiceExample("a", "天上", "是", ["日", "土木"], 1),
+                MultipleChoiceExample("b", "", "是", ["好", "坏"], 0)]
+    batch = task.collate(task.build_features(examples, tokenizer, 16, {}, training=True))
+    # Longest: [CLS] 天 上 [SEP] 是 土 木 [SEP]; without a context a choice is [CLS] 是 好 [SEP].
+    assert batch["input_ids"].shape == (2, 2, 8)
+    assert batch["labels"].tolist() == [1, 0]
+    assert torch.equal(batch["attention_mask"][1, 0], torch.tensor([1, 1, 1, 1, 0, 0, 0, 0]))
