@@ -1,0 +1,74 @@
+"""What every export format shares: loading the model strictly, the files written beside it, and the report."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nezha_cli.errors import CheckpointError
+from nezha_cli.io import write_json
+from nezha_cli.modeling import NezhaPreTrainedModel, load_model
+from nezha_cli.modeling.configuration import CONFIG_NAME
+
+logger = logging.getLogger(__name__)
+
+VOCAB_NAME = "vocab.txt"
+REPORT_NAME = "export_report.json"
+
+
+@dataclass
+class ExportReport:
+    """What was written and how the exported artifacts compare with PyTorch (``OUT/export_report.json``)."""
+
+    format: str
+    model_dir: str
+    output_dir: str
+    architecture: str
+    files: list[str] = field(default_factory=list)
+    inputs: list[str] = field(default_factory=list)
+    outputs: list[str] = field(default_factory=list)
+    parity: list[Any] = field(default_factory=list)  # program.Parity
+    tolerance: float | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["parity"] = [p.to_dict() for p in self.parity]
+        return data
+
+
+def load_for_export(model_dir: Path | str) -> NezhaPreTrainedModel:
+    """The model of ``model_dir``; anything that would be exported at random initial values is an error."""
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise CheckpointError(f"{model_dir}: model directory not found")
+    if not (model_dir / CONFIG_NAME).is_file():
+        raise CheckpointError(f"{model_dir}: no {CONFIG_NAME}; is this a model directory? (released checkpoints: "
+                              "convert them with `nezha import` first)")
+    model, report = load_model(model_dir, output_loading_info=True)
+    problems = report.missing + [m[0] for m in report.mismatched] + report.newly_initialized
+    if problems:
+        raise CheckpointError(f"{model_dir}: the weights do not fit the config ({len(problems)} tensor(s) missing or "
+                              f"mis-shaped: {', '.join(problems[:3])}{' ...' if len(problems) > 3 else ''})")
+    return model.eval()
+
+
+def copy_vocab(model_dir: Path, destination: Path, vocab: Path | None = None) -> Path | None:
+    """Copy ``vocab`` (or the model directory's vocab.txt) next to the export; None when there is none."""
+    source = Path(vocab) if vocab is not None else Path(model_dir) / VOCAB_NAME
+    if not source.is_file():
+        if vocab is not None:
+            raise CheckpointError(f"{vocab}: vocab file not found")
+        return None
+    shutil.copyfile(source, Path(destination) / VOCAB_NAME)
+    return source
+
+
+def write_report(directory: Path, report: ExportReport) -> None:
+    report.files = sorted(p.name for p in Path(directory).iterdir()) + [REPORT_NAME]
+    write_json(Path(directory) / REPORT_NAME, report.to_dict())
