@@ -36,7 +36,30 @@ class RateColumn(ProgressColumn):
         return Text("?" if speed is None else f"{speed:,.1f} {self.unit}/s", style="progress.data.speed")
 
 
-def make_progress(unit: str = "items", disable: bool = False, console: Console | None = None) -> Progress:
+class LazyProgress(Progress):
+    """A progress display that appears with its first task.
+
+    An error raised before any work starts then stays the only line on stderr (a started rich display that ends
+    without tasks leaves a blank line behind).
+    """
+
+    _lazy_started = False
+
+    def __enter__(self) -> LazyProgress:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._lazy_started:
+            self.stop()
+
+    def add_task(self, *args, **kwargs):
+        if not self._lazy_started:
+            self._lazy_started = True
+            self.start()
+        return super().add_task(*args, **kwargs)
+
+
+def make_progress(unit: str = "items", disable: bool = False, console: Console | None = None) -> LazyProgress:
     """A progress display showing what, how far, rate and ETA.
 
     ``unit="bytes"`` shows sizes and MB/s (corpus reading); anything else shows ``done/total`` and ``unit/s``.
@@ -45,7 +68,7 @@ def make_progress(unit: str = "items", disable: bool = False, console: Console |
         columns = [DownloadColumn(), TransferSpeedColumn()]
     else:
         columns = [MofNCompleteColumn(), RateColumn(unit)]
-    return Progress(
+    return LazyProgress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         TaskProgressColumn(),

@@ -8,33 +8,6 @@ from pathlib import Path
 import click
 
 
-class LazyProgress:
-    """A progress display that appears with its first task, so that an error raised before any work is done
-    stays the only line on stderr."""
-
-    def __init__(self, unit: str, disable: bool):
-        from nezha_cli.console import make_progress
-
-        self._progress = make_progress(unit, disable=disable)
-        self._started = False
-
-    def add_task(self, *args, **kwargs):
-        if not self._started:
-            self._progress.start()
-            self._started = True
-        return self._progress.add_task(*args, **kwargs)
-
-    def __getattr__(self, name):
-        return getattr(self._progress, name)
-
-    def __enter__(self) -> LazyProgress:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._started:
-            self._progress.stop()
-
-
 def _parity_table(report):
     from rich.table import Table
 
@@ -87,6 +60,7 @@ def export(ctx: click.Context, model_dir: Path, fmt: str, output: Path, quantize
       nezha export --model runs/chnsenti/final --format hf -o hub/nezha-chnsenti
       nezha export --model models/nezha-base --format torch-export -o deploy/nezha-base-pt2
     """
+    from nezha_cli.console import make_progress
     from nezha_cli.errors import ConfigError
     from nezha_cli.export import EXPORT_FORMATS, export_model
 
@@ -102,7 +76,7 @@ def export(ctx: click.Context, model_dir: Path, fmt: str, output: Path, quantize
     if fmt == "onnx":
         options["opset"] = opset
     quiet = bool(ctx.obj and ctx.obj.get("quiet"))
-    with LazyProgress("steps", disable=quiet or as_json) as progress:
+    with make_progress("steps", disable=quiet or as_json) as progress:
         report = export_model(model_dir, output, fmt, quantize=quantize, fp16=fp16, progress=progress, **options)
     if as_json:
         click.echo(json.dumps(report.to_dict(), ensure_ascii=False))
