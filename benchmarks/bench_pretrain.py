@@ -29,8 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from nezha_cli.engine import StepOutput, Trainer, TrainingArguments  # noqa: E402
 from nezha_cli.engine.metrics_log import read_metrics  # noqa: E402
 from nezha_cli.engine.pretrain import pretraining_step  # noqa: E402
-from nezha_cli.engine.pretraining_data import StaticPretrainingCollate  # noqa: E402
 from nezha_cli.modeling import NezhaConfig, NezhaForPreTraining  # noqa: E402
+from nezha_cli.pretraining.collator import PretrainingCollator  # noqa: E402
 
 
 def make_batch(batch: int, length: int, predictions: int, vocab: int, seed: int) -> dict[str, torch.Tensor]:
@@ -128,7 +128,9 @@ def engine_step_time(config: NezhaConfig, batch_size: int, length: int, predicti
         def step(m, batch) -> StepOutput:
             return pretraining_step(m, batch)
 
-        Trainer(model, args, examples, StaticPretrainingCollate(), step).train()
+        # The collator `nezha pretrain` uses on static masks (make_batch's ids: [PAD] 0, [MASK] 4).
+        special = {"pad": 0, "unk": 1, "cls": 2, "sep": 3, "mask": 4, "vocab_size": config.vocab_size}
+        Trainer(model, args, examples, PretrainingCollator(special), step).train()
         records = read_metrics(Path(tmp) / "run" / "metrics.jsonl")
     tokens_per_s = statistics.median(r["tokens_per_s"] for r in records[1:])
     return batch_size * length / tokens_per_s

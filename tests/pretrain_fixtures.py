@@ -23,11 +23,12 @@ def write_vocab(path: Path, size: int) -> Path:
 
 def write_masked_data(path: Path, n: int = 64, vocab_size: int = 40, min_len: int = 10, max_len: int = 16,
                       predictions: int = 3, seed: int = 0, kind: str = "nezha-masked",
-                      vocab: Path | None = None) -> Path:
-    """Static masked instances that repeat one token (a different one per instance): learnable in a few steps.
+                      vocab: Path | None = None, dynamic: bool = False) -> Path:
+    """Instances that repeat one token (a different one per instance): learnable in a few steps.
 
-    Every instance has exactly ``predictions`` masked positions: per-batch mean losses then equal the global mean,
-    which the 1-vs-2-process test relies on.
+    Static: every instance has exactly ``predictions`` masked positions (per-batch mean losses then equal the
+    global mean, which the 1-vs-2-process test relies on). ``dynamic``: the same instances unmasked, with
+    ``instance_id``, as `nezha mask --dynamic` writes them; the collator masks ``predictions`` tokens of each.
     """
     import datasets
 
@@ -51,13 +52,21 @@ def write_masked_data(path: Path, n: int = 64, vocab_size: int = 40, min_len: in
         rows["masked_lm_positions"].append(positions)
         rows["masked_lm_ids"].append(labels)
         rows["next_sentence_label"].append(int(rng.integers(0, 2)))
+    if dynamic:
+        for ids, positions, labels in zip(rows["input_ids"], rows.pop("masked_lm_positions"),
+                                          rows.pop("masked_lm_ids")):
+            for p, label in zip(positions, labels):
+                ids[p] = label
+        rows["instance_id"] = list(range(n))
     datasets.Dataset.from_dict(rows).save_to_disk(str(path))
     vocab_path = path / "vocab.txt"
     if vocab is not None:
         vocab_path.write_bytes(Path(vocab).read_bytes())
     else:
         write_vocab(vocab_path, vocab_size)
-    manifest = {"kind": kind, "dynamic": False, "vocab_sha256": hashlib.sha256(vocab_path.read_bytes()).hexdigest(),
-                "instances": n}
+    # The options `nezha mask` records; with 15% of 12-18 tokens, the collator masks 2-3 per instance.
+    options = {"max_predictions_per_seq": predictions, "masked_lm_prob": 0.15, "whole_word_mask": True}
+    manifest = {"kind": kind, "dynamic": dynamic, "vocab_sha256": hashlib.sha256(vocab_path.read_bytes()).hexdigest(),
+                "instances": n, "options": options}
     (path / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
     return path

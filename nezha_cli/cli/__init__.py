@@ -17,7 +17,16 @@ from nezha_cli import __version__
 from nezha_cli.errors import NezhaError
 
 # name -> "module:attribute". Order is the order of the pipeline, which is how --help lists them.
-COMMANDS: dict[str, str] = {}
+COMMANDS: dict[str, str] = {
+    "tokenize": "nezha_cli.cli.tokenize:tokenize",
+    "mask": "nezha_cli.cli.mask:mask",
+    "pretrain": "nezha_cli.cli.pretrain:pretrain",
+    "finetune": "nezha_cli.cli.finetune:finetune",
+    "evaluate": "nezha_cli.cli.evaluate:evaluate",
+    "export": "nezha_cli.cli.export:export",
+    "import": "nezha_cli.cli.import_:import_",
+    "recipes": "nezha_cli.cli.recipes:recipes",
+}
 
 
 class UserError(click.ClickException):
@@ -56,7 +65,10 @@ class LazyGroup(click.Group):
             ctx.exit(130)
 
 
-@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "show_default": True, "max_content_width": 110}
+
+
+@click.group(cls=LazyGroup, context_settings=CONTEXT_SETTINGS)
 @click.version_option(__version__, "-V", "--version", prog_name="nezha")
 @click.option("--debug", is_flag=True, help="Show full tracebacks and debug logging.")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors; no progress display.")

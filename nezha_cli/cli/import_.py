@@ -43,11 +43,11 @@ def import_(ctx: click.Context, fmt: str, source: Path, output: Path, config_fil
       nezha import --from pytorch nezha-cn-base/pytorch_model.bin -o models/nezha-cn-base
       nezha import --from hf ./nezha-cn-base -o models/nezha-cn-base --architecture NezhaForMaskedLM
     """
-    from nezha_cli.cli.export import LazyProgress
+    from nezha_cli.console import make_progress
     from nezha_cli.export import import_checkpoint
 
     quiet = bool(ctx.obj and ctx.obj.get("quiet"))
-    with LazyProgress("bytes", disable=quiet or as_json) as progress:
+    with make_progress("bytes", disable=quiet or as_json) as progress:
         report = import_checkpoint(source, output, fmt, config_file=config_file, vocab_file=vocab,
                                    architecture=architecture, overwrite=overwrite, progress=progress)
     if as_json:

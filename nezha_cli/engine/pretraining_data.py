@@ -1,31 +1,30 @@
 """Pretraining input for ``nezha pretrain``: a ``nezha mask`` output directory, checked before any training.
 
-A ``nezha mask`` output is a ``datasets.load_from_disk`` directory with ``manifest.json`` (``"kind":
-"nezha-masked"``, ``"dynamic"``, ``"vocab_sha256"``) and ``vocab.txt``. Static outputs hold masked instances
-(``input_ids``, ``token_type_ids``, ``masked_lm_positions``, ``masked_lm_ids``, ``next_sentence_label``);
-dynamic ones hold unmasked instances with an ``instance_id`` that the collator masks anew every epoch.
+A ``nezha mask`` output (:mod:`nezha_cli.pretraining.instances`) is a ``datasets.load_from_disk`` directory with
+``manifest.json`` (``"kind": "nezha-masked"``, ``"dynamic"``, ``"vocab_sha256"``, the options it was made with) and
+``vocab.txt``. Static outputs hold masked instances (``input_ids``, ``token_type_ids``, ``masked_lm_positions``,
+``masked_lm_ids``, ``next_sentence_label``); dynamic ones hold unmasked instances with an ``instance_id`` that
+:class:`~nezha_cli.pretraining.collator.PretrainingCollator` masks anew every epoch.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from nezha_cli.errors import CheckpointError, DataError
 from nezha_cli.io import read_json
-from nezha_cli.text.vocab import vocab_sha256
+from nezha_cli.pretraining.instances import MASKED_KIND
+from nezha_cli.text.pipeline import MANIFEST_NAME, TOKENIZED_KIND
+from nezha_cli.text.vocab import VOCAB_NAME, Vocab, vocab_sha256
 
 logger = logging.getLogger(__name__)
 
-MANIFEST_NAME = "manifest.json"
-VOCAB_NAME = "vocab.txt"
-MASKED_KIND = "nezha-masked"
 STATIC_COLUMNS = ("input_ids", "token_type_ids", "masked_lm_positions", "masked_lm_ids", "next_sentence_label")
-DYNAMIC_COLUMNS = ("input_ids", "token_type_ids", "word_ids", "next_sentence_label", "instance_id")
+DYNAMIC_COLUMNS = ("input_ids", "token_type_ids", "next_sentence_label", "instance_id")
 
 
 @dataclass
@@ -40,26 +39,21 @@ class PretrainingData:
     eval: Any | None
 
 
-def count_vocab(path: Path) -> int:
-    with open(path, encoding="utf-8") as f:
-        return sum(1 for _ in f)
-
-
 def load_pretraining_data(directory: Path, eval_examples: int = 0) -> PretrainingData:
     """Open and check a ``nezha mask`` output; hold out its last ``eval_examples`` instances for evaluation."""
     directory = Path(directory)
     if not directory.exists():
         raise DataError(f"{directory}: --data not found")
     if not directory.is_dir():
-        raise DataError(f"{directory}: --data must be a `nezha mask` output directory or a text corpus file")
+        raise DataError(f"{directory}: not a `nezha mask` output directory")
     manifest_path = directory / MANIFEST_NAME
     if not manifest_path.is_file():
         raise DataError(f"{directory}: not a `nezha mask` output (no {MANIFEST_NAME}); run `nezha tokenize` and "
-                        "`nezha mask` first, or pass a raw text corpus file as --data")
+                        "`nezha mask` first")
     manifest = read_json(manifest_path, what="data manifest")
     kind = manifest.get("kind") if isinstance(manifest, dict) else None
     if kind != MASKED_KIND:
-        hint = " (a `nezha tokenize` output: run `nezha mask` on it first)" if kind == "nezha-tokenized" else ""
+        hint = " (a `nezha tokenize` output: run `nezha mask` on it first)" if kind == TOKENIZED_KIND else ""
         raise DataError(f"{manifest_path}: kind is {kind!r}, not {MASKED_KIND!r}{hint}; --data must be a "
                         "`nezha mask` output")
     vocab_path = directory / VOCAB_NAME
@@ -84,6 +78,8 @@ def load_pretraining_data(directory: Path, eval_examples: int = 0) -> Pretrainin
     else:
         eval_split = None
     needed = DYNAMIC_COLUMNS if dynamic else STATIC_COLUMNS
+    if dynamic and manifest.get("options", {}).get("whole_word_mask", True):
+        needed += ("word_ids",)
     missing = [c for c in needed if c not in dataset.column_names]
     if missing:
         raise DataError(f"{directory}: missing column(s) {', '.join(missing)} for a "
@@ -93,18 +89,35 @@ def load_pretraining_data(directory: Path, eval_examples: int = 0) -> Pretrainin
         if eval_examples >= len(dataset):
             raise DataError(f"{directory}: data.eval_examples={eval_examples} leaves no training data "
                             f"({len(dataset)} instances); lower it")
-        cut = len(dataset) - eval_examples
-        train, eval_split = dataset.select(range(cut)), dataset.select(range(cut, len(dataset)))
-    return PretrainingData(directory, manifest, vocab_path, sha, count_vocab(vocab_path), dynamic, train, eval_split)
+        train, eval_split = hold_out(dataset, eval_examples)
+    vocab_size = Vocab.from_file(vocab_path).vocab_size
+    return PretrainingData(directory, manifest, vocab_path, sha, vocab_size, dynamic, train, eval_split)
+
+
+def hold_out(dataset, count: int):
+    """(train, eval): ``count`` instances drawn evenly from the whole dataset (a fixed choice for the data, whatever
+    the training seed), so that the held-out set covers every part of the corpus; the rest, in order, to train on.
+
+    Instances are held out, not documents: with ``dupe_factor`` > 1 the held-out text also appears, masked and cut
+    otherwise, among the training instances.
+    """
+    import numpy as np
+
+    held = np.sort(np.random.default_rng(0).choice(len(dataset), size=count, replace=False))
+    rest = np.setdiff1d(np.arange(len(dataset)), held)
+    # In memory: ``select`` would otherwise write an index file into the data directory.
+    return dataset.select(rest, keep_in_memory=True), dataset.select(held, keep_in_memory=True)
 
 
 def check_model_vocab(data: PretrainingData, model_dir: Path, vocab_size: int) -> None:
-    """The data and an ``--init-from`` model must use the same vocab (same sha256 when the model has vocab.txt)."""
+    """The data and an ``--init-from`` model must use the same vocab: the sha256 of the model's vocab.txt must be the
+    data manifest's ``vocab_sha256``."""
     model_vocab = Path(model_dir) / VOCAB_NAME
     if model_vocab.is_file():
         if vocab_sha256(model_vocab) != data.vocab_sha256:
-            raise DataError(f"vocab mismatch: {model_vocab} differs from {data.vocab_path} (sha256); tokenize the "
-                            f"corpus with the model's vocab (`nezha tokenize --vocab {model_vocab}`)")
+            raise DataError(f"vocab mismatch: {model_vocab} is not the vocab of {data.directory} (sha256 differs from "
+                            f"its manifest's vocab_sha256); tokenize the corpus with the model's vocab (`nezha "
+                            f"tokenize --vocab {model_vocab}`), or pass the raw corpus as --data")
     else:
         logger.warning("%s has no %s; cannot check that it matches the data's vocab", model_dir, VOCAB_NAME)
     if data.vocab_size > vocab_size:
@@ -112,33 +125,13 @@ def check_model_vocab(data: PretrainingData, model_dir: Path, vocab_size: int) -
                               f"{model_dir} has vocab_size={vocab_size}")
 
 
-class StaticPretrainingCollate:
-    """Pads statically masked instances into the batch the model takes.
+def make_collators(data: PretrainingData, seed: int) -> tuple[Callable, Callable]:
+    """(training, evaluation) collators for ``data``, with the masking options its manifest records.
 
-    Returns input_ids, attention_mask, token_type_ids, masked_lm_positions (0-padded), masked_lm_labels (-100
-    padded) and next_sentence_label. Padding goes to the longest sequence of the batch.
+    Dynamic masks depend on (seed, epoch, instance_id) only. The trainer moves the training collator to each new
+    epoch; the evaluation one stays at epoch 0, so that every evaluation scores the same masks.
     """
+    from nezha_cli.pretraining.collator import PretrainingCollator
 
-    def __init__(self, pad_token_id: int = 0):
-        self.pad_token_id = pad_token_id
-
-    def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
-        batch_size = len(examples)
-        length = max(len(e["input_ids"]) for e in examples)
-        predictions = max(1, max(len(e["masked_lm_positions"]) for e in examples))
-        input_ids = torch.full((batch_size, length), self.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((batch_size, length), dtype=torch.long)
-        token_type_ids = torch.zeros((batch_size, length), dtype=torch.long)
-        positions = torch.zeros((batch_size, predictions), dtype=torch.long)
-        labels = torch.full((batch_size, predictions), -100, dtype=torch.long)
-        for i, e in enumerate(examples):
-            n, p = len(e["input_ids"]), len(e["masked_lm_positions"])
-            input_ids[i, :n] = torch.as_tensor(e["input_ids"])
-            attention_mask[i, :n] = 1
-            token_type_ids[i, :n] = torch.as_tensor(e["token_type_ids"])
-            if p:
-                positions[i, :p] = torch.as_tensor(e["masked_lm_positions"])
-                labels[i, :p] = torch.as_tensor(e["masked_lm_ids"])
-        nsp = torch.as_tensor([int(e["next_sentence_label"]) for e in examples], dtype=torch.long)
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids,
-                "masked_lm_positions": positions, "masked_lm_labels": labels, "next_sentence_label": nsp}
+    train = PretrainingCollator.from_manifest(data.directory, seed=seed)
+    return train, (PretrainingCollator.from_manifest(data.directory, seed=seed) if data.dynamic else train)

@@ -34,14 +34,24 @@ _NOT_IN_RECIPES = {
 
 @dataclass
 class DataOptions:
-    """How pretraining instances are built from a raw corpus, and how many are held out for evaluation."""
+    """How pretraining instances are built from a raw corpus (`nezha tokenize` and `nezha mask` options of the same
+    names), and how many are held out for evaluation."""
 
+    # The vocab to tokenize a raw corpus with: a vocab.txt, or null for the 21128-token BERT-Chinese vocab. With
+    # --init-from, the model's vocab.txt is used instead.
+    vocab: str | None = None
+    # Learn a WordPiece vocab of about this many tokens from the corpus instead (`nezha tokenize --build-vocab`).
+    build_vocab: int | None = None
+    whole_word_mask: bool = True
+    # Use only the first N documents of a raw corpus (quick trials).
+    max_documents: int | None = None
     max_seq_length: int = 128
     max_predictions_per_seq: int = 20
     masked_lm_prob: float = 0.15
     short_seq_prob: float = 0.1
     dupe_factor: int = 5
-    # Mask at train time, a new mask every epoch (raw corpora; a `nezha mask` output says itself).
+    # Mask at train time, a new mask every epoch (raw corpora and `nezha tokenize` outputs; a `nezha mask` output
+    # says itself).
     dynamic: bool = False
     # Instances held out from the training data for the periodic evaluation (MLM accuracy, perplexity).
     eval_examples: int = 0
@@ -51,6 +61,16 @@ class DataOptions:
         for name in ("max_seq_length", "max_predictions_per_seq", "dupe_factor"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"data.{name}={getattr(self, name)}: must be >= 1")
+        if self.max_seq_length < 5:
+            raise ConfigError(f"data.max_seq_length={self.max_seq_length}: needs room for [CLS] A [SEP] B [SEP], "
+                              "at least 5")
+        if self.vocab is not None and self.build_vocab is not None:
+            raise ConfigError("data.vocab and data.build_vocab are both set; give one of them (or neither, for "
+                              "the BERT-Chinese vocab)")
+        if self.build_vocab is not None and self.build_vocab < 6:
+            raise ConfigError(f"data.build_vocab={self.build_vocab}: a vocab needs more than the 5 special tokens")
+        if self.max_documents is not None and self.max_documents < 1:
+            raise ConfigError(f"data.max_documents={self.max_documents}: must be >= 1 (or null for all)")
         if not 0 < self.masked_lm_prob < 1:
             raise ConfigError(f"data.masked_lm_prob={self.masked_lm_prob}: must be in (0, 1)")
         if not 0 <= self.short_seq_prob <= 1:

@@ -30,12 +30,12 @@ from nezha_cli.engine.checkpoints import (
     remove_incomplete,
     save_checkpoint,
 )
-from nezha_cli.engine.metrics_log import METRICS_NAME, LiveDisplay, MetricsLog
+from nezha_cli.engine.metrics_log import METRICS_NAME, LiveDisplay, MetricsLog, read_metrics
 from nezha_cli.engine.optim import build_optimizer
 from nezha_cli.engine.precision import cuda_supports_bf16, current_device_type, resolve_mixed_precision
 from nezha_cli.engine.schedules import build_lr_scheduler
 from nezha_cli.errors import ConfigError, DataError, NezhaError, OutputExistsError
-from nezha_cli.io import atomic_output_dir
+from nezha_cli.io import atomic_output_dir, atomic_output_file
 
 logger = logging.getLogger(__name__)
 
@@ -135,8 +135,11 @@ def check_output_dir(args: TrainingArguments) -> None:
 
 class Trainer:
     def __init__(self, model: torch.nn.Module, args: TrainingArguments, train_dataset, collate_fn: Callable,
-                 step_fn: StepFn, evaluate: EvalFn | None = None, save_model: SaveFn | None = None):
+                 step_fn: StepFn, evaluate: EvalFn | None = None, save_model: SaveFn | None = None,
+                 output_files: dict[str, str] | None = None):
+        """``output_files``: ``{name: text}`` written to OUT once it is checked (e.g. the run's recipe.yaml)."""
         self.args = args
+        self.output_files = dict(output_files or {})
         self.train_dataset = train_dataset
         self.collate_fn = collate_fn
         self.step_fn = step_fn
@@ -189,6 +192,9 @@ class Trainer:
                     shutil.rmtree(out / name, ignore_errors=True)
                 (out / METRICS_NAME).unlink(missing_ok=True)
             remove_incomplete(out)
+            for name, text in self.output_files.items():
+                with atomic_output_file(out / name) as f:
+                    f.write(text)
         acc.wait_for_everyone()
         return resume_from
 
@@ -220,7 +226,7 @@ class Trainer:
 
         self.state = {"global_step": 0, "epoch": 0, "step_in_epoch": 0, "overflow_steps": 0,
                       "nonfinite_steps": 0, "consecutive_nonfinite": 0, "best_metric": None, "best_step": None,
-                      "total_steps": total_steps, "global_batch_size": global_batch}
+                      "last_eval_step": None, "total_steps": total_steps, "global_batch_size": global_batch}
         if resume_from is not None:
             saved = load_checkpoint(acc, resume_from)
             if saved.get("global_batch_size") != global_batch:
@@ -239,7 +245,9 @@ class Trainer:
         self._reset_window()
         last_record: dict[str, float] = {}
         last_saved = st["global_step"] if resume_from else -1
-        last_eval = -1
+        if resume_from is not None and st["global_step"] >= total_steps:
+            logger.info("%s: the run is complete (step %d of %d); pass --overwrite to start over, or --resume with "
+                        "a larger max_steps to go on", args.output_dir, st["global_step"], total_steps)
         model.train()
         try:
             with LiveDisplay(total_steps, st["global_step"], enabled=args.progress and acc.is_main_process) as shown:
@@ -261,7 +269,6 @@ class Trainer:
                             last_record = self._log(log, shown)
                         if args.eval_steps and step % args.eval_steps == 0:
                             self._evaluate(log)
-                            last_eval = step
                         if args.save_steps and step % args.save_steps == 0:
                             self._save(step)
                             last_saved = step
@@ -272,14 +279,16 @@ class Trainer:
                         st["step_in_epoch"] = 0
                         if args.eval_each_epoch:
                             self._evaluate(log)
-                            last_eval = st["global_step"]
-                if self.evaluate_fn is not None and last_eval != st["global_step"]:
+                if self.evaluate_fn is not None and st["last_eval_step"] != st["global_step"]:
                     self._evaluate(log)
                 if last_saved != st["global_step"]:
                     self._save(st["global_step"])
                 final_dir = self._write_final()
         finally:
             log.close()
+        if not last_record and acc.is_main_process:
+            # Nothing trained in this call (a finished run resumed): report the run's last logged step.
+            last_record = next((r for r in reversed(read_metrics(log.path)) if "loss" in r), {})
         return TrainResult(
             global_step=st["global_step"], epoch=st["epoch"], final_dir=final_dir, best_metric=st["best_metric"],
             last_metrics=last_record, overflow_steps=st["overflow_steps"], nonfinite_steps=st["nonfinite_steps"],
@@ -391,6 +400,7 @@ class Trainer:
             return {}
         args, st = self.args, self.state
         results = self.evaluate_fn(self)
+        st["last_eval_step"] = st["global_step"]
         record = {"step": st["global_step"], "epoch": st["epoch"],
                   **{f"eval_{k}": float(v) for k, v in results.items()}}
         log.write(record)
