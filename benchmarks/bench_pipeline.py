@@ -222,13 +222,13 @@ def measure(command: list[str], what: str, memory: bool = True) -> dict:
             peak["pss"] = max(peak["pss"], sum(m[1] for m in memory))
             done.wait(0.02)
 
-    sampler = threading.Thread(target=sample, daemon=True)
-    if memory:
+    sampler = threading.Thread(target=sample, daemon=True) if memory else None
+    if sampler:
         sampler.start()
     code = process.wait()
     seconds = time.perf_counter() - start
     done.set()
-    if memory:
+    if sampler:
         sampler.join()
     if code != 0:
         raise SystemExit(f"{what} failed with exit code {code}")

@@ -37,9 +37,7 @@ def special_ids_of(source: Any) -> SpecialIds:
     path to a vocab.txt or to a directory holding one."""
     if isinstance(source, SpecialIds):
         return source
-    if isinstance(source, Vocab):
-        return source.special_ids
-    if hasattr(source, "special_ids"):
+    if hasattr(source, "special_ids"):  # a Vocab or a tokenizer
         return source.special_ids
     if isinstance(source, Mapping):
         return SpecialIds(**{k: int(source[k]) for k in ("pad", "unk", "cls", "sep", "mask", "vocab_size")})

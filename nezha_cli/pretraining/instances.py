@@ -428,7 +428,7 @@ def create_pretraining_data(
             "version": __version__,
             "source": str(data_dir),
             "inputs": manifest.get("inputs"),
-            "vocab_sha256": vocab_sha256(tmp / VOCAB_NAME),
+            "vocab_sha256": manifest["vocab_sha256"],  # checked against the copied file's bytes above
             "vocab_size": vocab.vocab_size,
             "options": {**asdict(config), **asdict(masking)},
             "columns": _columns(dynamic),

@@ -154,7 +154,7 @@ def tokenize_corpus(
     check_output_path(output_dir, overwrite)
     if build_vocab is None:
         vocab_path = Path(vocab) if vocab is not None else bert_chinese_vocab_path()
-        Vocab.from_file(vocab_path)  # fail on a bad vocab before reading the corpus
+        given_vocab = Vocab.from_file(vocab_path)  # fail on a bad vocab before reading the corpus
 
     with atomic_output_dir(output_dir, overwrite=overwrite) as tmp:
         out_vocab = tmp / VOCAB_NAME
@@ -162,13 +162,15 @@ def tokenize_corpus(
             sources, spooled = _spool_stdin(sources, tmp)
             _learn_vocab(sources, options, build_vocab, min_frequency, do_lower_case, out_vocab, show_progress)
             vocab_source = f"built from the corpus (--build-vocab {build_vocab})"
+            written_vocab = Vocab.from_file(out_vocab)
         else:
             spooled = []
             shutil.copyfile(vocab_path, out_vocab)
             vocab_source = str(vocab_path)
+            written_vocab = given_vocab
         config = WorkerConfig(str(out_vocab), do_lower_case, whole_word_mask,
                               str(user_dict) if user_dict is not None else None)
-        counts = _tokenize(sources, options, config, tmp, num_proc, show_progress)
+        counts = _tokenize(sources, options, config, written_vocab.unk_token_id, tmp, num_proc, show_progress)
         for path in spooled:
             path.unlink()
         manifest = {
@@ -177,7 +179,7 @@ def tokenize_corpus(
             "inputs": [str(i) for i in inputs],
             "vocab": vocab_source,
             "vocab_sha256": vocab_sha256(out_vocab),
-            "vocab_size": Vocab.from_file(out_vocab).vocab_size,
+            "vocab_size": written_vocab.vocab_size,
             "options": {
                 "do_lower_case": do_lower_case,
                 "whole_word_mask": whole_word_mask,
@@ -193,8 +195,8 @@ def tokenize_corpus(
     return output_dir
 
 
-def _tokenize(sources: list[Source], options: ReadOptions, config: WorkerConfig, out: Path, num_proc: int,
-              show_progress: bool) -> dict[str, Any]:
+def _tokenize(sources: list[Source], options: ReadOptions, config: WorkerConfig, unk_id: int, out: Path,
+              num_proc: int, show_progress: bool) -> dict[str, Any]:
     from nezha_cli.console import make_progress
 
     columns = {"doc_id": "int64", "input_ids": "list[int32]"}
@@ -202,7 +204,6 @@ def _tokenize(sources: list[Source], options: ReadOptions, config: WorkerConfig,
         columns["word_ids"] = "list[int32]"
     writer = DatasetWriter(out, columns)
     reader = CorpusReader(sources, options)
-    unk_id = Vocab.from_file(config.vocab_path).unk_token_id
     tokens = unk = 0
     documents = 0
     last_doc = -1
