@@ -7,11 +7,13 @@ Three attention implementations in the same model, weights and data (only the at
                 tensor, multiplied in the [L, B*H, .] layout (written here, so the rest of the model is identical);
 * ``no-rel``    the relative terms switched off: plain attention, the lower limit.
 
-Each (implementation, length, precision) runs in a fresh subprocess, so its peak RSS is its own; the ratios printed
-are bucketed / no-rel (the cost of the relative terms) and table / bucketed.
+Timing: the three models take training steps in turn (ABCABC...), so drifting load on a shared machine hits them
+alike; the cost printed is the median over rounds of bucketed / no-rel (and table / bucketed). Peak memory: each
+(implementation, length, precision) runs again in a fresh subprocess, so its peak RSS is its own.
 
     python benchmarks/bench_attention.py                 # BERT-base shape, L = 128 (batch 8) and 512 (batch 2)
     python benchmarks/bench_attention.py --layers 2 --steps 2 --precision fp32   # quicker
+    python benchmarks/bench_attention.py --device cuda --steps 20 --lengths 128:64,512:16   # on a GPU
 """
 
 from __future__ import annotations
@@ -51,7 +53,10 @@ def _table_attention_forward(self, hidden_states, attention_mask, relative_table
     return context.transpose(1, 2).flatten(-2), (probs if output_attentions else None)
 
 
-def run_one(impl: str, length: int, batch: int, layers: int, precision: str, steps: int) -> dict:
+def make_step(impl: str, length: int, batch: int, layers: int, precision: str, device: str = "cpu"):
+    """A closure running one forward+backward of NezhaForPreTraining with attention ``impl`` (same weights, data)."""
+    import types
+
     import torch
 
     from nezha_cli.modeling import NezhaConfig, NezhaForPreTraining
@@ -59,89 +64,127 @@ def run_one(impl: str, length: int, batch: int, layers: int, precision: str, ste
 
     torch.manual_seed(0)
     config = NezhaConfig(num_hidden_layers=layers)
-    model = NezhaForPreTraining(config).train()
-    if impl == "table":
-        NezhaSelfAttention.forward = _table_attention_forward
+    model = NezhaForPreTraining(config).train().to(device)
     for module in model.modules():
         if isinstance(module, NezhaSelfAttention):
             module.use_relative_positions = impl != "no-rel"
+            if impl == "table":
+                module.forward = types.MethodType(_table_attention_forward, module)
     g = torch.Generator().manual_seed(1)
     ids = torch.randint(1000, config.vocab_size, (batch, length), generator=g)
-    types = torch.zeros_like(ids)
-    types[:, length // 2:] = 1
+    types_ = torch.zeros_like(ids)
+    types_[:, length // 2:] = 1
     mask = torch.ones_like(ids)
     predictions = max(1, round(0.15 * length))
     positions = torch.stack([torch.randperm(length, generator=g)[:predictions] for _ in range(batch)])
     labels = torch.randint(1000, config.vocab_size, positions.shape, generator=g)
     nsp = torch.randint(0, 2, (batch,), generator=g)
+    ids, types_, mask, positions, labels, nsp = (t.to(device) for t in (ids, types_, mask, positions, labels, nsp))
 
-    def step():
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-            out = model(ids, attention_mask=mask, token_type_ids=types, masked_lm_positions=positions, labels=labels,
-                        next_sentence_label=nsp)
+    def step() -> float:
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            out = model(ids, attention_mask=mask, token_type_ids=types_, masked_lm_positions=positions,
+                        labels=labels, next_sentence_label=nsp)
         out.loss.backward()
         model.zero_grad(set_to_none=True)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
 
-    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    step()  # warm-up (allocator, kernels)
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
+    return step
+
+
+def peak_memory(impl: str, length: int, batch: int, layers: int, precision: str, device: str = "cpu") -> float:
+    """MiB of peak memory one training step adds (run in a fresh process: peak RSS on CPU is per process)."""
+    import torch
+
+    step = make_step(impl, length, batch, layers, precision, device)
+    if device == "cuda":
+        allocated = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
         step()
-        times.append(time.perf_counter() - start)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-    return {"seconds": statistics.median(times), "peak_mib": (peak - rss_before) / 1024}
+        step()
+        return (torch.cuda.max_memory_allocated() - allocated) / 2**20
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    step()
+    step()
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024  # KiB on Linux
+
+
+def interleaved_times(length: int, batch: int, layers: int, precision: str, device: str, steps: int) -> dict:
+    """Seconds per step of each implementation, the three models stepping in turn (ABCABC...).
+
+    Load on a shared machine drifts over minutes; taking turns step by step exposes all three to the same drift,
+    and the per-round ratios to no-rel cancel most of it.
+    """
+    runs = {impl: make_step(impl, length, batch, layers, precision, device) for impl in IMPLEMENTATIONS}
+    for run in runs.values():
+        run()  # warm-up (allocator, kernels)
+    times: dict[str, list[float]] = {impl: [] for impl in IMPLEMENTATIONS}
+    for _ in range(steps):
+        for impl, run in runs.items():
+            times[impl].append(run())
+    ratios = {impl: statistics.median(t / n for t, n in zip(times[impl], times["no-rel"])) for impl in IMPLEMENTATIONS}
+    return {impl: {"seconds": statistics.median(times[impl]), "ratio": ratios[impl]} for impl in IMPLEMENTATIONS}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--layers", type=int, default=12, help="encoder layers (BERT-base: 12)")
-    parser.add_argument("--steps", type=int, default=3, help="timed steps per configuration (median reported)")
+    parser.add_argument("--steps", type=int, default=8, help="timed rounds per configuration (medians reported)")
     parser.add_argument("--lengths", default="128:8,512:2", help="comma-separated LENGTH:BATCH pairs")
-    parser.add_argument("--precision", default="fp32,bf16", help="fp32, bf16 (CPU autocast) or both")
-    parser.add_argument("--rounds", type=int, default=1, help="repeat the whole sweep, keep each best time")
+    parser.add_argument("--precision", default="fp32,bf16", help="fp32, bf16 (autocast) or both")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                        help="where to run; on cuda peak memory is the GPU's (torch.cuda.max_memory_allocated)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.child:
-        print(json.dumps(run_one(**json.loads(args.child))))
+        print(json.dumps(peak_memory(**json.loads(args.child))))
         return
 
     import torch
 
     pairs = [tuple(int(x) for x in p.split(":")) for p in args.lengths.split(",")]
     precisions = [p.strip() for p in args.precision.split(",")]
+    where = (torch.cuda.get_device_name() if args.device == "cuda" else f"{torch.get_num_threads()} CPU threads")
     print(f"NezhaForPreTraining, hidden 768, 12 heads, {args.layers} layers, K = 64, forward + backward, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    best: dict[tuple, dict] = {}
-    for _ in range(args.rounds):
-        for precision in precisions:
-            for length, batch in pairs:
-                # Interleave implementations so that drifting machine load hits all of them alike.
-                for impl in IMPLEMENTATIONS:
-                    spec = dict(impl=impl, length=length, batch=batch, layers=args.layers, precision=precision,
-                                steps=args.steps)
-                    out = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], check=True,
-                                         capture_output=True, text=True)
-                    result = json.loads(out.stdout.strip().splitlines()[-1])
-                    key = (precision, length, batch, impl)
-                    if key not in best or result["seconds"] < best[key]["seconds"]:
-                        best[key] = result
-
-    header = f"{'prec':5} {'L':>5} {'B':>3} {'impl':9} {'s/step':>8} {'peak MiB':>9}"
-    print(header)
-    print("-" * len(header))
-    for (precision, length, batch, impl), r in best.items():
-        print(f"{precision:5} {length:>5} {batch:>3} {impl:9} {r['seconds']:8.3f} {r['peak_mib']:9.0f}")
-    print()
+          f"torch {torch.__version__}, {where}; {args.steps} interleaved steps each")
+    header = f"{'prec':5} {'L':>5} {'B':>3} {'impl':9} {'s/step':>8} {'vs no-rel':>9} {'peak MiB':>9}"
+    # Memory first, while this process is small: Linux carries a parent's peak RSS into its children's ru_maxrss.
+    memory = {}
     for precision in precisions:
         for length, batch in pairs:
-            b, t, n = (best[(precision, length, batch, impl)] for impl in IMPLEMENTATIONS)
-            table_mib = length * length * 64 * 4 / 2**20
-            print(f"{precision} L={length}: relative terms cost {b['seconds'] / n['seconds'] - 1:+.1%} time and "
-                  f"{b['peak_mib'] - n['peak_mib']:+.0f} MiB over no-rel; the table formulation takes "
-                  f"{t['seconds'] / b['seconds']:.2f}x the time and {t['peak_mib'] - b['peak_mib']:+.0f} MiB "
-                  f"(one [L, L, 64] fp32 table is {table_mib:.0f} MiB)")
+            for impl in IMPLEMENTATIONS:
+                spec = dict(impl=impl, length=length, batch=batch, layers=args.layers, precision=precision,
+                            device=args.device)
+                out = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], check=True,
+                                     capture_output=True, text=True)
+                memory[(precision, length, batch, impl)] = json.loads(out.stdout.strip().splitlines()[-1])
+    results = {}
+    for precision in precisions:
+        for length, batch in pairs:
+            timing = interleaved_times(length, batch, args.layers, precision, args.device, args.steps)
+            for impl in IMPLEMENTATIONS:
+                timing[impl]["peak_mib"] = memory[(precision, length, batch, impl)]
+            results[(precision, length, batch)] = timing
+    print(header)
+    print("-" * len(header))
+    for (precision, length, batch), timing in results.items():
+        for impl, r in timing.items():
+            print(f"{precision:5} {length:>5} {batch:>3} {impl:9} {r['seconds']:8.3f} {r['ratio']:9.3f} "
+                  f"{r['peak_mib']:9.0f}")
+    print()
+    for (precision, length, _), timing in results.items():
+        b, t, n = (timing[impl] for impl in IMPLEMENTATIONS)
+        table_mib = length * length * 64 * 4 / 2**20
+        print(f"{precision} L={length}: relative terms cost {b['ratio'] - 1:+.1%} time (median of per-round ratios) "
+              f"and {b['peak_mib'] - n['peak_mib']:+.0f} MiB over no-rel; the table formulation takes "
+              f"{t['ratio'] / b['ratio']:.2f}x the time and {t['peak_mib'] - b['peak_mib']:+.0f} MiB "
+              f"(one [L, L, 64] fp32 table is {table_mib:.0f} MiB)")
 
 
 if __name__ == "__main__":

@@ -4,13 +4,16 @@ The issue's CPU target: BERT-base width (768 hidden, 12 heads, 3072 intermediate
 L = 128 (batch 8, 20 masked positions) and L = 512 (batch 2, 80 masked positions), in fp32 and under bf16 autocast.
 A training step is forward + backward + AdamW step on the same initial weights and batches. Ours scores the
 vocabulary at the masked positions only; transformers' scores every position (its MLM loss ignores the rest).
+The two models take steps in turn, so drifting load on a shared machine hits both alike; the speed-up printed is
+the median of the per-step ratios.
 
 Also printed: the share of a step of our engine (``nezha_cli.engine.Trainer``: data loading and collation,
 accumulate/backward, clipping, optimizer, metrics) spent outside the model's forward and backward. On a CUDA GPU,
-a bf16 section adds tokens/s and model FLOPs utilisation (MFU).
+``--device cuda`` adds GPU-sized batches and a bf16 section with tokens/s and model FLOPs utilisation (MFU).
 
     python benchmarks/bench_pretrain.py                 # the issue's shapes (a few minutes on 2 cores)
     python benchmarks/bench_pretrain.py --smoke         # tiny shapes, checks that everything runs
+    python benchmarks/bench_pretrain.py --device cuda --steps 20   # on a GPU
 """
 
 from __future__ import annotations
@@ -75,34 +78,44 @@ def reference_model(config: NezhaConfig, ours: NezhaForPreTraining, device):
     return hf.to(device)
 
 
-def time_steps(model, step_fn, batches, steps: int, warmup: int, autocast: torch.dtype | None, device) -> list[float]:
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    model.train()
-    times = []
+def time_steps(runs, batches, steps: int, warmup: int, autocast: torch.dtype | None, device) -> list[list[float]]:
+    """Seconds per training step of each (model, step_fn) in ``runs``, the models taking steps in turn.
+
+    Taking turns step by step exposes every model to the same drift in machine load; ratios of the same round
+    cancel most of it.
+    """
+    optimizers = [torch.optim.AdamW(model.parameters(), lr=1e-4) for model, _ in runs]
+    times: list[list[float]] = [[] for _ in runs]
     for i in range(warmup + steps):
         batch = batches[i % len(batches)]
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        with torch.autocast(device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
-            loss = step_fn(model, batch)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
+        for (model, step_fn), optimizer, out in zip(runs, optimizers, times):
+            model.train()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            with torch.autocast(device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
+                loss = step_fn(model, batch)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            if i >= warmup:
+                out.append(time.perf_counter() - start)
     return times
 
 
 def forward_backward_time(model, batches, steps: int, warmup: int, device) -> float:
-    model.train()
+    model.to(device).train()
     times = []
     for i in range(warmup + steps):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
         start = time.perf_counter()
         ours_step(model, batches[i % len(batches)]).backward()
         model.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
         if i >= warmup:
             times.append(time.perf_counter() - start)
     return statistics.median(times)
@@ -156,45 +169,55 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--smoke", action="store_true", help="tiny shapes and 2 steps: checks that it all runs")
     parser.add_argument("--no-bf16", action="store_true", help="skip the bf16 autocast rows")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                        help="cpu: the issue's comparison; cuda: the same rows plus GPU-sized batches, tokens/s, MFU")
     parser.add_argument("--peak-tflops", type=float, default=None,
                         help="GPU bf16 dense peak for MFU (default: H100/H200 989, A100 312)")
     args = parser.parse_args()
     if args.smoke:
         args.layers, args.hidden, args.heads, args.vocab, args.steps, args.warmup = 1, 64, 4, 500, 2, 1
     shapes = [(128, 8, 20), (512, 2, 80)] if not args.smoke else [(32, 2, 5), (64, 1, 10)]
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        # Batches that fill a GPU, after the issue's CPU shapes.
+        shapes += [(128, 64, 20), (512, 16, 80)] if not args.smoke else []
+        where = f"{torch.cuda.get_device_name()}, torch {torch.__version__}"
+    else:
+        where = (f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU capability "
+                 f"{torch.backends.cpu.get_cpu_capability()}")
     config = NezhaConfig(vocab_size=args.vocab, hidden_size=args.hidden, num_hidden_layers=args.layers,
                          num_attention_heads=args.heads, intermediate_size=4 * args.hidden,
                          hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    cpu = torch.device("cpu")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU capability "
-          f"{torch.backends.cpu.get_cpu_capability()}; {args.layers} layers x {args.hidden} hidden, vocab {args.vocab}")
+    print(f"{where}; {args.layers} layers x {args.hidden} hidden, vocab {args.vocab}")
     print(f"{'L':>5} {'batch':>5} {'precision':>9} {'ours steps/s':>13} {'transformers':>13} {'speed-up':>9}")
     precisions = [None] if args.no_bf16 else [None, torch.bfloat16]
     for length, batch_size, predictions in shapes:
         batches = [make_batch(batch_size, length, predictions, args.vocab, seed=s) for s in range(3)]
         for b in batches:
             b["full_labels"] = full_labels(b)
+        batches = [{k: v.to(device) for k, v in b.items()} for b in batches]
         for dtype in precisions:
             torch.manual_seed(0)
-            ours = NezhaForPreTraining(config)
-            reference = reference_model(config, ours, cpu)
-            t_ours = statistics.median(time_steps(ours, ours_step, batches, args.steps, args.warmup, dtype, cpu))
-            t_ref = statistics.median(time_steps(reference, reference_step, batches, args.steps, args.warmup, dtype,
-                                                 cpu))
+            ours = NezhaForPreTraining(config).to(device)
+            reference = reference_model(config, ours, device)
+            ours_times, ref_times = time_steps([(ours, ours_step), (reference, reference_step)], batches,
+                                               args.steps, args.warmup, dtype, device)
+            del ours, reference
+            speedup = statistics.median(r / o for r, o in zip(ref_times, ours_times))
             name = "bf16" if dtype is not None else "fp32"
-            print(f"{length:>5} {batch_size:>5} {name:>9} {1 / t_ours:>13.3f} {1 / t_ref:>13.3f} "
-                  f"{t_ref / t_ours:>8.2f}x", flush=True)
+            print(f"{length:>5} {batch_size:>5} {name:>9} {1 / statistics.median(ours_times):>13.3f} "
+                  f"{1 / statistics.median(ref_times):>13.3f} {speedup:>8.2f}x", flush=True)
     print("\nOur engine (fp32, AdamW): share of step time outside the model's forward+backward")
     for length, batch_size, predictions in shapes:
         torch.manual_seed(0)
-        batches = [make_batch(batch_size, length, predictions, args.vocab, seed=s) for s in range(3)]
-        fb = forward_backward_time(NezhaForPreTraining(config), batches, args.steps, args.warmup, cpu)
+        batches = [{k: v.to(device) for k, v in make_batch(batch_size, length, predictions, args.vocab,
+                                                           seed=s).items()} for s in range(3)]
+        fb = forward_backward_time(NezhaForPreTraining(config), batches, args.steps, args.warmup, device)
         engine = engine_step_time(config, batch_size, length, predictions, args.steps, args.warmup)
         print(f"  L={length:<4} batch {batch_size}: engine step {engine * 1000:8.1f} ms, forward+backward "
               f"{fb * 1000:8.1f} ms, outside the model {max(0.0, 1 - fb / engine):6.1%}", flush=True)
 
-    if torch.cuda.is_available():
-        device = torch.device("cuda")
+    if device.type == "cuda":
         name = torch.cuda.get_device_name()
         peak = args.peak_tflops or (989.0 if ("H100" in name or "H200" in name) else 312.0)
         print(f"\nGPU {name}: bf16 autocast, peak {peak:.0f} TFLOP/s assumed for MFU")
@@ -203,8 +226,8 @@ def main() -> None:
                                                                seed=s).items()} for s in range(3)]
             torch.manual_seed(0)
             model = NezhaForPreTraining(config).to(device)
-            t = statistics.median(time_steps(model, ours_step, batches, args.steps, args.warmup, torch.bfloat16,
-                                             device))
+            t = statistics.median(time_steps([(model, ours_step)], batches, args.steps, args.warmup,
+                                             torch.bfloat16, device)[0])
             flops = model_flops_per_step(config, batch_size, length, predictions)
             print(f"  L={length:<4} batch {batch_size:<3}: {batch_size * length / t:12,.0f} tokens/s, "
                   f"MFU {flops / t / (peak * 1e12):6.1%}", flush=True)

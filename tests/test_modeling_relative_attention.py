@@ -1,5 +1,6 @@
 """The bucketed relative attention against a plain O(L^2 d) reference written here from the paper's formulas."""
 
+import dataclasses
 import math
 
 import pytest
@@ -58,7 +59,14 @@ def test_bucket_primitives(length, k):
     for i in range(length):
         for j in range(length):
             expected_sum[..., i, index[i, j]] += x[..., i, j]
-    assert torch.allclose(sum_buckets(x, pos), expected_sum)
+    sums = sum_buckets(x, pos)
+    # Bucket columns are padded to a multiple of 8 (aligned GEMM operands); the padding holds zeros.
+    assert sums.shape[-1] == pos.width and pos.width % 8 == 0 and pos.width >= 2 * k + 1
+    assert torch.allclose(sums[..., : 2 * k + 1], expected_sum)
+    assert torch.all(sums[..., 2 * k + 1:] == 0)
+    # The prefix-sum formulation torch.export takes (no block indices) gives the same sums.
+    exported = sum_buckets(x, dataclasses.replace(pos, block_mask=None, remainder_index=None, remainder_valid=None))
+    assert torch.allclose(exported, sums)
     assert torch.equal(expand_buckets(y, pos), y[..., torch.arange(length)[:, None], index])
 
 

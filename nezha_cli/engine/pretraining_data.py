@@ -19,7 +19,7 @@ from nezha_cli.errors import CheckpointError, DataError
 from nezha_cli.io import read_json
 from nezha_cli.pretraining.instances import MASKED_KIND
 from nezha_cli.text.pipeline import MANIFEST_NAME, TOKENIZED_KIND
-from nezha_cli.text.vocab import VOCAB_NAME, Vocab, vocab_sha256
+from nezha_cli.text.vocab import VOCAB_NAME, Vocab, checked_vocab_sha256, vocab_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -57,12 +57,7 @@ def load_pretraining_data(directory: Path, eval_examples: int = 0) -> Pretrainin
         raise DataError(f"{manifest_path}: kind is {kind!r}, not {MASKED_KIND!r}{hint}; --data must be a "
                         "`nezha mask` output")
     vocab_path = directory / VOCAB_NAME
-    if not vocab_path.is_file():
-        raise DataError(f"{directory}: no {VOCAB_NAME}; re-run `nezha mask` to write a complete output")
-    sha = vocab_sha256(vocab_path)
-    if manifest.get("vocab_sha256") not in (None, sha):
-        raise DataError(f"{vocab_path}: sha256 does not match vocab_sha256 in {MANIFEST_NAME}; the directory was "
-                        "modified after `nezha mask` wrote it")
+    sha = checked_vocab_sha256(directory, manifest, "nezha mask", required=False)
     dynamic = bool(manifest.get("dynamic", False))
     try:
         import datasets

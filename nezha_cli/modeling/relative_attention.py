@@ -11,12 +11,13 @@ distinct a_ij, so here the relative terms go through the 2K + 1 "buckets":
 
 * key side: ``q @ E^T`` gives each query's 2K + 1 possible scores, which are gathered into [L, L]
   (:func:`expand_buckets`), and ``q @ k^T`` is accumulated onto them in place;
-* value side: P is summed into buckets (:func:`sum_buckets`: a band gather for |j - i| < K and prefix/suffix sums
-  for the two clipped buckets), then multiplied by E.
+* value side: P is summed into buckets (:func:`sum_buckets`: a band gather for |j - i| < K; block sums and the
+  row sum for the two clipped buckets), then multiplied by E.
 
-The backward of one is the other, so both directions cost one gather and one cumulative sum over [L, L] beyond
-plain attention; custom autograd functions keep autograd from materialising anything larger. Extra memory is
-O(B.H.L.(2K + 1)) and there is no length cap.
+The backward of one is the other, so both directions cost one [L, L] gather and one reading pass over [L, L] beyond
+plain attention; custom autograd functions keep autograd from materialising anything larger. Bucket operands are
+padded to a multiple of 8 columns (:func:`bucket_width`) for aligned GEMMs. Extra memory is O(B.H.L.(2K + 1)) and
+there is no length cap.
 """
 
 from __future__ import annotations
@@ -56,45 +57,97 @@ class RelativePositions:
     length: int
     max_relative_position: int
     bucket_index: torch.Tensor  # [L, L]: p(i, j)
-    band_index: torch.Tensor  # [L, 2K-1]: j = i + p - K for the unclipped buckets p = 1 .. 2K-1 (clamped to [0, L))
-    band_valid: torch.Tensor  # [L, 2K-1]: 1.0 where that j exists
-    low_index: torch.Tensor  # [L, 1]: i - K (clamped), the last key of bucket 0
-    low_valid: torch.Tensor  # [L, 1]: 1.0 where i - K >= 0
-    high_index: torch.Tensor  # [L, 1]: min(i + K - 1, L - 1), the last key before bucket 2K
+    band_index: torch.Tensor  # [L, W]: j = i + p - K, the one key of bucket p when unclipped (clamped to [0, L))
+    band_valid: torch.Tensor  # [L, W]: 1.0 where that key exists and 0 < p < 2K
+    # Bucket 0 (keys j <= i - K) is summed as whole blocks of K keys plus a remainder of < K keys next to the band
+    # (None under torch.export, which takes the shape-agnostic prefix sum: see sum_buckets).
+    block_mask: torch.Tensor | None  # [L, L // K]: 1.0 for the whole blocks of K keys that lie in bucket 0
+    remainder_index: torch.Tensor | None  # [L, K-1]: keys i - K - t, t = 0 .. K-2 (clamped to [0, L))
+    remainder_valid: torch.Tensor | None  # [L, K-1]: 1.0 for the keys of the remainder
+
+    @property
+    def width(self) -> int:
+        """W: the 2K + 1 buckets padded to a multiple of 8 (see :func:`padded_table`)."""
+        return bucket_width(self.max_relative_position)
 
     @classmethod
     def build(cls, length: int, max_relative_position: int, device=None) -> RelativePositions:
         k = max_relative_position
         i = torch.arange(length, device=device)[:, None]
-        band = i + torch.arange(1 - k, k, device=device)[None, :]
+        p = torch.arange(bucket_width(k), device=device)[None, :]
+        band = i + p - k
+        blocks = None
+        if not torch.compiler.is_exporting():
+            last = i - k  # the last key of bucket 0
+            whole = torch.div(last + 1, k, rounding_mode="floor").clamp(0, length // k)
+            t = torch.arange(k - 1, device=device)[None, :]
+            remainder = last - t
+            blocks = ((torch.arange(length // k, device=device)[None, :] < whole).float(),
+                      remainder.clamp(0, length - 1), ((t < last + 1 - whole * k) & (remainder >= 0)).float())
         return cls(
             length=length,
             max_relative_position=k,
             bucket_index=relative_position_index(length, k, device),
             band_index=band.clamp(0, length - 1),
-            band_valid=((band >= 0) & (band < length)).float(),
-            low_index=(i - k).clamp(min=0),
-            low_valid=(i >= k).float(),
-            high_index=(i + k - 1).clamp(max=length - 1),
+            band_valid=((band >= 0) & (band < length) & (p > 0) & (p < 2 * k)).float(),
+            block_mask=blocks[0] if blocks else None,
+            remainder_index=blocks[1] if blocks else None,
+            remainder_valid=blocks[2] if blocks else None,
         )
 
 
+def bucket_width(max_relative_position: int) -> int:
+    """2K + 1 rounded up to a multiple of 8.
+
+    Bucket-sized operands of this width keep GEMM operands aligned (129 columns for K = 64 are not): the kernels on
+    CPU and GPU (tensor cores want multiples of 8) run markedly faster. The padding columns hold zeros.
+    """
+    return -(-(2 * max_relative_position + 1) // 8) * 8
+
+
 def expand_buckets(y: torch.Tensor, positions: RelativePositions) -> torch.Tensor:
-    """[..., L, 2K+1] -> [..., L, L] with out[i, j] = y[i, p(i, j)]."""
+    """[..., L, W'] -> [..., L, L] with out[i, j] = y[i, p(i, j)] (W' >= 2K+1; columns past 2K are never read)."""
     return y.gather(-1, positions.bucket_index.expand(*y.shape[:-1], positions.length))
 
 
 def sum_buckets(x: torch.Tensor, positions: RelativePositions) -> torch.Tensor:
-    """[..., L, L] -> [..., L, 2K+1] with out[i, p] = sum of x[i, j] over the j where p(i, j) = p."""
+    """[..., L, L] -> [..., L, W] with out[i, p] = sum of x[i, j] over the j where p(i, j) = p (zero for p > 2K)."""
     shape = x.shape[:-1]
-    band = x.gather(-1, positions.band_index.expand(*shape, positions.band_index.shape[-1]))
-    band = band * positions.band_valid.to(x.dtype)
-    # The clipped buckets 0 and 2K collect every key at distance >= K: a prefix and a suffix sum of the row
-    # (accumulated in at least fp32: these are long sums).
-    cum = x.cumsum(-1, dtype=torch.promote_types(x.dtype, torch.float32))
-    low = cum.gather(-1, positions.low_index.expand(*shape, 1)) * positions.low_valid.to(cum.dtype)
-    high = cum[..., -1:] - cum.gather(-1, positions.high_index.expand(*shape, 1))
-    return torch.cat([low.to(x.dtype), band, high.to(x.dtype)], dim=-1)
+    k = positions.max_relative_position
+    # Written in place into the one [..., L, W] result: on CPU every extra temporary of this size costs
+    # page faults as well as memory traffic.
+    out = x.gather(-1, positions.band_index.expand(*shape, positions.band_index.shape[-1]))
+    out.mul_(positions.band_valid.to(x.dtype))
+    # The clipped buckets 0 and 2K collect every key at distance >= K (accumulated in at least fp32: long sums).
+    acc = torch.promote_types(x.dtype, torch.float32)
+    if positions.block_mask is None:
+        # Under torch.export: a prefix sum over the row, shape-agnostic, so the exported graph keeps L symbolic
+        # (the block sums below would tie it to the multiples of K).
+        cum = x.cumsum(-1, dtype=acc)
+        i = torch.arange(x.shape[-1], device=x.device)[:, None]
+        low = cum.gather(-1, (i - k).clamp(min=0).expand(*shape, 1)) * (i >= k).to(acc)  # keys 0 .. i - K
+        high = cum[..., -1:] - low - out.sum(-1, keepdim=True, dtype=acc)
+    else:
+        # No [L, L] prefix sum (a temporary as large as x): bucket 0 is the sum of whole blocks of K keys plus the
+        # < K keys left of the band, and bucket 2K is the rest of the row.
+        num_blocks = x.shape[-1] // k
+        blocks = x[..., : num_blocks * k].unflatten(-1, (num_blocks, k)).sum(-1, dtype=acc)  # [..., L, L // K]
+        row = blocks.sum(-1, keepdim=True) + x[..., num_blocks * k:].sum(-1, keepdim=True, dtype=acc)
+        low = x.gather(-1, positions.remainder_index.expand(*shape, k - 1))
+        low = low.mul_(positions.remainder_valid.to(x.dtype)).sum(-1, keepdim=True, dtype=acc)
+        # A masked sum over the few blocks, not a cumsum: CUDA's scan over a short innermost dimension is slow.
+        low += (blocks * positions.block_mask).sum(-1, keepdim=True)
+        high = row - low - out.sum(-1, keepdim=True, dtype=acc)
+    out[..., :1] = low
+    out[..., 2 * k:2 * k + 1] = high
+    return out
+
+
+def padded_table(table: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """E with zero rows appended up to :func:`bucket_width` rows, in ``dtype``."""
+    rows = bucket_width((table.shape[0] - 1) // 2) - table.shape[0]
+    table = table.to(dtype)
+    return torch.nn.functional.pad(table, (0, 0, 0, rows)) if rows else table
 
 
 def _baddbmm_(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -112,7 +165,7 @@ def _baddbmm_(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tens
 class _RelativeScores(torch.autograd.Function):
     @staticmethod
     def forward(ctx, query, key, table, positions):
-        table = table.to(query.dtype)
+        table = padded_table(table, query.dtype)
         scores = expand_buckets(torch.matmul(query, table.t()), positions)
         _baddbmm_(scores, query, key.transpose(-1, -2))
         ctx.save_for_backward(query, key, table)
@@ -132,7 +185,7 @@ class _RelativeScores(torch.autograd.Function):
 class _RelativeContext(torch.autograd.Function):
     @staticmethod
     def forward(ctx, probs, value, table, positions):
-        table = table.to(value.dtype)
+        table = padded_table(table, value.dtype)
         context = torch.matmul(sum_buckets(probs, positions).to(value.dtype), table)
         probs_lp = probs.to(value.dtype)
         _baddbmm_(context, probs_lp, value)
@@ -156,8 +209,8 @@ def relative_scores(query, key, table, positions: RelativePositions) -> torch.Te
     if torch.is_grad_enabled() and (query.requires_grad or key.requires_grad):
         return _RelativeScores.apply(query, key, table, positions)
     # Inference (and ONNX export) takes the plain ops: same math, nothing to save for backward.
-    table = table.to(query.dtype)
-    return torch.matmul(query, key.transpose(-1, -2)) + expand_buckets(torch.matmul(query, table.t()), positions)
+    relative = expand_buckets(torch.matmul(query, padded_table(table, query.dtype).t()), positions)
+    return torch.matmul(query, key.transpose(-1, -2)) + relative
 
 
 def relative_context(probs, value, table, positions: RelativePositions) -> torch.Tensor:
@@ -165,4 +218,4 @@ def relative_context(probs, value, table, positions: RelativePositions) -> torch
     if torch.is_grad_enabled() and (probs.requires_grad or value.requires_grad):
         return _RelativeContext.apply(probs, value, table, positions)
     by_bucket = sum_buckets(probs, positions).to(value.dtype)
-    return torch.matmul(probs.to(value.dtype), value) + torch.matmul(by_bucket, table.to(value.dtype))
+    return torch.matmul(probs.to(value.dtype), value) + torch.matmul(by_bucket, padded_table(table, value.dtype))

