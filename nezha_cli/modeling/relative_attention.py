@@ -76,23 +76,24 @@ class RelativePositions:
         i = torch.arange(length, device=device)[:, None]
         p = torch.arange(bucket_width(k), device=device)[None, :]
         band = i + p - k
-        blocks = None
+        block_mask = remainder_index = remainder_valid = None
         if not torch.compiler.is_exporting():
             last = i - k  # the last key of bucket 0
             whole = torch.div(last + 1, k, rounding_mode="floor").clamp(0, length // k)
             t = torch.arange(k - 1, device=device)[None, :]
             remainder = last - t
-            blocks = ((torch.arange(length // k, device=device)[None, :] < whole).float(),
-                      remainder.clamp(0, length - 1), ((t < last + 1 - whole * k) & (remainder >= 0)).float())
+            block_mask = (torch.arange(length // k, device=device)[None, :] < whole).float()
+            remainder_index = remainder.clamp(0, length - 1)
+            remainder_valid = ((t < last + 1 - whole * k) & (remainder >= 0)).float()
         return cls(
             length=length,
             max_relative_position=k,
             bucket_index=relative_position_index(length, k, device),
             band_index=band.clamp(0, length - 1),
             band_valid=((band >= 0) & (band < length) & (p > 0) & (p < 2 * k)).float(),
-            block_mask=blocks[0] if blocks else None,
-            remainder_index=blocks[1] if blocks else None,
-            remainder_valid=blocks[2] if blocks else None,
+            block_mask=block_mask,
+            remainder_index=remainder_index,
+            remainder_valid=remainder_valid,
         )
 
 
