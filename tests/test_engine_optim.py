@@ -102,6 +102,38 @@ def test_build_optimizer_choices(tmp_path):
     args.optimizer = "adamw"
     opt = build_optimizer(model, args)
     assert isinstance(opt, torch.optim.AdamW) and [g["weight_decay"] for g in opt.param_groups] == [0.01, 0.0]
+    # torch's fused kernel where it takes every parameter (CPU and CUDA), the per-parameter loop otherwise.
+    assert opt.defaults["fused"] is True
+    model.append(nn.Embedding(3, 2).to(torch.float64).requires_grad_(False))
+    assert build_optimizer(model, args).defaults["fused"] is True  # frozen parameters do not count
+    # Under an fp16 loss scaler accelerate must see skipped steps: no fused kernel then.
+    assert not build_optimizer(model, args, loss_scaling=True).defaults["fused"]
+    with torch.device("meta"):
+        on_meta = nn.Linear(2, 2)
+    assert not build_optimizer(on_meta, args).defaults["fused"]
+
+
+def test_lamb_mixed_dtypes_and_parameters_without_gradients():
+    # One group of fp32, bf16 and fp64 tensors (updated per dtype, moments in fp32 / fp64) and a tensor that got
+    # no gradient this step (untouched, no state). Each must equal LAMB on its own.
+    rng = np.random.default_rng(1)
+    values = [rng.normal(size=(3, 4)), rng.normal(size=5), rng.normal(size=(2, 2)), rng.normal(size=3)]
+    dtypes = [torch.float32, torch.bfloat16, torch.float64, torch.float32]
+    params = [nn.Parameter(torch.tensor(v, dtype=d)) for v, d in zip(values, dtypes)]
+    grads = [[rng.normal(size=v.shape) for v in values] for _ in range(2)]
+    opt = Lamb(params, lr=0.05, weight_decay=0.01)
+    for step in grads:
+        for p, g in zip(params[:3], step):
+            p.grad = torch.tensor(g, dtype=p.dtype)
+        opt.step()
+    assert params[3].grad is None and not opt.state[params[3]]
+    np.testing.assert_array_equal(params[3].detach().numpy(), values[3].astype(np.float32))
+    for i, rtol in ((0, 1e-5), (1, 2e-2), (2, 1e-10)):
+        start = torch.tensor(values[i], dtype=dtypes[i]).double().numpy()
+        seen = [torch.tensor(g[i], dtype=dtypes[i]).double().numpy() for g in grads]
+        expected = lamb_reference(start, seen, 0.05, 0.9, 0.999, 1e-6, 0.01, True)
+        np.testing.assert_allclose(params[i].detach().double().numpy(), expected, rtol=rtol, atol=rtol)
+        assert opt.state[params[i]]["exp_avg"].dtype == (torch.float64 if i == 2 else torch.float32)
 
 
 def test_lr_schedules():

@@ -13,7 +13,7 @@ from nezha_cli.tasks import get_task
 from nezha_cli.tasks.base import NerExample, QAExample
 from nezha_cli.tasks.question_answering import doc_spans, is_max_context
 from nezha_cli.tasks.sequence_classification import encode_pair
-from nezha_cli.tasks.token_classification import IGNORE_INDEX, align_tokens, windows
+from nezha_cli.tasks.token_classification import IGNORE_INDEX, align_tokens, decode_tags, transition_mask, windows
 from nezha_cli.tasks.tokenization import encode_prefix
 from nezha_cli.text.tokenizer import BertTokenizer
 
@@ -97,6 +97,36 @@ def test_ner_labels_on_first_tokens_and_predictions_back_to_every_character(toke
     assert predicted == [tags]
 
 
+def test_decoding_gives_the_best_valid_iob2_sequence():
+    labels = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
+    id2label = dict(enumerate(labels))
+    log = np.log
+    # Per-token argmax would read O I-PER I-PER O: an entity without its B. The best valid sequence starts it
+    # with B-PER where that costs least (token 1: B-PER 0.3 vs O 0.35 and I-PER 0.35).
+    probs = np.array([[0.9, 0.02, 0.04, 0.02, 0.02],
+                      [0.35, 0.3, 0.35, 0.0, 0.0],
+                      [0.1, 0.1, 0.8, 0.0, 0.0],
+                      [0.9, 0.05, 0.05, 0.0, 0.0]]) + 1e-6
+    assert [labels[i] for i in probs.argmax(-1)] == ["O", "O", "I-PER", "O"]
+    assert decode_tags(log(probs), id2label) == ["O", "B-PER", "I-PER", "O"]
+    # I-LOC never starts a sentence nor continues a PER entity: B-PER I-LOC (0.21) loses to B-LOC I-LOC (0.14).
+    probs = np.array([[0.1, 0.3, 0.0, 0.2, 0.4], [0.0, 0.0, 0.3, 0.0, 0.7]]) + 1e-6
+    assert decode_tags(log(probs), id2label) == ["B-LOC", "I-LOC"]
+    # Valid argmax sequences are left as they are.
+    valid = one_hot([1, 2, 0, 3, 4, 4, 1], 5)
+    assert decode_tags(valid, id2label) == ["B-PER", "I-PER", "O", "B-LOC", "I-LOC", "I-LOC", "B-PER"]
+
+
+def test_other_tag_schemes_are_decoded_token_by_token():
+    assert transition_mask(["O", "B-PER", "I-PER"]) is not None
+    # IOB1 (I- opens entities, no B-) and BIOES/other schemes: no IOB2 constraint to apply.
+    for labels in (["O", "I-PER", "I-LOC"], ["O", "B-PER", "I-PER", "E-PER", "S-PER"], ["POS", "NEG"]):
+        assert transition_mask(labels) is None
+        id2label = dict(enumerate(labels))
+        logits = one_hot([1, 0, len(labels) - 1], len(labels))
+        assert decode_tags(logits, id2label) == [labels[1], labels[0], labels[-1]]
+
+
 def test_windows_cover_every_token():
     assert windows(5, 8) == [(0, 5)]
     assert windows(30, 8) == [(0, 8), (4, 12), (8, 16), (12, 20), (16, 24), (20, 28), (24, 30)]
@@ -107,7 +137,10 @@ def test_long_sentence_is_windowed_and_predicted_from_its_best_window(tokenizer)
     labels = list(task.label_list)
     rng = random.Random(1)
     units = [rng.choice(CHARS) for _ in range(30)]
-    tags = [rng.choice(labels) for _ in units]
+    tags = []
+    for _ in units:  # random valid IOB2: an I-X only after B-X or I-X
+        tag = rng.choice(labels)
+        tags.append(tag if not tag.startswith("I-") or (tags and tags[-1][2:] == tag[2:]) else "O")
     example = NerExample("long", units, tags)
     label2id = {t: i for i, t in enumerate(labels)}
     features = task.build_features([example], tokenizer, 10, label2id, training=False)

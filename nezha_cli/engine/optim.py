@@ -39,7 +39,9 @@ class Lamb(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            beta1, beta2 = group["betas"]
+            # Multi-tensor (foreach) kernels over all parameters of a device and dtype: a per-parameter loop
+            # launches a dozen small kernels for each of BERT-base's ~200 tensors.
+            buckets: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
             for p in group["params"]:
                 if p.grad is None:
                     continue
@@ -47,30 +49,48 @@ class Lamb(torch.optim.Optimizer):
                     raise RuntimeError("Lamb does not support sparse gradients")
                 # Moments and the update in fp32 at least (bf16/fp16 parameters), fp64 for fp64 parameters.
                 dtype = torch.float64 if p.dtype == torch.float64 else torch.float32
-                grad = p.grad.to(dtype)
                 state = self.state[p]
                 if not state:
                     state["step"] = torch.tensor(0.0)
                     state["exp_avg"] = torch.zeros_like(p, dtype=dtype, memory_format=torch.preserve_format)
                     state["exp_avg_sq"] = torch.zeros_like(p, dtype=dtype, memory_format=torch.preserve_format)
                 state["step"] += 1
-                t = state["step"].item()
-                exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-                exp_avg.mul_(beta1).add_(grad, alpha=1 - beta1)
-                exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-                m_hat = exp_avg / (1 - beta1**t)
-                v_hat = exp_avg_sq / (1 - beta2**t)
-                param = p.to(dtype)
-                update = m_hat / (v_hat.sqrt() + group["eps"])
-                if group["weight_decay"] != 0:
-                    update.add_(param, alpha=group["weight_decay"])
-                if group["weight_decay"] != 0 or group["always_adapt"]:
-                    w_norm = param.norm()
-                    u_norm = update.norm()
-                    trust_ratio = torch.where((w_norm > 0) & (u_norm > 0), w_norm / u_norm, torch.ones_like(w_norm))
-                    update.mul_(trust_ratio)
-                p.add_(update.to(p.dtype), alpha=-group["lr"])
+                buckets.setdefault((p.device, p.dtype), []).append(p)
+            for (_, param_dtype), params in buckets.items():
+                self._update(group, params, torch.float64 if param_dtype == torch.float64 else torch.float32)
         return loss
+
+    def _update(self, group: dict, params: list[torch.Tensor], dtype: torch.dtype) -> None:
+        beta1, beta2 = group["betas"]
+        states = [self.state[p] for p in params]
+        steps = [s["step"].item() for s in states]
+        grads = [p.grad.to(dtype) for p in params]
+        exp_avgs = [s["exp_avg"] for s in states]
+        exp_avg_sqs = [s["exp_avg_sq"] for s in states]
+        # Fewest passes over memory (what a CPU step costs): lerp is b1 m + (1 - b1) g in one pass, and
+        # u = wd x + m / (sqrt(v_hat) + eps) / (1 - b1^t) in one addcdiv.
+        torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
+        torch._foreach_mul_(exp_avg_sqs, beta2)
+        torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1 - beta2)
+        denominators = torch._foreach_div(exp_avg_sqs, [1 - beta2**t for t in steps])
+        torch._foreach_sqrt_(denominators)
+        torch._foreach_add_(denominators, group["eps"])
+        values = [p.to(dtype) for p in params]
+        inverse_bias_corrections = [1 / (1 - beta1**t) for t in steps]
+        if group["weight_decay"] != 0:
+            updates = torch._foreach_mul(values, group["weight_decay"])
+            torch._foreach_addcdiv_(updates, exp_avgs, denominators, inverse_bias_corrections)
+        else:
+            updates = torch._foreach_div(exp_avgs, denominators)
+            torch._foreach_mul_(updates, inverse_bias_corrections)
+        if group["weight_decay"] != 0 or group["always_adapt"]:
+            w_norms = torch.stack(torch._foreach_norm(values))
+            u_norms = torch.stack(torch._foreach_norm(updates))
+            trust_ratios = torch.where((w_norms > 0) & (u_norms > 0), w_norms / u_norms, torch.ones_like(w_norms))
+            torch._foreach_mul_(updates, list(trust_ratios.unbind()))
+        if params[0].dtype != dtype:  # bf16/fp16 parameters: their update was computed in fp32
+            updates = [u.to(p.dtype) for u, p in zip(updates, params)]
+        torch._foreach_add_(params, updates, alpha=-group["lr"])
 
 
 def _no_decay(name: str, param: nn.Parameter) -> bool:
@@ -89,10 +109,27 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [g for g in groups if g["params"]]
 
 
-def build_optimizer(model: nn.Module, args: TrainingArguments) -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, args: TrainingArguments, loss_scaling: bool = False) -> torch.optim.Optimizer:
+    """LAMB or AdamW over BERT's weight-decay groups.
+
+    ``loss_scaling``: fp16 with a dynamic loss scaler. accelerate tells a skipped (overflowed) step by the
+    optimizer's ``step`` not having run, while a fused optimizer always runs and skips inside its kernel; so
+    AdamW is fused only without a scaler.
+    """
     groups = param_groups(model, args.weight_decay)
     betas = (args.adam_beta1, args.adam_beta2)
     if args.optimizer == "lamb":
         return Lamb(groups, lr=args.learning_rate, betas=betas, eps=args.adam_epsilon)
-    # foreach is the default on CPU and CUDA; fused only where supported.
-    return torch.optim.AdamW(groups, lr=args.learning_rate, betas=betas, eps=args.adam_epsilon)
+    # The fused kernel (CPU and CUDA since torch 2.4) is ~5x faster than the default per-parameter loop on CPU.
+    return torch.optim.AdamW(groups, lr=args.learning_rate, betas=betas, eps=args.adam_epsilon,
+                             fused=not loss_scaling and fused_supported(model))
+
+
+def fused_supported(model: nn.Module) -> bool:
+    """Whether torch's fused AdamW takes every trainable parameter (floating point, on a supported device)."""
+    try:
+        from torch.optim.optimizer import _get_fused_kernels_supported_devices
+    except ImportError:  # a torch without the helper: the default loop
+        return False
+    devices = _get_fused_kernels_supported_devices()
+    return all(p.is_floating_point() and p.device.type in devices for p in model.parameters() if p.requires_grad)

@@ -213,7 +213,7 @@ class Trainer:
         resume_from = self._prepare_output_dir()
 
         set_seed(args.seed)
-        optimizer = build_optimizer(self.model, args)
+        optimizer = build_optimizer(self.model, args, loss_scaling=acc.scaler is not None)
         scheduler = build_lr_scheduler(optimizer, total_steps=total_steps, warmup_steps=warmup,
                                        schedule=args.lr_schedule, power=args.lr_power,
                                        end_ratio=args.lr_end / args.learning_rate)

@@ -82,6 +82,48 @@ def continuation(tag: str) -> str:
     return f"I-{entity_type}" if prefix in ("B", "I") else tag
 
 
+def transition_mask(labels: Sequence[str]) -> np.ndarray | None:
+    """[C + 1, C] allowed transitions of IOB2 (row C: the sentence start), or None when the labels are not IOB2.
+
+    I-X may only continue B-X or I-X; everything else may follow anything.
+    """
+    types = {label[2:] for label in labels if label[:2] in ("B-", "I-")}
+    if not types or any(label != "O" and label[:2] not in ("B-", "I-") for label in labels) \
+            or any(f"B-{t}" not in labels for t in types):
+        return None
+    allowed = np.ones((len(labels) + 1, len(labels)), dtype=bool)
+    for j, label in enumerate(labels):
+        if label.startswith("I-"):
+            allowed[:, j] = [previous in (f"B-{label[2:]}", label) for previous in (*labels, "<start>")]
+    return allowed
+
+
+def decode_tags(logits: np.ndarray, id2label: dict[int, str]) -> list[str]:
+    """The most probable tag sequence for a sentence's [T, C] token logits that is valid IOB2 (Viterbi over the
+    per-token log-probabilities), or the per-token argmax for other tag schemes.
+
+    Taking each token's argmax alone yields sequences such as ``O I-PER I-PER``, which conlleval reads as an
+    entity with whatever boundary the stray tags give; constrained decoding picks the best valid sequence.
+    """
+    labels = [id2label[i] for i in range(logits.shape[-1])]
+    allowed = transition_mask(labels)
+    if allowed is None:
+        return [labels[i] for i in logits.argmax(-1)]
+    shifted = logits - logits.max(-1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+    penalty = np.where(allowed, 0.0, -np.inf)
+    score = log_probs[0] + penalty[-1]
+    backpointers = []
+    for t in range(1, len(log_probs)):
+        candidates = score[:, None] + penalty[:-1]  # [previous, current]
+        backpointers.append(candidates.argmax(0))
+        score = candidates.max(0) + log_probs[t]
+    best = [int(score.argmax())]
+    for pointers in reversed(backpointers):
+        best.append(int(pointers[best[-1]]))
+    return [labels[i] for i in reversed(best)]
+
+
 class TokenClassificationTask(Task):
     model_class_name = "NezhaForTokenClassification"
     main_metric = "f1"
@@ -175,7 +217,7 @@ class TokenClassificationTask(Task):
                 continue
             num_tokens = windows_[0][0]["num_tokens"]
             best_score = np.full(num_tokens, -1.0)
-            token_tag = [""] * num_tokens
+            token_scores: list[np.ndarray | None] = [None] * num_tokens
             token_span: list[tuple[int, int]] = [(-1, -1)] * num_tokens
             for feature, logits in windows_:
                 start, end = feature["window"]
@@ -185,15 +227,16 @@ class TokenClassificationTask(Task):
                     score = min(offset, end - start - 1 - offset) + 0.01 * (end - start)
                     if score > best_score[position]:
                         best_score[position] = score
-                        token_tag[position] = id2label[int(np.argmax(logits[offset + 1]))]
+                        token_scores[position] = logits[offset + 1]
                         token_span[position] = feature["spans"][offset]
-            for position in range(num_tokens):
-                first, last = token_span[position]
-                if first < 0:
-                    continue
-                tags[first] = token_tag[position]
-                for unit in range(first + 1, last + 1):
-                    tags[unit] = continuation(token_tag[position])
+            tagged = [p for p in range(num_tokens) if token_span[p][0] >= 0]
+            if tagged:
+                decoded = decode_tags(np.stack([token_scores[p] for p in tagged]), id2label)
+                for position, tag in zip(tagged, decoded):
+                    first, last = token_span[position]
+                    tags[first] = tag
+                    for unit in range(first + 1, last + 1):
+                        tags[unit] = continuation(tag)
             predictions.append(tags)
         return predictions
 
