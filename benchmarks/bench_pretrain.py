@@ -5,7 +5,8 @@ L = 128 (batch 8, 20 masked positions) and L = 512 (batch 2, 80 masked positions
 A training step is forward + backward + AdamW step on the same initial weights and batches. Ours scores the
 vocabulary at the masked positions only; transformers' scores every position (its MLM loss ignores the rest).
 The two models take steps in turn, so drifting load on a shared machine hits both alike; the speed-up printed is
-the median of the per-step ratios.
+the median of the per-step ratios. Next to it, the FLOP ratio (transformers' training FLOPs over ours, counted
+from the shapes): while both are compute-bound at the same efficiency, no speed-up can exceed it.
 
 Also printed: the share of a step of our engine (``nezha_cli.engine.Trainer``: data loading and collation,
 accumulate/backward, clipping, optimizer, metrics) spent outside the model's forward and backward. On a CUDA GPU,
@@ -31,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from nezha_cli.engine import StepOutput, Trainer, TrainingArguments  # noqa: E402
 from nezha_cli.engine.metrics_log import read_metrics  # noqa: E402
+from nezha_cli.engine.optim import fused_supported  # noqa: E402
 from nezha_cli.engine.pretrain import pretraining_step  # noqa: E402
 from nezha_cli.modeling import NezhaConfig, NezhaForPreTraining  # noqa: E402
 from nezha_cli.pretraining.collator import PretrainingCollator  # noqa: E402
@@ -84,7 +86,8 @@ def time_steps(runs, batches, steps: int, warmup: int, autocast: torch.dtype | N
     Taking turns step by step exposes every model to the same drift in machine load; ratios of the same round
     cancel most of it.
     """
-    optimizers = [torch.optim.AdamW(model.parameters(), lr=1e-4) for model, _ in runs]
+    # The AdamW of our engine (fused where torch has the kernel), for both models.
+    optimizers = [torch.optim.AdamW(model.parameters(), lr=1e-4, fused=fused_supported(model)) for model, _ in runs]
     times: list[list[float]] = [[] for _ in runs]
     for i in range(warmup + steps):
         batch = batches[i % len(batches)]
@@ -149,14 +152,26 @@ def engine_step_time(config: NezhaConfig, batch_size: int, length: int, predicti
     return batch_size * length / tokens_per_s
 
 
-def model_flops_per_step(config: NezhaConfig, batch: int, length: int, predictions: int) -> float:
-    """Training FLOPs (3x forward) of our model: dense layers, attention with relative terms, MLM at masked tokens."""
+def training_flops(config: NezhaConfig, batch: int, length: int, mlm_positions: int, relative_width: int) -> float:
+    """Training FLOPs of a step (3x forward, 2 per multiply-add) of a NEZHA pretraining model.
+
+    ``relative_width``: query-key pairs per query of each relative-position term (ours: the 2K+1 buckets;
+    transformers': all L keys, through its [L, L, d] table). ``mlm_positions``: rows scored against the
+    vocabulary (ours: the masked ones; transformers': all batch x L).
+    """
     h, f, layers, v = config.hidden_size, config.intermediate_size, config.num_hidden_layers, config.vocab_size
     tokens = batch * length
     dense = layers * (4 * h * h + 2 * h * f) * 2 * tokens
-    attention = layers * 4 * length * h * 2 * tokens  # QK^T, PV and the two relative-position terms
-    heads = (h * h + h * v) * 2 * batch * predictions + h * h * 2 * batch
+    attention = layers * 2 * (length + relative_width) * h * 2 * tokens  # QK^T and PV; q.a and P.a
+    heads = (h * h + h * v) * 2 * mlm_positions + h * h * 2 * batch  # MLM transform + decoder; pooler
     return 3 * (dense + attention + heads)
+
+
+def flop_ratio(config: NezhaConfig, batch: int, length: int, predictions: int) -> float:
+    """transformers' training FLOPs over ours: the most a speed-up can be while both are compute-bound."""
+    ours = training_flops(config, batch, length, batch * predictions, 2 * config.max_relative_position + 1)
+    reference = training_flops(config, batch, length, batch * length, length)
+    return reference / ours
 
 
 def main() -> None:
@@ -189,7 +204,8 @@ def main() -> None:
                          num_attention_heads=args.heads, intermediate_size=4 * args.hidden,
                          hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     print(f"{where}; {args.layers} layers x {args.hidden} hidden, vocab {args.vocab}")
-    print(f"{'L':>5} {'batch':>5} {'precision':>9} {'ours steps/s':>13} {'transformers':>13} {'speed-up':>9}")
+    print(f"{'L':>5} {'batch':>5} {'precision':>9} {'ours steps/s':>13} {'transformers':>13} {'speed-up':>9} "
+          f"{'FLOP ratio':>10}")
     precisions = [None] if args.no_bf16 else [None, torch.bfloat16]
     for length, batch_size, predictions in shapes:
         batches = [make_batch(batch_size, length, predictions, args.vocab, seed=s) for s in range(3)]
@@ -206,7 +222,8 @@ def main() -> None:
             speedup = statistics.median(r / o for r, o in zip(ref_times, ours_times))
             name = "bf16" if dtype is not None else "fp32"
             print(f"{length:>5} {batch_size:>5} {name:>9} {1 / statistics.median(ours_times):>13.3f} "
-                  f"{1 / statistics.median(ref_times):>13.3f} {speedup:>8.2f}x", flush=True)
+                  f"{1 / statistics.median(ref_times):>13.3f} {speedup:>8.2f}x "
+                  f"{flop_ratio(config, batch_size, length, predictions):>9.2f}x", flush=True)
     print("\nOur engine (fp32, AdamW): share of step time outside the model's forward+backward")
     for length, batch_size, predictions in shapes:
         torch.manual_seed(0)
@@ -228,7 +245,8 @@ def main() -> None:
             model = NezhaForPreTraining(config).to(device)
             t = statistics.median(time_steps([(model, ours_step)], batches, args.steps, args.warmup,
                                              torch.bfloat16, device)[0])
-            flops = model_flops_per_step(config, batch_size, length, predictions)
+            flops = training_flops(config, batch_size, length, batch_size * predictions,
+                                   2 * config.max_relative_position + 1)
             print(f"  L={length:<4} batch {batch_size:<3}: {batch_size * length / t:12,.0f} tokens/s, "
                   f"MFU {flops / t / (peak * 1e12):6.1%}", flush=True)
 

@@ -33,7 +33,7 @@ TASKS = {
     "chnsenti": ("chnsenticorp", "accuracy", 0.85,
                  {"epochs": 4, "learning_rate": 2e-4, "max_seq_length": 128, "batch_size": 32}),
     "pd-ner": ("peoples_daily_ner", "f1", 0.80,
-               {"epochs": 10, "learning_rate": 5e-4, "max_seq_length": 128, "batch_size": 32}),
+               {"epochs": 40, "learning_rate": 1e-3, "max_seq_length": 128, "batch_size": 16}),
 }
 
 

@@ -5,7 +5,8 @@ WordPiece tokens of the joined text. Chinese characters are single tokens, but W
 Latin letters into one token ("1997", "ibm") or splits a word into several ("##"). The alignment:
 
 - training: a token takes the tag of the first unit it covers; the further tokens of a unit are ignored (-100);
-- prediction: a token's tag goes to every unit it covers, inside an entity as its continuation (``B-X`` on the
+- prediction: the tokens' tags are decoded together as the most probable valid IOB2 sequence (``decode_tags``);
+  a token's tag goes to every unit it covers, inside an entity as its continuation (``B-X`` on the
   first unit, ``I-X`` on the rest); a unit without a token of its own (whitespace) is ``O``.
 
 A sentence longer than ``max_seq_length - 2`` tokens is cut into overlapping windows (never truncated); each token
