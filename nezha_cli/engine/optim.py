@@ -47,8 +47,7 @@ class Lamb(torch.optim.Optimizer):
                     continue
                 if p.grad.is_sparse:
                     raise RuntimeError("Lamb does not support sparse gradients")
-                # Moments and the update in fp32 at least (bf16/fp16 parameters), fp64 for fp64 parameters.
-                dtype = torch.float64 if p.dtype == torch.float64 else torch.float32
+                dtype = _update_dtype(p.dtype)
                 state = self.state[p]
                 if not state:
                     state["step"] = torch.tensor(0.0)
@@ -57,7 +56,7 @@ class Lamb(torch.optim.Optimizer):
                 state["step"] += 1
                 buckets.setdefault((p.device, p.dtype), []).append(p)
             for (_, param_dtype), params in buckets.items():
-                self._update(group, params, torch.float64 if param_dtype == torch.float64 else torch.float32)
+                self._update(group, params, _update_dtype(param_dtype))
         return loss
 
     def _update(self, group: dict, params: list[torch.Tensor], dtype: torch.dtype) -> None:
@@ -91,6 +90,11 @@ class Lamb(torch.optim.Optimizer):
         if params[0].dtype != dtype:  # bf16/fp16 parameters: their update was computed in fp32
             updates = [u.to(p.dtype) for u, p in zip(updates, params)]
         torch._foreach_add_(params, updates, alpha=-group["lr"])
+
+
+def _update_dtype(param_dtype: torch.dtype) -> torch.dtype:
+    # Moments and the update in fp32 at least (bf16/fp16 parameters), fp64 for fp64 parameters.
+    return torch.float64 if param_dtype == torch.float64 else torch.float32
 
 
 def _no_decay(name: str, param: nn.Parameter) -> bool:
