@@ -69,6 +69,11 @@ def test_head_shapes_loss_and_gradients(name):
         assert loss.ndim == 0 and torch.isfinite(loss)
     loss.backward()
     no_grad = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    if name == "NezhaForMultipleChoice":
+        # One bias shared by all choices shifts every logit alike: the softmax loss's gradient for it is zero
+        # (up to rounding), so only require that it has a gradient at all.
+        assert model.classifier.bias.grad is not None
+        no_grad = [n for n in no_grad if n != "classifier.bias"]
     # token_type row 1 is used; every parameter (including the tied decoder and pooler) gets a gradient.
     assert no_grad == []
 
@@ -240,3 +245,86 @@ def test_gradient_checkpointing_gives_same_gradients():
         m(**inputs(), labels=labels).loss.backward()
     for (n, p), q in zip(a.named_parameters(), b.parameters()):
         assert torch.allclose(p.grad, q.grad, atol=1e-6), n
+
+
+def no_dropout_config():
+    return tiny_config(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, classifier_dropout=0.0)
+
+
+def _grads(model) -> dict[str, torch.Tensor]:
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("length", [11, 29])  # 29 > 6K: whole blocks and remainders of the clipped buckets
+def test_output_positions_equal_the_full_last_layer_gathered(length):
+    torch.manual_seed(0)
+    model = NezhaModel(no_dropout_config())
+    ids = torch.randint(1, V, (B, length))
+    mask = torch.ones(B, length, dtype=torch.long)
+    mask[1, length - 3:] = 0
+    positions = torch.tensor([[1, 4, length - 1], [length - 5, 2, 2]])  # unsorted, repeated: any rows work
+
+    full = model(ids, attention_mask=mask)
+    (full.last_hidden_state.gather(1, positions[..., None].expand(-1, -1, 32)).pow(2).sum()
+     + full.pooler_output.sum()).backward()
+    full_grads = _grads(model)
+    model.zero_grad(set_to_none=True)
+    rows = model(ids, attention_mask=mask, output_positions=positions)
+    (rows.last_hidden_state.pow(2).sum() + rows.pooler_output.sum()).backward()
+
+    assert rows.last_hidden_state.shape == (B, 3, 32)
+    torch.testing.assert_close(rows.last_hidden_state,
+                               full.last_hidden_state.gather(1, positions[..., None].expand(-1, -1, 32)))
+    torch.testing.assert_close(rows.pooler_output, full.pooler_output)
+    rows_grads = _grads(model)
+    assert rows_grads.keys() == full_grads.keys()
+    for name, grad in full_grads.items():
+        # Same math, other summation order: rounding relative to the largest entry.
+        torch.testing.assert_close(rows_grads[name], grad, rtol=1e-5, atol=1e-6 + 1e-5 * grad.abs().max().item())
+
+
+def test_output_positions_with_a_per_query_mask_and_gradient_checkpointing():
+    torch.manual_seed(0)
+    model = NezhaModel(no_dropout_config()).train()
+    model.gradient_checkpointing_enable()
+    ids = torch.randint(1, V, (B, L))
+    causal = torch.tril(torch.ones(L, L, dtype=torch.long)).expand(B, -1, -1)  # a [B, L, L] mask
+    positions = torch.tensor([[3, 7], [10, 0]])
+    full = model(ids, attention_mask=causal).last_hidden_state
+    rows = model(ids, attention_mask=causal, output_positions=positions).last_hidden_state
+    torch.testing.assert_close(rows, full.gather(1, positions[..., None].expand(-1, -1, 32)))
+
+
+def test_pooled_heads_compute_only_cls_in_the_last_layer():
+    """Classification reads [CLS] alone; its logits and gradients equal the full computation's."""
+    torch.manual_seed(0)
+    model = NezhaForSequenceClassification(no_dropout_config())
+    calls = []
+    model.nezha.encoder.layer[-1].intermediate.register_forward_hook(lambda m, i, o: calls.append(o.shape))
+    out = model(**inputs(), labels=torch.tensor([1, 0]))
+    out.loss.backward()
+    sparse_grads = _grads(model)
+    model.zero_grad(set_to_none=True)
+    # Per-layer outputs keep the full shape, as in transformers, so they take the full last layer.
+    full = model(**inputs(), labels=torch.tensor([1, 0]), output_hidden_states=True)
+    full.loss.backward()
+    assert calls == [(B, 1, 48), (B, L, 48)]
+    torch.testing.assert_close(out.logits, full.logits)
+    for name, grad in _grads(model).items():
+        torch.testing.assert_close(sparse_grads[name], grad, rtol=1e-5, atol=1e-6 + 1e-5 * grad.abs().max().item())
+
+
+def test_pretraining_at_masked_positions_runs_the_last_layer_on_those_rows():
+    torch.manual_seed(0)
+    model = NezhaForPreTraining(no_dropout_config())
+    calls = []
+    model.nezha.encoder.layer[-1].output.register_forward_hook(lambda m, i, o: calls.append(o.shape))
+    positions = torch.tensor([[2, 5, 0], [1, 3, 0]])  # padded with 0, label -100
+    labels = torch.tensor([[7, 9, -100], [4, 11, -100]])
+    data = inputs()
+    out = model(**data, masked_lm_positions=positions, labels=labels, next_sentence_label=torch.tensor([0, 1]))
+    full_labels = torch.full((B, L), -100).scatter(1, positions[:, :2], labels[:, :2])
+    full = model(**data, labels=full_labels, next_sentence_label=torch.tensor([0, 1]))
+    assert calls == [(B, 4, 32), (B, L, 32)]
+    torch.testing.assert_close(out.loss, full.loss)
+    torch.testing.assert_close(out.seq_relationship_logits, full.seq_relationship_logits)

@@ -140,9 +140,12 @@ class NezhaSelfAttention(nn.Module):
     def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
         return x.unflatten(-1, (self.num_attention_heads, self.attention_head_size)).transpose(1, 2)
 
-    def forward(self, hidden_states, attention_mask, relative_table, positions, output_attentions=False):
+    def forward(self, hidden_states, attention_mask, relative_table, positions, output_attentions=False,
+                query_states=None):
+        # ``query_states``: the rows that ask (default: all of ``hidden_states``); keys and values are all rows.
+        query_states = hidden_states if query_states is None else query_states
         # Scaling q first equals scaling the summed scores: (q.k + q.a) / sqrt(d) = (q / sqrt(d)).(k + a).
-        query = self._split_heads(self.query(hidden_states)) / math.sqrt(self.attention_head_size)
+        query = self._split_heads(self.query(query_states)) / math.sqrt(self.attention_head_size)
         key = self._split_heads(self.key(hidden_states))
         value = self._split_heads(self.value(hidden_states))
 
@@ -178,9 +181,11 @@ class NezhaAttention(nn.Module):
         self.self = NezhaSelfAttention(config)
         self.output = NezhaSelfOutput(config)
 
-    def forward(self, hidden_states, attention_mask, relative_table, positions, output_attentions=False):
-        context, probs = self.self(hidden_states, attention_mask, relative_table, positions, output_attentions)
-        return self.output(context, hidden_states), probs
+    def forward(self, hidden_states, attention_mask, relative_table, positions, output_attentions=False,
+                query_states=None):
+        context, probs = self.self(hidden_states, attention_mask, relative_table, positions, output_attentions,
+                                   query_states)
+        return self.output(context, hidden_states if query_states is None else query_states), probs
 
 
 class NezhaIntermediate(nn.Module):
@@ -211,12 +216,19 @@ class NezhaLayer(nn.Module):
         self.intermediate = NezhaIntermediate(config)
         self.output = NezhaOutput(config)
 
-    def forward(self, hidden_states, attention_mask, relative_table, positions, output_attentions=False):
+    def forward(self, hidden_states, attention_mask, relative_table, positions, output_attentions=False,
+                query_states=None):
         attention_output, probs = self.attention(
-            hidden_states, attention_mask, relative_table, positions, output_attentions
+            hidden_states, attention_mask, relative_table, positions, output_attentions, query_states
         )
         layer_output = self.output(self.intermediate(attention_output), attention_output)
         return layer_output, probs
+
+
+def gather_positions(sequence_output: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """sequence_output[b, positions[b, p]] -> [B, P, H] (BERT's ``gather_indexes``)."""
+    index = positions.unsqueeze(-1).expand(-1, -1, sequence_output.shape[-1])
+    return torch.gather(sequence_output, 1, index)
 
 
 class NezhaEncoder(nn.Module):
@@ -232,19 +244,32 @@ class NezhaEncoder(nn.Module):
         )
         self.gradient_checkpointing = False
 
-    def forward(self, hidden_states, attention_mask=None, output_attentions=False, output_hidden_states=False):
+    def forward(self, hidden_states, attention_mask=None, output_attentions=False, output_hidden_states=False,
+                output_positions=None):
+        """``output_positions`` ([B, P]): the last layer computes only these rows (see NezhaModel.forward)."""
         all_hidden_states = (hidden_states,) if output_hidden_states else None
         all_attentions = () if output_attentions else None
         table = self.relative_positions_table
         # The bucket indices depend only on the length: built once, shared by all layers.
         positions = RelativePositions.build(hidden_states.shape[1], self.max_relative_position, hidden_states.device)
-        for layer in self.layer:
+        last = len(self.layer) - 1
+        for n, layer in enumerate(self.layer):
+            mask, layer_positions, query_states = attention_mask, positions, None
+            if n == last and output_positions is not None:
+                # Nothing reads the other rows of the last layer: its keys and values need every position, but
+                # its queries, attention output and feed-forward only the rows asked for.
+                query_states = gather_positions(hidden_states, output_positions)
+                layer_positions = positions.rows(output_positions)
+                if mask is not None and mask.shape[-2] != 1:  # a per-query [B, 1, L, L] mask
+                    mask = mask.gather(2, output_positions[:, None, :, None].expand(-1, 1, -1, mask.shape[-1]))
             if self.gradient_checkpointing and self.training:
                 hidden_states, probs = checkpoint(
-                    layer, hidden_states, attention_mask, table, positions, output_attentions, use_reentrant=False
+                    layer, hidden_states, mask, table, layer_positions, output_attentions, query_states,
+                    use_reentrant=False,
                 )
             else:
-                hidden_states, probs = layer(hidden_states, attention_mask, table, positions, output_attentions)
+                hidden_states, probs = layer(hidden_states, mask, table, layer_positions, output_attentions,
+                                             query_states)
             if output_hidden_states:
                 all_hidden_states = all_hidden_states + (hidden_states,)
             if output_attentions:
@@ -423,17 +448,35 @@ class NezhaModel(NezhaPreTrainedModel):
         inputs_embeds=None,
         output_attentions: bool = False,
         output_hidden_states: bool = False,
+        output_positions: torch.Tensor | None = None,
     ) -> BaseModelOutputWithPooling:
+        """``output_positions`` ([B, P] long; not in transformers): compute the last layer only where a head reads.
+
+        ``last_hidden_state`` is then [B, P, H], equal to the full one gathered at those positions, and
+        ``pooler_output`` is unchanged ([CLS] is always computed). The last layer's queries, attention output and
+        feed-forward run on P + 1 rows instead of L, as NVIDIA's BERT pretraining does. If asked for, the last entries
+        of ``hidden_states`` and ``attentions`` hold the rows of [CLS] and then those positions.
+        """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
         embedding_output = self.embeddings(input_ids, token_type_ids, inputs_embeds)
         mask = None
         if attention_mask is not None:
             mask = extended_attention_mask(attention_mask, embedding_output.dtype)
+        rows = None
+        if output_positions is not None:
+            rows = torch.cat([output_positions.new_zeros(output_positions.shape[0], 1), output_positions], dim=1)
+        # torch.export (ONNX) takes the full last layer: its shape-agnostic bucket sums are written for all rows.
+        sparse = rows is not None and not torch.compiler.is_exporting()
         sequence_output, hidden_states, attentions = self.encoder(
-            embedding_output, mask, output_attentions=output_attentions, output_hidden_states=output_hidden_states
+            embedding_output, mask, output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+            output_positions=rows if sparse else None,
         )
-        pooled_output = self.pooler(sequence_output) if self.pooler is not None else None
+        if rows is not None and not sparse:
+            sequence_output = gather_positions(sequence_output, rows)
+        pooled_output = self.pooler(sequence_output) if self.pooler is not None else None  # row 0 is [CLS]
+        if rows is not None:
+            sequence_output = sequence_output[:, 1:]
         return BaseModelOutputWithPooling(sequence_output, pooled_output, hidden_states, attentions)
 
 
@@ -442,10 +485,21 @@ def _body_kwargs(kwargs: dict) -> dict:
                                    "output_hidden_states") if k in kwargs}
 
 
-def gather_positions(sequence_output: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    """sequence_output[b, positions[b, p]] -> [B, P, H] (BERT's ``gather_indexes``)."""
-    index = positions.unsqueeze(-1).expand(-1, -1, sequence_output.shape[-1])
-    return torch.gather(sequence_output, 1, index)
+def _last_layer_rows(kwargs: dict, positions: torch.Tensor | None) -> dict:
+    """``output_positions`` for a head that reads only ``positions`` (or only [CLS]: ``positions`` [B, 0]).
+
+    Not when per-layer outputs are asked for: those keep the full shape, as in transformers.
+    """
+    if positions is None or kwargs.get("output_hidden_states") or kwargs.get("output_attentions"):
+        return {}
+    return {"output_positions": positions}
+
+
+def _pooled_body_kwargs(input_ids: torch.Tensor | None, kwargs: dict) -> dict:
+    """Body arguments for a head that reads the pooled [CLS] row alone (no other rows of the last layer)."""
+    ref = input_ids if input_ids is not None else kwargs["inputs_embeds"]
+    cls_only = torch.zeros(ref.shape[0], 0, dtype=torch.long, device=ref.device)
+    return {**_body_kwargs(kwargs), **_last_layer_rows(kwargs, cls_only)}
 
 
 class NezhaForPreTraining(NezhaPreTrainedModel):
@@ -465,9 +519,10 @@ class NezhaForPreTraining(NezhaPreTrainedModel):
         self.post_init()
 
     def forward(self, input_ids=None, labels=None, next_sentence_label=None, masked_lm_positions=None, **kwargs):
-        outputs = self.nezha(input_ids, **_body_kwargs(kwargs))
+        rows = _last_layer_rows(kwargs, masked_lm_positions)
+        outputs = self.nezha(input_ids, **_body_kwargs(kwargs), **rows)
         sequence_output = outputs.last_hidden_state
-        if masked_lm_positions is not None:
+        if masked_lm_positions is not None and not rows:
             sequence_output = gather_positions(sequence_output, masked_lm_positions)
         prediction_scores, seq_relationship_score = self.cls(sequence_output, outputs.pooler_output)
 
@@ -510,7 +565,7 @@ class NezhaForNextSentencePrediction(NezhaPreTrainedModel):
 
     def forward(self, input_ids=None, labels=None, next_sentence_label=None, **kwargs):
         labels = labels if labels is not None else next_sentence_label
-        outputs = self.nezha(input_ids, **_body_kwargs(kwargs))
+        outputs = self.nezha(input_ids, **_pooled_body_kwargs(input_ids, kwargs))
         logits = self.cls(outputs.pooler_output)
         loss = None if labels is None else F.cross_entropy(logits.view(-1, 2).float(), labels.view(-1))
         return NextSentencePredictorOutput(loss, logits, outputs.hidden_states, outputs.attentions)
@@ -531,7 +586,7 @@ class NezhaForSequenceClassification(NezhaPreTrainedModel):
         self.post_init()
 
     def forward(self, input_ids=None, labels=None, **kwargs):
-        outputs = self.nezha(input_ids, **_body_kwargs(kwargs))
+        outputs = self.nezha(input_ids, **_pooled_body_kwargs(input_ids, kwargs))
         logits = self.classifier(self.dropout(outputs.pooler_output))
         loss = None if labels is None else self._loss(logits, labels)
         return SequenceClassifierOutput(loss, logits, outputs.hidden_states, outputs.attentions)
@@ -573,10 +628,9 @@ class NezhaForMultipleChoice(NezhaPreTrainedModel):
         def flat(x):
             return None if x is None else x.reshape(-1, *x.shape[2:])
 
-        outputs = self.nezha(
-            flat(input_ids), attention_mask=flat(attention_mask), token_type_ids=flat(token_type_ids),
-            inputs_embeds=flat(inputs_embeds), **_body_kwargs(kwargs),
-        )
+        body = {**kwargs, "attention_mask": flat(attention_mask), "token_type_ids": flat(token_type_ids),
+                "inputs_embeds": flat(inputs_embeds)}
+        outputs = self.nezha(flat(input_ids), **_pooled_body_kwargs(flat(input_ids), body))
         logits = self.classifier(self.dropout(outputs.pooler_output)).view(-1, num_choices)
         loss = None if labels is None else F.cross_entropy(logits.float(), labels)
         return MultipleChoiceModelOutput(loss, logits, outputs.hidden_states, outputs.attentions)

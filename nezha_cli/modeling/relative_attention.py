@@ -56,6 +56,7 @@ class RelativePositions:
 
     length: int
     max_relative_position: int
+    # Each table has one row per query i ([L, ...]; [B, 1, Q, ...] for a subset of queries, see rows()).
     bucket_index: torch.Tensor  # [L, L]: p(i, j)
     band_index: torch.Tensor  # [L, W]: j = i + p - K, the one key of bucket p when unclipped (clamped to [0, L))
     band_valid: torch.Tensor  # [L, W]: 1.0 where that key exists and 0 < p < 2K
@@ -69,6 +70,29 @@ class RelativePositions:
     def width(self) -> int:
         """W: the 2K + 1 buckets padded to a multiple of 8 (see :func:`padded_table`)."""
         return bucket_width(self.max_relative_position)
+
+    def rows(self, index: torch.Tensor) -> RelativePositions:
+        """The tables for the queries at ``index`` ([B, Q] positions) against all L keys.
+
+        For a layer that computes only some query rows (the last layer under ``output_positions``): each table is
+        per query row, so it is gathered by the query positions, with a heads dimension to broadcast over.
+        """
+        if self.block_mask is None:
+            raise ValueError("query rows are not supported under torch.export")
+
+        def take(table: torch.Tensor) -> torch.Tensor:
+            return table[index].unsqueeze(1)  # [B, 1, Q, ...]
+
+        return RelativePositions(
+            length=self.length,
+            max_relative_position=self.max_relative_position,
+            bucket_index=take(self.bucket_index),
+            band_index=take(self.band_index),
+            band_valid=take(self.band_valid),
+            block_mask=take(self.block_mask),
+            remainder_index=take(self.remainder_index),
+            remainder_valid=take(self.remainder_valid),
+        )
 
     @classmethod
     def build(cls, length: int, max_relative_position: int, device=None) -> RelativePositions:
