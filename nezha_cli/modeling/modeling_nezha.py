@@ -454,7 +454,7 @@ class NezhaModel(NezhaPreTrainedModel):
 
         ``last_hidden_state`` is then [B, P, H], equal to the full one gathered at those positions, and
         ``pooler_output`` is unchanged ([CLS] is always computed). The last layer's queries, attention output and
-        feed-forward run on P + 1 rows instead of L, as NVIDIA's BERT pretraining does. If asked for, the last entries
+        feed-forward run on P + 1 rows instead of L. If asked for, the last entries
         of ``hidden_states`` and ``attentions`` hold the rows of [CLS] and then those positions.
         """
         if (input_ids is None) == (inputs_embeds is None):
