@@ -22,6 +22,7 @@ accumulate/backward, clipping, optimizer, metrics) spent outside the model's for
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -200,6 +201,10 @@ def main() -> None:
     parser.add_argument("--peak-tflops", type=float, default=None,
                         help="GPU bf16 dense peak for MFU (default: H100/H200 989, A100 312)")
     args = parser.parse_args()
+    if args.device == "cpu":
+        # The engine rows use the Trainer, which takes a visible GPU: hide it (before CUDA initialises) so that
+        # every row of a CPU run runs on the CPU.
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
     if args.smoke:
         args.layers, args.hidden, args.heads, args.vocab, args.steps, args.warmup = 1, 64, 4, 500, 2, 1
     shapes = [(128, 8, 20), (512, 2, 80)] if not args.smoke else [(32, 2, 5), (64, 1, 10)]
