@@ -454,8 +454,8 @@ class NezhaModel(NezhaPreTrainedModel):
 
         ``last_hidden_state`` is then [B, P, H], equal to the full one gathered at those positions, and
         ``pooler_output`` is unchanged ([CLS] is always computed). The last layer's queries, attention output and
-        feed-forward run on P + 1 rows instead of L. If asked for, the last entries
-        of ``hidden_states`` and ``attentions`` hold the rows of [CLS] and then those positions.
+        feed-forward run on P + 1 rows instead of L. If asked for, the last entries of ``hidden_states`` and
+        ``attentions`` hold the rows of [CLS] and then those positions.
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
@@ -507,7 +507,8 @@ class NezhaForPreTraining(NezhaPreTrainedModel):
 
     Pass ``masked_lm_positions`` ([B, P], as written by ``nezha mask``) to score only those positions against the
     vocabulary: ``prediction_logits`` is then [B, P, V] and ``labels`` [B, P] (-100 for padding). Without it the
-    whole sequence is scored, as in transformers. Both give the same loss.
+    whole sequence is scored, as in transformers. Both give the same loss; with the positions, the last layer also
+    runs its queries and feed-forward on [CLS] and those rows alone (unless per-layer outputs are asked for).
     """
 
     _tied_weights_keys = ("cls.predictions.decoder.weight", "cls.predictions.decoder.bias")
@@ -628,9 +629,10 @@ class NezhaForMultipleChoice(NezhaPreTrainedModel):
         def flat(x):
             return None if x is None else x.reshape(-1, *x.shape[2:])
 
+        input_ids = flat(input_ids)
         body = {**kwargs, "attention_mask": flat(attention_mask), "token_type_ids": flat(token_type_ids),
                 "inputs_embeds": flat(inputs_embeds)}
-        outputs = self.nezha(flat(input_ids), **_pooled_body_kwargs(flat(input_ids), body))
+        outputs = self.nezha(input_ids, **_pooled_body_kwargs(input_ids, body))
         logits = self.classifier(self.dropout(outputs.pooler_output)).view(-1, num_choices)
         loss = None if labels is None else F.cross_entropy(logits.float(), labels)
         return MultipleChoiceModelOutput(loss, logits, outputs.hidden_states, outputs.attentions)
