@@ -211,10 +211,8 @@ class _RelativeContext(torch.autograd.Function):
     @staticmethod
     def forward(ctx, probs, value, table, positions):
         table = padded_table(table, value.dtype)
-        # Under autocast the bucket sums read the low-precision copy that P.v reads anyway: half the bytes of the
-        # fp32 softmax output (the sums themselves accumulate in fp32).
+        context = torch.matmul(sum_buckets(probs, positions).to(value.dtype), table)
         probs_lp = probs.to(value.dtype)
-        context = torch.matmul(sum_buckets(probs_lp, positions), table)
         _baddbmm_(context, probs_lp, value)
         ctx.save_for_backward(probs_lp, value, table)
         ctx.positions = positions
@@ -244,5 +242,5 @@ def relative_context(probs, value, table, positions: RelativePositions) -> torch
     """sum_j P_ij (v_j + a_ij) for all i: [..., L, L] x [..., L, d] -> [..., L, d]."""
     if torch.is_grad_enabled() and (probs.requires_grad or value.requires_grad):
         return _RelativeContext.apply(probs, value, table, positions)
-    probs = probs.to(value.dtype)
-    return torch.matmul(probs, value) + torch.matmul(sum_buckets(probs, positions), padded_table(table, value.dtype))
+    by_bucket = sum_buckets(probs, positions).to(value.dtype)
+    return torch.matmul(probs.to(value.dtype), value) + torch.matmul(by_bucket, padded_table(table, value.dtype))
