@@ -211,6 +211,8 @@ class _RelativeContext(torch.autograd.Function):
     @staticmethod
     def forward(ctx, probs, value, table, positions):
         table = padded_table(table, value.dtype)
+        # The bucket sums read the fp32 probabilities, not their bf16 copy: on an AMX CPU the bf16 gathers and sums
+        # were slower (17.7 vs 13.8 ms per core fwd+bwd at L = 128), on an H100 no faster.
         context = torch.matmul(sum_buckets(probs, positions).to(value.dtype), table)
         probs_lp = probs.to(value.dtype)
         _baddbmm_(context, probs_lp, value)
