@@ -328,3 +328,16 @@ def test_pretraining_at_masked_positions_runs_the_last_layer_on_those_rows():
     assert calls == [(B, 4, 32), (B, L, 32)]
     torch.testing.assert_close(out.loss, full.loss)
     torch.testing.assert_close(out.seq_relationship_logits, full.seq_relationship_logits)
+
+
+def test_pooled_heads_take_inputs_embeds_and_name_missing_inputs():
+    torch.manual_seed(0)
+    model = NezhaForSequenceClassification(no_dropout_config()).eval()
+    data = inputs()
+    embeds = model.nezha.embeddings.word_embeddings(data["input_ids"])
+    by_ids = model(**data).logits
+    by_embeds = model(inputs_embeds=embeds, attention_mask=data["attention_mask"],
+                      token_type_ids=data["token_type_ids"]).logits
+    torch.testing.assert_close(by_embeds, by_ids)
+    with pytest.raises(ValueError, match="exactly one of input_ids and inputs_embeds"):
+        model(attention_mask=data["attention_mask"])

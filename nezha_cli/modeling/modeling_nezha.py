@@ -497,7 +497,9 @@ def _last_layer_rows(kwargs: dict, positions: torch.Tensor | None) -> dict:
 
 def _pooled_body_kwargs(input_ids: torch.Tensor | None, kwargs: dict) -> dict:
     """Body arguments for a head that reads the pooled [CLS] row alone (no other rows of the last layer)."""
-    ref = input_ids if input_ids is not None else kwargs["inputs_embeds"]
+    ref = input_ids if input_ids is not None else kwargs.get("inputs_embeds")
+    if ref is None:
+        return _body_kwargs(kwargs)  # NezhaModel says what is missing
     cls_only = torch.zeros(ref.shape[0], 0, dtype=torch.long, device=ref.device)
     return {**_body_kwargs(kwargs), **_last_layer_rows(kwargs, cls_only)}
 
