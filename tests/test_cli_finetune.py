@@ -205,7 +205,8 @@ def test_generic_tasks_run_end_to_end(tmp_path, task, architecture):
 
 
 @pytest.mark.slow
-def test_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
+@pytest.mark.parametrize("batching", [[], ["--group-by-length"]], ids=["random", "group-by-length"])
+def test_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch, batching):
     from safetensors.torch import load_file
 
     from nezha_cli.tasks.sequence_classification import SequenceClassificationTask
@@ -215,7 +216,7 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
     model = model_for(tmp_path, train, dev)
     args = ["finetune", "--task", "classification", "--model", model, "--train-file", train, "--validation-file",
             dev, "--text-column", "review", "--label-column", "stars", "--epochs", "3", "--batch-size", "8",
-            "--max-seq-length", "16", "--learning-rate", "1e-3", *FAST]
+            "--max-seq-length", "16", "--learning-rate", "1e-3", *batching, *FAST]
     ok(run(*args, "-o", tmp_path / "whole"))
 
     original = SequenceClassificationTask.compute_metrics

@@ -373,3 +373,38 @@ def test_dynamic_masking_through_the_trainer(dynamic_dir, tmp_path):
     # Evaluation scores the same masks every time (epoch 0), so its numbers are comparable across steps.
     assert eval_collate is not collate and eval_collate.epoch == 0
     assert [r["step"] for r in records if "eval_mlm_acc" in r] == [10, 20, 30]
+
+
+def test_group_by_length_batches_similar_lengths_at_random():
+    from nezha_cli.engine.trainer import EpochSampler
+
+    rng = random.Random(0)
+    lengths = [rng.randint(5, 120) for _ in range(1003)]
+    batch = 16
+    grouped = EpochSampler(len(lengths), seed=3, multiple=batch, lengths=lengths)
+    plain = EpochSampler(len(lengths), seed=3, multiple=batch)
+
+    def padded_tokens(order):
+        return sum(max(lengths[i] for i in order[s:s + batch]) * batch for s in range(0, len(order), batch))
+
+    epochs = []
+    for epoch in range(2):
+        grouped.set_epoch(epoch)
+        plain.set_epoch(epoch)
+        order = list(grouped)
+        # Whole global batches of distinct examples; the same order for the same (seed, epoch): exact resume.
+        assert len(order) == len(grouped) == 1003 // batch * batch and len(set(order)) == len(order)
+        assert order == list(grouped)
+        assert padded_tokens(order) < 0.7 * padded_tokens(list(plain))
+        epochs.append(order)
+    assert epochs[0] != epochs[1]
+    # Batches are still drawn from the whole data: the first batches of an epoch are not all the longest.
+    firsts = [max(lengths[i] for i in epochs[0][s:s + batch]) for s in range(0, 10 * batch, batch)]
+    assert min(firsts) < 100
+
+
+def test_input_length_of_single_and_multiple_choice_examples():
+    from nezha_cli.engine.trainer import input_length
+
+    assert input_length({"input_ids": [1, 2, 3]}) == 3
+    assert input_length({"input_ids": [[1, 2], [1, 2, 3, 4]]}) == 4

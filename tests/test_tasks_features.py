@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import numpy as np
@@ -115,6 +116,20 @@ def test_decoding_gives_the_best_valid_iob2_sequence():
     # Valid argmax sequences are left as they are.
     valid = one_hot([1, 2, 0, 3, 4, 4, 1], 5)
     assert decode_tags(valid, id2label) == ["B-PER", "I-PER", "O", "B-LOC", "I-LOC", "I-LOC", "B-PER"]
+
+
+def test_decoding_equals_exhaustive_search_over_valid_sequences():
+    # The argmax shortcut (valid argmax path) and the Viterbi pass against every valid sequence of short sentences.
+    labels = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
+    allowed = transition_mask(labels)
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        logits = rng.normal(size=(int(rng.integers(1, 6)), len(labels))) * 3
+        log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+        valid = [path for path in itertools.product(range(len(labels)), repeat=len(logits))
+                 if allowed[-1, path[0]] and all(allowed[a, b] for a, b in zip(path, path[1:]))]
+        best = max(valid, key=lambda path: sum(log_probs[t, k] for t, k in enumerate(path)))
+        assert decode_tags(logits, dict(enumerate(labels))) == [labels[k] for k in best]
 
 
 def test_other_tag_schemes_are_decoded_token_by_token():
@@ -232,3 +247,42 @@ def test_multiple_choice_features_and_collate(tokenizer):
     assert batch["input_ids"].shape == (2, 2, 8)
     assert batch["labels"].tolist() == [1, 0]
     assert torch.equal(batch["attention_mask"][1, 0], torch.tensor([1, 1, 1, 1, 0, 0, 0, 0]))
+
+
+def test_prediction_batches_by_length_and_returns_feature_order(tokenizer):
+    from nezha_cli.modeling import NezhaConfig, NezhaForTokenClassification
+    from nezha_cli.tasks.inference import length_order, predict
+
+    task = get_task("ner")
+    labels = ["O", "B-PER", "I-PER"]
+    lengths = [3, 9, 1, 6, 9, 2, 5]
+    examples = [NerExample(guid=str(i), tokens=list(CHARS[i:i + n]), tags=["O"] * n) for i, n in enumerate(lengths)]
+    features = task.build_features(examples, tokenizer, 32, {t: i for i, t in enumerate(labels)}, training=False)
+    assert [len(features[i]["input_ids"]) - 2 for i in length_order(features)] == [9, 9, 6, 5, 3, 2, 1]
+    torch.manual_seed(0)
+    model = NezhaForTokenClassification(NezhaConfig(vocab_size=len(tokenizer.vocab), hidden_size=32,
+                                                    num_hidden_layers=1, num_attention_heads=2,
+                                                    intermediate_size=64, num_labels=len(labels)))
+    batched = predict(task, model, features, batch_size=3)["logits"]
+    alone = [predict(task, model, [feature], batch_size=1)["logits"][0] for feature in features]
+    assert [len(logits) for logits in batched] == [n + 2 for n in lengths]
+    for got, expected in zip(batched, alone):
+        np.testing.assert_allclose(got, expected, atol=1e-5)
+    # Multiple-choice features are as long as their longest choice.
+    choices = [{"input_ids": [[1] * 4, [1] * 2]}, {"input_ids": [[1] * 3, [1] * 7]}]
+    assert length_order(choices) == [1, 0]
+
+
+def test_whitespace_unit_inside_a_predicted_entity_continues_it(tokenizer):
+    task = get_task("ner")
+    labels = ["O", "B-ORG", "I-ORG", "B-PER", "I-PER"]
+    label2id = {t: i for i, t in enumerate(labels)}
+    # Units: 张 三 ␠ 北 京 ␠ 公 司 ␠ 人; the spaces get no token.
+    units = ["张", "三", " ", "北", "京", " ", "公", "司", " ", "人"]
+    example = NerExample("s", units, ["O"] * len(units))
+    (feature,) = task.build_features([example], tokenizer, 32, label2id, training=False)
+    token_tags = ["B-PER", "I-PER", "B-ORG", "I-ORG", "I-ORG", "I-ORG", "O"]  # 张 三 北 京 公 司 人
+    logits = one_hot([0, *(label2id[t] for t in token_tags), 0], len(labels))
+    (predicted,) = task.postprocess([example], [feature], {"logits": [logits]}, dict(enumerate(labels)))
+    # Inside ORG the space continues the entity; between PER and ORG and before O it stays O.
+    assert predicted == ["B-PER", "I-PER", "O", "B-ORG", "I-ORG", "I-ORG", "I-ORG", "I-ORG", "O", "O"]

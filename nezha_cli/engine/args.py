@@ -54,6 +54,8 @@ class TrainingArguments:
     resume: bool = False
     overwrite: bool = False
     num_workers: int = 0
+    # Batches of inputs of similar length (see EpochSampler): less padding, same random draw of batches.
+    group_by_length: bool = False
     progress: bool = True
     tensorboard: bool = True
 

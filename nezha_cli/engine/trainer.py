@@ -12,7 +12,7 @@ import logging
 import math
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -78,28 +78,52 @@ SaveFn = Callable[[torch.nn.Module, Path], None]
 class EpochSampler(Sampler[int]):
     """A permutation of the dataset that is a pure function of (seed, epoch), cut to whole global batches.
 
+    With ``lengths``, batches of similar length (transformers' ``group_by_length``): the permutation is cut into
+    megabatches of ``MEGABATCH`` global batches, each sorted by length and cut into global batches, and the order
+    of all the batches is shuffled. A batch is padded to its longest input, so on inputs of mixed length this
+    computes far fewer padding tokens (half as many tokens in all for People's Daily NER at batch 16), while
+    every batch is still drawn at random from the whole dataset.
+
     No ``generator`` attribute on purpose: accelerate would otherwise synchronise it, drawing from the global RNG.
     """
 
-    def __init__(self, num_examples: int, seed: int, multiple: int, shuffle: bool = True):
+    MEGABATCH = 50
+
+    def __init__(self, num_examples: int, seed: int, multiple: int, shuffle: bool = True,
+                 lengths: Sequence[int] | None = None):
         self.num_examples = num_examples
         self.seed = seed
+        self.multiple = multiple
         self.length = num_examples // multiple * multiple
         self.shuffle = shuffle
+        self.lengths = np.asarray(lengths) if lengths is not None else None
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __iter__(self) -> Iterator[int]:
-        if self.shuffle:
-            order = np.random.default_rng([self.seed, self.epoch]).permutation(self.num_examples)
-        else:
-            order = np.arange(self.num_examples)
-        return iter(order[: self.length].tolist())
+        if not self.shuffle:
+            return iter(range(self.length))
+        rng = np.random.default_rng([self.seed, self.epoch])
+        order = rng.permutation(self.num_examples)[: self.length]
+        if self.lengths is not None:
+            size = self.MEGABATCH * self.multiple
+            # A stable sort, longest first, within each megabatch; then whole global batches in random order.
+            grouped = np.concatenate([chunk[np.argsort(-self.lengths[chunk], kind="stable")]
+                                      for chunk in np.split(order, range(size, self.length, size))])
+            batches = grouped.reshape(-1, self.multiple)
+            order = batches[rng.permutation(len(batches))].reshape(-1)
+        return iter(order.tolist())
 
     def __len__(self) -> int:
         return self.length
+
+
+def input_length(example: dict) -> int:
+    """Tokens in an example's ``input_ids`` (for multiple choice, [choices, L]: its longest choice)."""
+    ids = example["input_ids"]
+    return max(map(len, ids)) if len(ids) and isinstance(ids[0], (list, tuple)) else len(ids)
 
 
 def _default_save(model: torch.nn.Module, directory: Path) -> None:
@@ -217,7 +241,9 @@ class Trainer:
         scheduler = build_lr_scheduler(optimizer, total_steps=total_steps, warmup_steps=warmup,
                                        schedule=args.lr_schedule, power=args.lr_power,
                                        end_ratio=args.lr_end / args.learning_rate)
-        self._sampler = EpochSampler(len(self.train_dataset), args.seed, multiple=global_batch)
+        lengths = ([input_length(self.train_dataset[i]) for i in range(len(self.train_dataset))]
+                   if args.group_by_length else None)
+        self._sampler = EpochSampler(len(self.train_dataset), args.seed, multiple=global_batch, lengths=lengths)
         loader = DataLoader(self.train_dataset, batch_size=self.per_device_batch_size * acc.num_processes,
                             sampler=self._sampler, collate_fn=self.collate_fn, drop_last=True,
                             num_workers=args.num_workers, generator=_private_generator(args.seed))

@@ -20,7 +20,7 @@ import torch
 from nezha_cli.errors import CheckpointError, ConfigError, DataError, OutputExistsError
 from nezha_cli.io import write_json
 from nezha_cli.tasks.base import Task
-from nezha_cli.tasks.inference import forward_outputs, numeric_metrics, split_outputs
+from nezha_cli.tasks.inference import forward_outputs, in_feature_order, length_order, numeric_metrics, split_outputs
 from nezha_cli.tasks.tokenization import VOCAB_NAME, load_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -81,6 +81,7 @@ class FinetuneOptions:
     from_scratch: bool = False
     vocab: Path | None = None
     eval_batch_size: int = 64
+    group_by_length: bool = False
     progress: bool = True
 
 
@@ -190,6 +191,7 @@ def finetune(task: Task, model_dir: Path, output_dir: Path, files: DataFiles,
         greater_is_better=True,
         resume=options.resume,
         overwrite=options.overwrite,
+        group_by_length=options.group_by_length,
         progress=options.progress,
     )
 
@@ -199,6 +201,9 @@ def finetune(task: Task, model_dir: Path, output_dir: Path, files: DataFiles,
 
     dev_history: list[dict[str, Any]] = []
     id2label = dict(enumerate(labels))
+    # Batched by length (see length_order); one list for the whole run, as the engine keeps its loader.
+    dev_order = length_order(dev_features) if dev_features is not None else []
+    dev_ordered = [dev_features[i] for i in dev_order] if dev_features is not None else None
 
     def evaluate(trainer) -> dict[str, float]:
         acc = trainer.accelerator
@@ -206,8 +211,8 @@ def finetune(task: Task, model_dir: Path, output_dir: Path, files: DataFiles,
         def fn(model, batch):
             return forward_outputs(task, model, batch, pad_across=lambda t: acc.pad_across_processes(t, dim=1))
 
-        gathered = trainer.predict(dev_features, task.collate, fn, batch_size=options.eval_batch_size)
-        outputs = split_outputs(gathered, task.output_names)
+        gathered = trainer.predict(dev_ordered, task.collate, fn, batch_size=options.eval_batch_size)
+        outputs = in_feature_order(split_outputs(gathered, task.output_names), dev_order)
         predictions = task.postprocess(dev_examples, dev_features, outputs, id2label)
         metrics = task.compute_metrics(dev_examples, predictions)
         dev_history.append({"step": trainer.state["global_step"], **metrics})

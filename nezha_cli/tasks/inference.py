@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from nezha_cli.engine.trainer import input_length
+
 MODEL_INPUTS = ("input_ids", "token_type_ids", "attention_mask")
 
 
@@ -45,16 +47,39 @@ def split_outputs(gathered: Iterable[dict[str, torch.Tensor]], names: Sequence[s
     return outputs
 
 
+def length_order(features: Sequence[dict[str, Any]]) -> list[int]:
+    """Feature indices from the longest input to the shortest.
+
+    Batches of features of similar length are padded little: on a dev set of sentences of mixed lengths, batches
+    taken in this order hold about half the tokens (and less attention) of batches in file order. Longest first,
+    so that a batch that does not fit in memory fails at once.
+    """
+    return sorted(range(len(features)), key=lambda i: -input_length(features[i]))
+
+
+def in_feature_order(outputs: dict[str, list[np.ndarray]], order: Sequence[int]) -> dict[str, list[np.ndarray]]:
+    """Outputs computed for ``[features[i] for i in order]``, put back in the order of ``features``."""
+    restored: dict[str, list[np.ndarray]] = {}
+    for name, values in outputs.items():
+        restored[name] = [None] * len(values)  # type: ignore[list-item]
+        for value, index in zip(values, order):
+            restored[name][index] = value
+    return restored
+
+
 def predict(task, model: torch.nn.Module, features: Sequence[dict[str, Any]], batch_size: int,
             device: torch.device | str = "cpu", progress=None) -> dict[str, list[np.ndarray]]:
-    """Outputs of ``model`` for ``features`` on one device, in feature order (``nezha evaluate``)."""
+    """Outputs of ``model`` for ``features`` on one device, in feature order (``nezha evaluate``); the batches
+    are formed in :func:`length_order`."""
     model.eval()
     model.to(device)
+    order = length_order(features)
+    ordered = [features[i] for i in order]
 
     def batches():
-        task_id = progress.add_task("predict", total=len(features)) if progress is not None else None
-        for start in range(0, len(features), batch_size):
-            chunk = features[start:start + batch_size]
+        task_id = progress.add_task("predict", total=len(ordered)) if progress is not None else None
+        for start in range(0, len(ordered), batch_size):
+            chunk = ordered[start:start + batch_size]
             batch = {k: v.to(device) for k, v in task.collate(chunk).items()}
             with torch.no_grad():
                 out = forward_outputs(task, model, batch)
@@ -62,7 +87,7 @@ def predict(task, model: torch.nn.Module, features: Sequence[dict[str, Any]], ba
                 progress.update(task_id, advance=len(chunk))
             yield {k: v.cpu() for k, v in out.items()}
 
-    return split_outputs(batches(), task.output_names)
+    return in_feature_order(split_outputs(batches(), task.output_names), order)
 
 
 def numeric_metrics(metrics: dict[str, Any]) -> dict[str, float]:

@@ -7,7 +7,8 @@ Latin letters into one token ("1997", "ibm") or splits a word into several ("##"
 - training: a token takes the tag of the first unit it covers; the further tokens of a unit are ignored (-100);
 - prediction: the tokens' tags are decoded together as the most probable valid IOB2 sequence (``decode_tags``);
   a token's tag goes to every unit it covers, inside an entity as its continuation (``B-X`` on the
-  first unit, ``I-X`` on the rest); a unit without a token of its own (whitespace) is ``O``.
+  first unit, ``I-X`` on the rest); a unit without a token of its own (whitespace) is ``O``, or ``I-X`` inside
+  an entity that goes on after it.
 
 A sentence longer than ``max_seq_length - 2`` tokens is cut into overlapping windows (never truncated); each token
 is predicted from the window where it has the most context on both sides.
@@ -15,6 +16,7 @@ is predicted from the window where it has the most context on both sides.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -99,6 +101,15 @@ def transition_mask(labels: Sequence[str]) -> np.ndarray | None:
     return allowed
 
 
+@functools.lru_cache(maxsize=16)
+def _decoding_tables(labels: tuple[str, ...]) -> tuple[tuple[str, ...], np.ndarray | None]:
+    # Built once per label set, not once per sentence; shared, so read-only.
+    allowed = transition_mask(labels)
+    if allowed is not None:
+        allowed.flags.writeable = False
+    return labels, allowed
+
+
 def decode_tags(logits: np.ndarray, id2label: dict[int, str]) -> list[str]:
     """The most probable tag sequence for a sentence's [T, C] token logits that is valid IOB2 (Viterbi over the
     per-token log-probabilities), or the per-token argmax for other tag schemes.
@@ -106,10 +117,12 @@ def decode_tags(logits: np.ndarray, id2label: dict[int, str]) -> list[str]:
     Taking each token's argmax alone yields sequences such as ``O I-PER I-PER``, which conlleval reads as an
     entity with whatever boundary the stray tags give; constrained decoding picks the best valid sequence.
     """
-    labels = [id2label[i] for i in range(logits.shape[-1])]
-    allowed = transition_mask(labels)
-    if allowed is None:
-        return [labels[i] for i in logits.argmax(-1)]
+    labels, allowed = _decoding_tables(tuple(id2label[i] for i in range(logits.shape[-1])))
+    best = logits.argmax(-1)
+    # The argmax path is the unconstrained optimum, so when it is valid it is also the constrained one (most
+    # sentences): the Viterbi pass is needed only for the others.
+    if allowed is None or (allowed[-1, best[0]] and allowed[best[:-1], best[1:]].all()):
+        return [labels[i] for i in best]
     shifted = logits - logits.max(-1, keepdims=True)
     log_probs = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
     penalty = np.where(allowed, 0.0, -np.inf)
@@ -119,10 +132,32 @@ def decode_tags(logits: np.ndarray, id2label: dict[int, str]) -> list[str]:
         candidates = score[:, None] + penalty[:-1]  # [previous, current]
         backpointers.append(candidates.argmax(0))
         score = candidates.max(0) + log_probs[t]
-    best = [int(score.argmax())]
+    path = [int(score.argmax())]
     for pointers in reversed(backpointers):
-        best.append(int(pointers[best[-1]]))
-    return [labels[i] for i in reversed(best)]
+        path.append(int(pointers[path[-1]]))
+    return [labels[i] for i in reversed(path)]
+
+
+def bridge_untokenized_units(tags: list[str], spans: Sequence[tuple[int, int]]) -> None:
+    """Tag the units that have no token (whitespace) inside a predicted entity as its continuation, in place.
+
+    Such a unit is predicted O by default, which would cut ``New York`` (units ``New``, `` ``, ``York``) into two
+    entities; when the units on both sides belong to one entity (``B-X``/``I-X`` before, ``I-X`` after) it is
+    ``I-X``.
+    """
+    covered = [False] * len(tags)
+    for first, last in spans:
+        covered[first:last + 1] = [True] * (last + 1 - first)
+    following = "O"  # the tag of the next unit that has a token
+    after = [""] * len(tags)
+    for unit in range(len(tags) - 1, -1, -1):
+        after[unit] = following
+        if covered[unit]:
+            following = tags[unit]
+    for unit in range(1, len(tags)):
+        previous, nxt = tags[unit - 1], after[unit]
+        if not covered[unit] and previous[:2] in ("B-", "I-") and nxt == f"I-{previous[2:]}":
+            tags[unit] = nxt
 
 
 class TokenClassificationTask(Task):
@@ -217,19 +252,24 @@ class TokenClassificationTask(Task):
                 predictions.append(tags)
                 continue
             num_tokens = windows_[0][0]["num_tokens"]
-            best_score = np.full(num_tokens, -1.0)
-            token_scores: list[np.ndarray | None] = [None] * num_tokens
-            token_span: list[tuple[int, int]] = [(-1, -1)] * num_tokens
-            for feature, logits in windows_:
-                start, end = feature["window"]
-                for offset in range(end - start):
-                    position = start + offset
-                    # Context on the nearer side, a little more for longer windows (BERT's max-context rule).
-                    score = min(offset, end - start - 1 - offset) + 0.01 * (end - start)
-                    if score > best_score[position]:
-                        best_score[position] = score
-                        token_scores[position] = logits[offset + 1]
-                        token_span[position] = feature["spans"][offset]
+            if len(windows_) == 1:  # the whole sentence in one window: [CLS] t_1 .. t_n [SEP]
+                feature, logits = windows_[0]
+                token_scores = list(logits[1:num_tokens + 1])
+                token_span = list(feature["spans"])
+            else:
+                best_score = np.full(num_tokens, -1.0)
+                token_scores = [None] * num_tokens
+                token_span = [(-1, -1)] * num_tokens
+                for feature, logits in windows_:
+                    start, end = feature["window"]
+                    for offset in range(end - start):
+                        position = start + offset
+                        # Context on the nearer side, a little more for longer windows (BERT's max-context rule).
+                        score = min(offset, end - start - 1 - offset) + 0.01 * (end - start)
+                        if score > best_score[position]:
+                            best_score[position] = score
+                            token_scores[position] = logits[offset + 1]
+                            token_span[position] = feature["spans"][offset]
             tagged = [p for p in range(num_tokens) if token_span[p][0] >= 0]
             if tagged:
                 decoded = decode_tags(np.stack([token_scores[p] for p in tagged]), id2label)
@@ -238,6 +278,7 @@ class TokenClassificationTask(Task):
                     tags[first] = tag
                     for unit in range(first + 1, last + 1):
                         tags[unit] = continuation(tag)
+                bridge_untokenized_units(tags, [token_span[p] for p in tagged])
             predictions.append(tags)
         return predictions
 
