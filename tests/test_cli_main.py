@@ -1,3 +1,4 @@
+import errno
 import subprocess
 import sys
 
@@ -53,6 +54,27 @@ def test_debug_shows_the_exception(failing_command):
     result = CliRunner().invoke(cli, ["--debug", "boom"])
     assert result.exit_code != 0
     assert isinstance(result.exception, DataError)
+
+
+@pytest.mark.parametrize("error,hint", [
+    (OSError(errno.ENOSPC, "No space left on device", "out/.tmp-1"), "free some space"),
+    (PermissionError(errno.EACCES, "Permission denied", "out/.tmp-1"), "check the permissions"),
+    (FileNotFoundError(errno.ENOENT, "No such file or directory", "out/.tmp-1"), "check the path"),
+])
+def test_operating_system_errors_are_one_line_and_exit_code_2(error, hint):
+    @click.command("write")
+    def write():
+        raise error
+
+    cli.add_command(write)
+    try:
+        result = CliRunner().invoke(cli, ["write"])
+        assert result.exit_code == 2 and "Traceback" not in result.output
+        assert result.output.startswith(f"Error: out/.tmp-1: {error.strerror}; ")
+        assert hint in result.output and len(result.output.strip().splitlines()) == 1
+        assert isinstance(CliRunner().invoke(cli, ["--debug", "write"]).exception, OSError)
+    finally:
+        cli.commands.pop("write")
 
 
 def test_unknown_command_is_a_usage_error():

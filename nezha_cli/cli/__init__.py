@@ -2,11 +2,13 @@
 
 Subcommands live one per module in this package and are imported only when used, so ``nezha --help`` stays fast
 (torch is never imported to print help). Library errors (:class:`nezha_cli.errors.NezhaError`) become one line on
-stderr and exit code 2; ``--debug`` shows the traceback instead.
+stderr and exit code 2, and so do the operating system's refusals (``OSError``: disk full, permissions); ``--debug``
+shows the traceback instead.
 """
 
 from __future__ import annotations
 
+import errno
 import importlib
 import logging
 import sys
@@ -63,6 +65,24 @@ class LazyGroup(click.Group):
                 raise
             click.echo("Interrupted.", err=True)
             ctx.exit(130)
+        except OSError as exc:
+            # The system refused a read or write the checks before the work could not foresee (disk full,
+            # permissions, a path that vanished): one line too, the atomic outputs leave nothing half-written.
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            raise UserError(os_error_message(exc)) from None
+
+
+def os_error_message(exc: OSError) -> str:
+    where = f"{exc.filename}: " if exc.filename else ""
+    reason = exc.strerror or str(exc)
+    if exc.errno == errno.ENOSPC:
+        hint = "free some space or write elsewhere (-o/--output, --cache-dir)"
+    elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        hint = "check the permissions, or write elsewhere (-o/--output, --cache-dir)"
+    else:
+        hint = "check the path; --debug shows where it happened"
+    return f"{where}{reason}; {hint}"
 
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "show_default": True, "max_content_width": 110}
