@@ -78,7 +78,7 @@ SaveFn = Callable[[torch.nn.Module, Path], None]
 class EpochSampler(Sampler[int]):
     """A permutation of the dataset that is a pure function of (seed, epoch), cut to whole global batches.
 
-    With ``lengths``, batches of similar length (transformers' ``group_by_length``): the permutation is cut into
+    With ``lengths``, batches of similar length (like transformers' ``group_by_length``): the permutation is cut into
     megabatches of ``MEGABATCH`` global batches, each sorted by length and cut into global batches, and the order
     of all the batches is shuffled. A batch is padded to its longest input, so on inputs of mixed length this
     computes far fewer padding tokens (half as many tokens in all for People's Daily NER at batch 16), while
