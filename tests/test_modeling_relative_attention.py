@@ -9,6 +9,7 @@ import torch
 from nezha_cli.modeling import NezhaConfig, NezhaModel
 from nezha_cli.modeling.relative_attention import (
     RelativePositions,
+    diagonal_band,
     expand_buckets,
     relative_context,
     relative_position_table,
@@ -68,6 +69,28 @@ def test_bucket_primitives(length, k):
     exported = sum_buckets(x, dataclasses.replace(pos, block_mask=None, remainder_index=None, remainder_valid=None))
     assert torch.allclose(exported, sums)
     assert torch.equal(expand_buckets(y, pos), y[..., torch.arange(length)[:, None], index])
+
+
+@pytest.mark.parametrize("length", [1, 2, 5, 9, 64, 130])
+@pytest.mark.parametrize("first,width", [(-3, 8), (-8, 24), (-14, 7), (2, 5), (-64, 136)])
+@pytest.mark.parametrize("layout", ["contiguous", "offset", "transposed", "bf16"])
+def testdiagonal_band_reads_the_diagonals(length, first, width, layout):
+    # out[i, c] = x[i, i + first + c] inside the row, else 0: through the strided view (rows whose band stays
+    # inside the tensor) and the gather (the other rows, and inputs the view cannot take).
+    torch.manual_seed(length + width)
+    x = torch.randn(3, 2, length, length)
+    if layout == "offset":
+        x = torch.randn(4, 2, length, length)[1:]  # contiguous, but not at the start of its storage
+    elif layout == "transposed":
+        x = x.transpose(-1, -2)
+    elif layout == "bf16":
+        x = x.bfloat16()
+    i = torch.arange(length)[:, None]
+    columns = i + first + torch.arange(width)[None, :]
+    inside = (columns >= 0) & (columns < length)
+    band = diagonal_band(x, first, columns.clamp(0, length - 1), inside.float())
+    expected = torch.where(inside, x.gather(-1, columns.clamp(0, length - 1).expand(*x.shape[:-1], width)), 0)
+    assert band.dtype == x.dtype and torch.equal(band, expected)
 
 
 @pytest.mark.parametrize("length", [1, 5, 17, 40])
