@@ -26,6 +26,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -48,6 +49,34 @@ def limited_copy(source: Path, target: Path, limit: int | None) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text("".join(lines[: limit + 1]), encoding="utf-8")
     return target
+
+
+def lexicon_f1(train: Path, dev: Path) -> float:
+    """Entity F1 on ``dev`` of tagging, without any model, every longest match of an entity seen in ``train`` (as
+    its most frequent type; PD-NER's units are characters): what memorising the training entities alone scores,
+    the floor a model should beat."""
+    from nezha_cli.tasks import get_task
+    from nezha_cli.tasks.metrics import entity_scores, get_entities
+
+    task = get_task("pd-ner")
+    types: dict[str, Counter] = {}
+    for example in task.read(train):
+        for entity_type, start, end in get_entities(example.tags):
+            types.setdefault("".join(example.tokens[start:end + 1]), Counter())[entity_type] += 1
+    lexicon = {text: counts.most_common(1)[0][0] for text, counts in types.items() if len(text) > 1}
+    longest = max(map(len, lexicon), default=0)
+    examples = task.read(dev)
+    predictions = []
+    for example in examples:
+        text, tags, i = "".join(example.tokens), ["O"] * len(example.tokens), 0
+        while i < len(text):
+            size = next((n for n in range(min(longest, len(text) - i), 1, -1) if text[i:i + n] in lexicon), 0)
+            if size:
+                entity_type = lexicon[text[i:i + size]]
+                tags[i:i + size] = [f"B-{entity_type}"] + [f"I-{entity_type}"] * (size - 1)
+            i += max(size, 1)
+        predictions.append(tags)
+    return entity_scores([e.tags for e in examples], predictions)["f1"]
 
 
 def children_cpu_seconds() -> float:
@@ -117,11 +146,14 @@ def main() -> None:
                 "wall_minutes": max(r["wall_minutes"] for r in runs.values()),
                 "cpu_minutes": max(r["cpu_minutes"] for r in runs.values()),
             }
+        if task == "pd-ner":
+            summary["pd-ner/lexicon"] = {"task": task, "init": "lexicon", "metric": metric,
+                                         "best": lexicon_f1(train, dev)}
 
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     print(f"\n{'task':<10} {'init':<11} {'metric':<9} {'best dev':>8} {'stdev':>7} {'target':>7} {'wall min':>9} "
           f"{'CPU min':>8}  per seed")
-    for row in summary.values():
+    for row in (row for row in summary.values() if "seeds" in row):
         per_seed = ", ".join(f"{seed}: {r['best']:.4f}" for seed, r in row["seeds"].items())
         print(f"{row['task']:<10} {row['init']:<11} {row['metric']:<9} {row['best']:>8.4f} {row['best_stdev']:>7.4f} "
               f"{row['target']:>7.2f} {row['wall_minutes']:>9.1f} {row['cpu_minutes']:>8.1f}  {per_seed}")
@@ -131,6 +163,9 @@ def main() -> None:
         print(f"{task}: pretrained {pretrained['best']:.4f} vs scratch {scratch['best']:.4f}{seeds} "
               f"({pretrained['best'] - scratch['best']:+.4f}); target {pretrained['target']} "
               f"{'met' if pretrained['best'] >= pretrained['target'] else 'NOT met'}")
+    if "pd-ner" in args.tasks:
+        print(f"pd-ner: tagging the training set's entities wherever they occur (no model) scores F1 "
+              f"{summary['pd-ner/lexicon']['best']:.4f}")
     print(f"summary: {args.out / 'summary.json'}")
 
 
