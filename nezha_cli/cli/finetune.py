@@ -93,7 +93,7 @@ def relaunch_args(ctx: click.Context) -> list[str]:
               help="auto: bf16 where the hardware runs it fast, else fp32.")
 @click.option("--group-by-length", is_flag=True,
               help="Form training batches of inputs of similar length (drawn at random from the whole data, like "
-                   "transformers' option): less padding, so much faster on inputs of mixed length.")
+                   "transformers' option): less padding, so faster training on inputs of mixed length.")
 @click.option("--logging-steps", type=click.IntRange(min=1), default=10, show_default=True)
 @click.option("--save-steps", type=click.IntRange(min=0), default=None,
               help="Checkpoint every N steps [default: every epoch].")
