@@ -202,8 +202,8 @@ def finetune(task: Task, model_dir: Path, output_dir: Path, files: DataFiles,
     dev_history: list[dict[str, Any]] = []
     id2label = dict(enumerate(labels))
     # Batched by length (see length_order); one list for the whole run, as the engine keeps its loader.
-    dev_order = length_order(dev_features) if dev_features is not None else []
-    dev_ordered = [dev_features[i] for i in dev_order] if dev_features is not None else None
+    dev_order = length_order(dev_features or [])
+    dev_ordered = [dev_features[i] for i in dev_order]
 
     def evaluate(trainer) -> dict[str, float]:
         acc = trainer.accelerator

@@ -102,12 +102,12 @@ def transition_mask(labels: Sequence[str]) -> np.ndarray | None:
 
 
 @functools.lru_cache(maxsize=16)
-def _decoding_tables(labels: tuple[str, ...]) -> tuple[tuple[str, ...], np.ndarray | None]:
+def _shared_transition_mask(labels: tuple[str, ...]) -> np.ndarray | None:
     # Built once per label set, not once per sentence; shared, so read-only.
     allowed = transition_mask(labels)
     if allowed is not None:
         allowed.flags.writeable = False
-    return labels, allowed
+    return allowed
 
 
 def decode_tags(logits: np.ndarray, id2label: dict[int, str]) -> list[str]:
@@ -117,7 +117,8 @@ def decode_tags(logits: np.ndarray, id2label: dict[int, str]) -> list[str]:
     Taking each token's argmax alone yields sequences such as ``O I-PER I-PER``, which conlleval reads as an
     entity with whatever boundary the stray tags give; constrained decoding picks the best valid sequence.
     """
-    labels, allowed = _decoding_tables(tuple(id2label[i] for i in range(logits.shape[-1])))
+    labels = tuple(id2label[i] for i in range(logits.shape[-1]))
+    allowed = _shared_transition_mask(labels)
     best = logits.argmax(-1)
     # The argmax path is the unconstrained optimum, so when it is valid it is also the constrained one (most
     # sentences): the Viterbi pass is needed only for the others.
@@ -252,27 +253,22 @@ class TokenClassificationTask(Task):
                 predictions.append(tags)
                 continue
             num_tokens = windows_[0][0]["num_tokens"]
-            if len(windows_) == 1:  # the whole sentence in one window: [CLS] t_1 .. t_n [SEP]
-                feature, logits = windows_[0]
-                token_scores = list(logits[1:num_tokens + 1])
-                token_span = list(feature["spans"])
-            else:
-                best_score = np.full(num_tokens, -1.0)
-                token_scores = [None] * num_tokens
-                token_span = [(-1, -1)] * num_tokens
-                for feature, logits in windows_:
-                    start, end = feature["window"]
-                    for offset in range(end - start):
-                        position = start + offset
-                        # Context on the nearer side, a little more for longer windows (BERT's max-context rule).
-                        score = min(offset, end - start - 1 - offset) + 0.01 * (end - start)
-                        if score > best_score[position]:
-                            best_score[position] = score
-                            token_scores[position] = logits[offset + 1]
-                            token_span[position] = feature["spans"][offset]
+            best_score = np.full(num_tokens, -1.0)
+            token_scores = np.zeros((num_tokens, windows_[0][1].shape[-1]), dtype=windows_[0][1].dtype)
+            token_span = [(-1, -1)] * num_tokens
+            for feature, logits in windows_:
+                start, end = feature["window"]
+                offset = np.arange(end - start)
+                # Context on the nearer side, a little more for longer windows (BERT's max-context rule).
+                score = np.minimum(offset, end - start - 1 - offset) + 0.01 * (end - start)
+                better = np.flatnonzero(score > best_score[start:end])
+                best_score[start + better] = score[better]
+                token_scores[start + better] = logits[1 + better]
+                for offset in better.tolist():
+                    token_span[start + offset] = feature["spans"][offset]
             tagged = [p for p in range(num_tokens) if token_span[p][0] >= 0]
             if tagged:
-                decoded = decode_tags(np.stack([token_scores[p] for p in tagged]), id2label)
+                decoded = decode_tags(token_scores[tagged], id2label)
                 for position, tag in zip(tagged, decoded):
                     first, last = token_span[position]
                     tags[first] = tag
