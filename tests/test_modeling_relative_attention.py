@@ -71,6 +71,25 @@ def test_bucket_primitives(length, k):
     assert torch.equal(expand_buckets(y, pos), y[..., torch.arange(length)[:, None], index])
 
 
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("length,k", [(9, 3), (130, 8), (300, 64)])
+def test_bucket_primitives_in_half_precision(dtype, length, k):
+    # The CPU takes its own routes for 2-byte inputs (a gather through an int16 view, block sums without an fp32
+    # copy): the gather must move exactly the same bits, the sums stay within the rounding of a few block sums.
+    torch.manual_seed(length + k)
+    pos = RelativePositions.build(length, k)
+    y = torch.randn(2, 3, length, pos.width).to(dtype)
+    assert torch.equal(expand_buckets(y, pos), y[..., torch.arange(length)[:, None], pos.bucket_index])
+    x = torch.randn(2, 3, length, length).to(dtype)
+    sums = sum_buckets(x, pos)
+    expected = sum_buckets(x.double(), pos)
+    assert sums.dtype == dtype
+    # Each sum of K keys may be rounded once (and the result): eps times the sum of those |sums| bounds the error.
+    blocks = x.double()[..., : length // k * k].unflatten(-1, (-1, k)).sum(-1).abs().sum(-1, keepdim=True)
+    tolerance = torch.finfo(dtype).eps * (blocks + expected.abs())
+    assert torch.all((sums.double() - expected).abs() <= tolerance)
+
 @pytest.mark.parametrize("length", [1, 2, 5, 9, 64, 130])
 @pytest.mark.parametrize("first,width", [(-3, 8), (-8, 24), (-14, 7), (2, 5), (-64, 136)])
 @pytest.mark.parametrize("layout", ["contiguous", "offset", "transposed", "bf16"])
