@@ -196,6 +196,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--smoke", action="store_true", help="tiny shapes and 2 steps: checks that it all runs")
     parser.add_argument("--no-bf16", action="store_true", help="skip the bf16 autocast rows")
+    parser.add_argument("--dropout", type=float, default=0.0,
+                        help="hidden and attention dropout of both models (0.1 in the nezha-base/large recipes)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                         help="cpu: the issue's comparison; cuda: the same rows plus GPU-sized batches, tokens/s, MFU")
     parser.add_argument("--peak-tflops", type=float, default=None,
@@ -218,8 +220,8 @@ def main() -> None:
                  f"{torch.backends.cpu.get_cpu_capability()}")
     config = NezhaConfig(vocab_size=args.vocab, hidden_size=args.hidden, num_hidden_layers=args.layers,
                          num_attention_heads=args.heads, intermediate_size=4 * args.hidden,
-                         hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    print(f"{where}; {args.layers} layers x {args.hidden} hidden, vocab {args.vocab}")
+                         hidden_dropout_prob=args.dropout, attention_probs_dropout_prob=args.dropout)
+    print(f"{where}; {args.layers} layers x {args.hidden} hidden, vocab {args.vocab}, dropout {args.dropout}")
     print(f"{'L':>5} {'batch':>5} {'precision':>9} {'ours steps/s':>13} {'transformers':>13} {'speed-up':>9} "
           f"{'FLOP ratio':>10}")
     precisions = [None] if args.no_bf16 else [None, torch.bfloat16]
