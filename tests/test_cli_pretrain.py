@@ -97,6 +97,7 @@ def test_unknown_recipe_and_override_key(data_dir, tmp_path):
 def test_batch_that_does_not_divide(data_dir, tmp_path):
     assert_one_line_error(run("pretrain", "--data", str(data_dir), "-o", str(tmp_path / "o"), *TINY,
                               "global_batch_size=10"), "global_batch_size=10 is not a multiple")
+    assert not (tmp_path / "o").exists()  # refused before training: no empty OUT left behind
 
 
 def test_unwritable_output(data_dir, tmp_path):

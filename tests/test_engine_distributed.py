@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch.distributed
-from pretrain_fixtures import write_masked_data
+from pretrain_fixtures import TINY_MODEL, write_masked_data
 
-from nezha_cli.engine.launch import launch_command
+from nezha_cli.engine.launch import launch_command, launch_processes
 from nezha_cli.engine.metrics_log import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,3 +50,22 @@ def test_two_processes_match_one(tmp_path):
                 assert abs(a[key] - b[key]) <= 1e-4, (a["step"], key, a[key], b[key])
     # Both wrote one final model, from the main process.
     assert (tmp_path / "two" / "final" / "model.safetensors").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.distributed.is_gloo_available(), reason="torch built without gloo")
+def test_a_failed_launch_says_it_in_one_line(tmp_path, capfd):
+    # Both processes refuse the batch layout: one `Error:` line in all (not one per process), no traceback of
+    # torchrun's, the processes' exit code, and no OUT.
+    data = write_masked_data(tmp_path / "data", n=16)
+    overrides = [f"model.{k}={v}" for k, v in TINY_MODEL.items()] + ["global_batch_size=6", "per_device_batch_size=4",
+                                                                   "eval_examples=4"]
+    capfd.readouterr()
+    code = launch_processes(2, ["--quiet", "pretrain", "--data", str(data), "-o", str(tmp_path / "o"), *overrides],
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    err = capfd.readouterr().err
+    assert code == 2, err
+    assert "Traceback" not in err and "ChildFailedError" not in err, err
+    errors = [line for line in err.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and "is not a multiple of per_device_batch_size=4 x 2 process(es)" in errors[0], err
+    assert not (tmp_path / "o").exists()

@@ -37,7 +37,12 @@ class UserError(click.ClickException):
     exit_code = 2
 
     def show(self, file=None) -> None:
-        click.echo(f"Error: {self.format_message()}", err=True, file=file)
+        from nezha_cli.engine.launch import report_error
+
+        # Under `--num-processes N` the launching command prints each process's line once.
+        line = f"Error: {self.format_message()}"
+        if not report_error(line):
+            click.echo(line, err=True, file=file)
 
 
 class LazyGroup(click.Group):
@@ -63,7 +68,10 @@ class LazyGroup(click.Group):
         except KeyboardInterrupt:
             if ctx.obj and ctx.obj.get("debug"):
                 raise
-            click.echo("Interrupted.", err=True)
+            from nezha_cli.engine.launch import report_error
+
+            if not report_error("Interrupted."):
+                click.echo("Interrupted.", err=True)
             ctx.exit(130)
         except OSError as exc:
             # The system refused a read or write the checks before the work could not foresee (disk full,

@@ -2,6 +2,11 @@
 
 Inside a launched process (``accelerate launch``, ``torchrun``, SLURM via accelerate) nothing is relaunched: the
 Accelerator reads the environment. On CPUs the processes talk over gloo, on GPUs over NCCL.
+
+When a launched command fails, each process would print its own ``Error:`` line and torchrun a traceback of its
+own. Instead the processes leave their one-line errors in a folder (``ERROR_DIR_ENV``) and the launching command
+prints each distinct line once; torchrun runs under :mod:`nezha_cli.engine.torchrun`, which turns a failed
+process into its exit code.
 """
 
 from __future__ import annotations
@@ -9,10 +14,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 from nezha_cli.errors import ConfigError
 
 _DISTRIBUTED_ENV = ("LOCAL_RANK", "ACCELERATE_DYNAMO_BACKEND", "ACCELERATE_MIXED_PRECISION")
+# Set by launch_processes: where each process writes its one-line error (rank-N.txt) instead of stderr.
+ERROR_DIR_ENV = "NEZHA_CLI_ERROR_DIR"
 
 
 def in_launched_process() -> bool:
@@ -20,8 +29,8 @@ def in_launched_process() -> bool:
 
 
 def launch_command(num_processes: int, args: list[str], module: str | None = "nezha_cli") -> list[str]:
-    """torchrun's command line for ``python -m MODULE ARGS`` (or ``python ARGS`` when module is None)."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={num_processes}"]
+    """The command line running ``python -m MODULE ARGS`` (or ``python ARGS`` when module is None) under torchrun."""
+    command = [sys.executable, "-m", "nezha_cli.engine.torchrun", "--standalone", f"--nproc-per-node={num_processes}"]
     return command + (["-m", module] if module else []) + list(args)
 
 
@@ -32,4 +41,28 @@ def launch_processes(num_processes: int, args: list[str], env: dict[str, str] | 
     full_env = dict(os.environ if env is None else env)
     # torchrun sets 1 thread per process; spread the cores instead when the user did not choose.
     full_env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // num_processes)))
-    return subprocess.call(launch_command(num_processes, args), env=full_env)
+    with tempfile.TemporaryDirectory(prefix="nezha-errors-") as errors:
+        full_env[ERROR_DIR_ENV] = errors
+        process = subprocess.Popen(launch_command(num_processes, args), env=full_env)
+        while True:
+            try:
+                code = process.wait()
+                break
+            except KeyboardInterrupt:
+                # Ctrl-C reached torchrun and the processes too; wait for them to stop (--resume continues).
+                continue
+        lines = [p.read_text(encoding="utf-8").strip() for p in sorted(Path(errors).glob("rank-*.txt"),
+                                                                        key=lambda p: int(p.stem[5:]))]
+    for line in dict.fromkeys(line for line in lines if line):
+        print(line, file=sys.stderr)
+    return code
+
+
+def report_error(line: str) -> bool:
+    """In a process started by :func:`launch_processes`, leave ``line`` for it to print; False elsewhere."""
+    folder = os.environ.get(ERROR_DIR_ENV)
+    if not folder or not os.path.isdir(folder):
+        return False
+    path = Path(folder) / f"rank-{os.environ.get('RANK', '0')}.txt"
+    path.write_text(line + "\n", encoding="utf-8")
+    return True

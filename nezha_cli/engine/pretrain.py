@@ -189,31 +189,31 @@ def pretrain(recipe: Recipe, output_dir: Path | None = None, data: Path | None =
             data_dir = resolve_data(data, options, args.seed, cache_dir=cache_dir,
                                     model_vocab=model_vocab if model_vocab and model_vocab.is_file() else None,
                                     show_progress=progress and state.is_main_process)
+        pdata = load_pretraining_data(data_dir, options.eval_examples)
+        from accelerate.utils import set_seed
+
+        set_seed(args.seed)
+        if init_from is not None:
+            config = NezhaConfig.from_pretrained(init_from)
+            check_model_vocab(pdata, init_from, config.vocab_size)
+            model = NezhaForPreTraining.from_pretrained(init_from, config=config)
+            logger.info("continuing pretraining from %s (the recipe's model section is not used)", init_from)
+        else:
+            model = NezhaForPreTraining(recipe.model_config(vocab_size=pdata.vocab_size))
+        logger.info("model: %s parameters; %d training instances%s", f"{model.num_parameters():,}", len(pdata.train),
+                    f", {len(pdata.eval)} held out" if pdata.eval is not None else "")
+
+        collate, eval_collate = make_collators(pdata, args.seed)
+        evaluate = None
+        if pdata.eval is not None and len(pdata.eval):
+            evaluate = mlm_evaluator(pdata.eval, eval_collate, options.eval_batch_size)
+        else:
+            args = dataclasses.replace(args, eval_steps=None, eval_each_epoch=False, metric_for_best_model=None)
+        trainer = Trainer(model, args, pdata.train, collate, pretraining_step, evaluate=evaluate,
+                          save_model=save_with_vocab(pdata.vocab_path, recipe_text),
+                          output_files={RECIPE_NAME: recipe_text})
     except BaseException:
         if created and state.is_main_process and args.output_dir.is_dir() and not any(args.output_dir.iterdir()):
-            args.output_dir.rmdir()  # leave no empty OUT behind
+            args.output_dir.rmdir()  # a refused setting leaves no empty OUT behind
         raise
-    pdata = load_pretraining_data(data_dir, options.eval_examples)
-    from accelerate.utils import set_seed
-
-    set_seed(args.seed)
-    if init_from is not None:
-        config = NezhaConfig.from_pretrained(init_from)
-        check_model_vocab(pdata, init_from, config.vocab_size)
-        model = NezhaForPreTraining.from_pretrained(init_from, config=config)
-        logger.info("continuing pretraining from %s (the recipe's model section is not used)", init_from)
-    else:
-        model = NezhaForPreTraining(recipe.model_config(vocab_size=pdata.vocab_size))
-    logger.info("model: %s parameters; %d training instances%s", f"{model.num_parameters():,}", len(pdata.train),
-                f", {len(pdata.eval)} held out" if pdata.eval is not None else "")
-
-    collate, eval_collate = make_collators(pdata, args.seed)
-    evaluate = None
-    if pdata.eval is not None and len(pdata.eval):
-        evaluate = mlm_evaluator(pdata.eval, eval_collate, options.eval_batch_size)
-    else:
-        args = dataclasses.replace(args, eval_steps=None, eval_each_epoch=False, metric_for_best_model=None)
-    trainer = Trainer(model, args, pdata.train, collate, pretraining_step, evaluate=evaluate,
-                      save_model=save_with_vocab(pdata.vocab_path, recipe_text),
-                      output_files={RECIPE_NAME: recipe_text})
     return trainer.train()
