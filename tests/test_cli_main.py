@@ -1,4 +1,5 @@
 import errno
+import logging
 import subprocess
 import sys
 
@@ -7,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from nezha_cli import __version__
-from nezha_cli.cli import COMMANDS, cli
+from nezha_cli.cli import COMMANDS, _configure_logging, cli
 from nezha_cli.errors import DataError
 
 
@@ -86,3 +87,16 @@ def test_console_script_entry_point():
     # `python -m nezha_cli` goes through the same main() as the installed `nezha` script.
     proc = subprocess.run([sys.executable, "-m", "nezha_cli", "--version"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and __version__ in proc.stdout
+
+
+@pytest.mark.parametrize("rank,quiet,debug,level", [
+    (None, False, False, logging.INFO), ("0", False, False, logging.INFO), ("1", False, False, logging.WARNING),
+    ("1", False, True, logging.DEBUG), (None, True, False, logging.WARNING)])
+def test_only_the_first_process_logs_progress_notes(monkeypatch, rank, quiet, debug, level):
+    # Under --num-processes / accelerate launch every process runs the command: one set of INFO lines, not N.
+    if rank is None:
+        monkeypatch.delenv("RANK", raising=False)
+    else:
+        monkeypatch.setenv("RANK", rank)
+    _configure_logging(debug=debug, quiet=quiet)
+    assert logging.getLogger("nezha_cli").level == level

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import importlib
 import logging
+import os
 import sys
 
 import click
@@ -121,6 +122,8 @@ def _configure_logging(debug: bool, quiet: bool) -> None:
     from nezha_cli.console import stderr_console
 
     level = logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO
+    if not debug and int(os.environ.get("RANK", "0")) > 0:
+        level = logging.WARNING  # several processes (--num-processes, accelerate launch): the first one informs
     logger = logging.getLogger("nezha_cli")
     logger.handlers.clear()
     handler = RichHandler(console=stderr_console(), show_time=False, show_path=debug, markup=False)
