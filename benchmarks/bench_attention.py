@@ -190,7 +190,9 @@ def main() -> None:
     for (precision, length, _), timing in results.items():
         b, t, n = (timing[impl] for impl in IMPLEMENTATIONS)
         table_mib = length * length * 64 * 4 / 2**20
-        print(f"{precision} L={length}: relative terms cost {b['ratio'] - 1:+.1%} time (median of per-round ratios) "
+        # The absolute extra time too: a faster rest of the model (e.g. its dropout) raises the share alone.
+        print(f"{precision} L={length}: relative terms cost {b['ratio'] - 1:+.1%} time (median of per-round ratios; "
+              f"{(b['seconds'] - n['seconds']) * 1e3:+.0f} ms per step) "
               f"and {b['peak_mib'] - n['peak_mib']:+.0f} MiB over no-rel; the table formulation takes "
               f"{t['ratio'] / b['ratio']:.2f}x the time and {t['peak_mib'] - b['peak_mib']:+.0f} MiB "
               f"(one [L, L, 64] fp32 table is {table_mib:.0f} MiB)")
