@@ -341,3 +341,25 @@ def test_pooled_heads_take_inputs_embeds_and_name_missing_inputs():
     torch.testing.assert_close(by_embeds, by_ids)
     with pytest.raises(ValueError, match="exactly one of input_ids and inputs_embeds"):
         model(attention_mask=data["attention_mask"])
+
+
+@pytest.mark.parametrize("mlm_loss", [True, False])
+def test_sparse_word_gradient_gives_the_dense_gradient(mlm_loss):
+    # With a tied decoder the lookup sends back only the batch's rows; the gradient that reaches .grad is dense and
+    # equal to the plain lookup's, also when the decoder is not in the backward (NSP loss alone).
+    config = tiny_config()
+    ids = torch.randint(1, V, (B, L))
+    grads = {}
+    for sparse in (False, True):
+        torch.manual_seed(0)
+        model = NezhaForPreTraining(config).train()
+        model.nezha.embeddings.tied_decoder = sparse
+        out = model(ids, labels=ids, next_sentence_label=torch.zeros(B, dtype=torch.long))
+        (out.loss if mlm_loss else out.seq_relationship_logits.sum()).backward()
+        weight = model.nezha.embeddings.word_embeddings.weight
+        assert weight is model.cls.predictions.decoder.weight and not weight.grad.is_sparse
+        grads[sparse] = weight.grad
+        torch.optim.AdamW(model.parameters(), fused=True).step()  # fused kernels take dense gradients only
+    torch.testing.assert_close(grads[True], grads[False], rtol=1e-5, atol=1e-7)
+    assert NezhaForPreTraining(config).nezha.embeddings.tied_decoder
+    assert not NezhaForSequenceClassification(config).nezha.embeddings.tied_decoder
