@@ -344,22 +344,53 @@ def test_pooled_heads_take_inputs_embeds_and_name_missing_inputs():
 
 
 @pytest.mark.parametrize("mlm_loss", [True, False])
-def test_sparse_word_gradient_gives_the_dense_gradient(mlm_loss):
-    # With a tied decoder the lookup sends back only the batch's rows; the gradient that reaches .grad is dense and
-    # equal to the plain lookup's, also when the decoder is not in the backward (NSP loss alone).
+def test_sparse_word_gradient_gives_the_dense_gradient(mlm_loss, monkeypatch):
+    # With a tied decoder the lookup sends back only the batch's rows, added into the decoder's gradient in place;
+    # the gradient that reaches .grad is dense and equal to the plain lookup's, also when the decoder is not in the
+    # backward (NSP loss alone).
+    from torch.profiler import ProfilerActivity, profile
+
+    from nezha_cli.modeling import modeling_nezha
+
     config = tiny_config()
     ids = torch.randint(1, V, (B, L))
-    grads = {}
+    grads, ops = {}, {}
     for sparse in (False, True):
+        monkeypatch.setattr(modeling_nezha, "sparse_word_gradient", lambda weight, sparse=sparse: sparse)
         torch.manual_seed(0)
         model = NezhaForPreTraining(config).train()
-        model.nezha.embeddings.tied_decoder = sparse
         out = model(ids, labels=ids, next_sentence_label=torch.zeros(B, dtype=torch.long))
-        (out.loss if mlm_loss else out.seq_relationship_logits.sum()).backward()
+        with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+            (out.loss if mlm_loss else out.seq_relationship_logits.sum()).backward()
+        # The ops that read a [V, H] tensor during the backward.
+        ops[sparse] = {e.name for e in prof.events() if [V, config.hidden_size] in e.input_shapes}
         weight = model.nezha.embeddings.word_embeddings.weight
         assert weight is model.cls.predictions.decoder.weight and not weight.grad.is_sparse
         grads[sparse] = weight.grad
         torch.optim.AdamW(model.parameters(), fused=True).step()  # fused kernels take dense gradients only
     torch.testing.assert_close(grads[True], grads[False], rtol=1e-5, atol=1e-7)
-    assert NezhaForPreTraining(config).nezha.embeddings.tied_decoder
-    assert not NezhaForSequenceClassification(config).nezha.embeddings.tied_decoder
+    if mlm_loss:
+        # No zero-filled [V, H] lookup gradient, no out-of-place [V, H] sum: only the in-place add of the rows.
+        assert {"aten::zero_", "aten::add"} <= ops[False]
+        assert "aten::index_add_" in ops[True]
+        assert not {"aten::zero_", "aten::fill_", "aten::add", "aten::copy_"} & ops[True]
+
+
+def test_a_mask_without_padding_is_not_added():
+    # An all-ones attention mask adds zeros to every layer's scores: it is skipped (CPU, eager); a mask with
+    # padding is added, in place in fp32.
+    from torch.profiler import ProfilerActivity, profile
+
+    model = NezhaModel(tiny_config()).eval()
+    ids = torch.randint(1, V, (B, L))
+    padded = torch.ones(B, L, dtype=torch.long)
+    padded[0, -3:] = 0
+    ops, outputs = {}, {}
+    for name, mask in (("none", None), ("ones", torch.ones(B, L, dtype=torch.long)), ("padded", padded)):
+        with torch.no_grad(), profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+            outputs[name] = model(ids, attention_mask=mask).last_hidden_state
+        ops[name] = [e.name for e in prof.events() if [B, 1, 1, L] in e.input_shapes and e.name.startswith("aten::add")]
+    torch.testing.assert_close(outputs["ones"], outputs["none"], rtol=0, atol=0)
+    assert ops["ones"] == [] and ops["padded"] == ["aten::add_"] * model.config.num_hidden_layers
+    torch.testing.assert_close(outputs["padded"][1], outputs["none"][1])  # row 1 has no padding
+    assert not torch.allclose(outputs["padded"][0, :-3], outputs["none"][0, :-3])

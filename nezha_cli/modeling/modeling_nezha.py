@@ -108,31 +108,61 @@ ACT2FN = {
 
 
 def sparse_word_gradient(weight: torch.Tensor) -> bool:
-    """Whether the word embeddings' lookup may send back a sparse gradient (rows of the batch's tokens only).
+    """Whether the word-embedding lookup of a model whose MLM decoder shares ``weight`` may take the sparse path.
 
-    With a tied MLM decoder, the weight's gradient is the decoder's dense [V, H] product plus the lookup's: a dense
-    lookup gradient costs a zero-filled [V, H] tensor and a full add (7% of the CPU time of a BERT-base-width
-    pretraining step at 512 tokens in a profile, 3.5% of its wall time on a 2-core CPU); a sparse one is added into
-    the decoder's in place, and the sum reaching ``.grad`` is dense as before. Should the decoder not be in the
-    backward (a loss on the NSP head alone), a hook makes the gradient dense, so optimizers, clipping and DDP always
-    see dense gradients. CPU only (on a GPU those passes take microseconds; the sparse path is not measured there),
-    for a plain leaf parameter under autograd, outside torch.compile/export (FSDP and DeepSpeed ZeRO-3 hand out
-    views or placeholders).
+    The weight's gradient is the decoder's dense [V, H] product plus the lookup's. Left to autograd, a dense lookup
+    gradient costs a zero-filled [V, H] tensor and a full add, and a sparse one is still added out of place (a fresh
+    [V, H] copy: autograd adds a sparse gradient into a dense one in place only when the sparse one came first, and
+    the decoder's always comes first). :class:`_TiedWordWeight` instead hands each use its own alias and adds the
+    lookup's rows into the decoder's gradient in place: on a 2-core CPU these passes were about 8% of a
+    BERT-base-width pretraining step at 512 tokens. ``.grad`` is dense as before, also when the decoder is not in
+    the backward (a loss on the NSP head alone), so optimizers, clipping and DDP see what they always saw. CPU only
+    (on a GPU those passes take microseconds; the sparse path is not measured there), for a plain leaf parameter
+    under autograd, outside torch.compile/export (FSDP and DeepSpeed ZeRO-3 hand out views or placeholders).
     """
-    if not (weight.device.type == "cpu" and torch.is_grad_enabled() and isinstance(weight, nn.Parameter)
+    return (weight.device.type == "cpu" and torch.is_grad_enabled() and isinstance(weight, nn.Parameter)
             and weight.requires_grad and weight.is_leaf
             and weight._base is None and weight.layout == torch.strided and not hasattr(weight, "ds_id")
-            and not torch.compiler.is_compiling() and not torch.compiler.is_exporting()):
-        return False
-    if not getattr(weight, "_nezha_dense_grad_hook", False):
-        weight.register_post_accumulate_grad_hook(_densify_grad)
-        weight._nezha_dense_grad_hook = True
-    return True
+            and not torch.compiler.is_compiling() and not torch.compiler.is_exporting())
 
 
-def _densify_grad(param: torch.Tensor) -> None:
-    if param.grad is not None and param.grad.is_sparse:
-        param.grad = param.grad.to_dense()
+class _TiedWordWeight(torch.autograd.Function):
+    """Two aliases of the word-embedding weight shared with the MLM decoder: one for the lookup, one for the decoder.
+
+    Their gradients meet in :meth:`backward`, which runs once both have arrived: the lookup's sparse rows are added
+    into the decoder's dense gradient in place (see :func:`sparse_word_gradient`).
+    """
+
+    @staticmethod
+    def forward(ctx, weight):
+        return weight.view_as(weight), weight.view_as(weight)
+
+    @staticmethod
+    def backward(ctx, grad_lookup, grad_decoder):
+        if grad_lookup is not None and grad_lookup.is_sparse:
+            if grad_decoder is None:
+                return grad_lookup.to_dense()
+            # grad_decoder is the decoder's own fresh product, referenced nowhere else: safe to add into.
+            return grad_decoder.index_add_(0, grad_lookup._indices()[0], grad_lookup._values())
+        if grad_lookup is None or grad_decoder is None:
+            return grad_decoder if grad_lookup is None else grad_lookup
+        return grad_decoder + grad_lookup
+
+
+def tied_word_lookup(model: NezhaPreTrainedModel, input_ids, kwargs: dict) -> tuple:
+    """``(input_ids, kwargs, decoder_weight)`` for a head with a tied MLM decoder, taking the sparse path if it may.
+
+    On that path the lookup is done here into ``kwargs["inputs_embeds"]`` (``input_ids`` becomes None) and the
+    decoder is to use the returned alias; otherwise the arguments come back unchanged with ``decoder_weight`` None.
+    """
+    embeddings = model.get_input_embeddings()
+    weight = embeddings.weight
+    if (input_ids is None or kwargs.get("inputs_embeds") is not None
+            or model.get_output_embeddings().weight is not weight or not sparse_word_gradient(weight)):
+        return input_ids, kwargs, None
+    lookup, decoder = _TiedWordWeight.apply(weight)
+    inputs_embeds = F.embedding(input_ids, lookup, embeddings.padding_idx, sparse=True)
+    return None, {**kwargs, "inputs_embeds": inputs_embeds}, decoder
 
 
 class NezhaEmbeddings(nn.Module):
@@ -144,16 +174,10 @@ class NezhaEmbeddings(nn.Module):
         self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = Dropout(config.hidden_dropout_prob)
-        # Set by the heads whose MLM decoder shares the word embeddings (see sparse_word_gradient).
-        self.tied_decoder = False
 
     def forward(self, input_ids=None, token_type_ids=None, inputs_embeds=None) -> torch.Tensor:
         if inputs_embeds is None:
-            weight = self.word_embeddings.weight
-            if self.tied_decoder and sparse_word_gradient(weight):
-                inputs_embeds = F.embedding(input_ids, weight, self.word_embeddings.padding_idx, sparse=True)
-            else:
-                inputs_embeds = self.word_embeddings(input_ids)
+            inputs_embeds = self.word_embeddings(input_ids)
         if token_type_ids is None:
             token_type_ids = torch.zeros(inputs_embeds.shape[:-1], dtype=torch.long, device=inputs_embeds.device)
         embeddings = inputs_embeds + self.token_type_embeddings(token_type_ids)
@@ -189,7 +213,9 @@ class NezhaSelfAttention(nn.Module):
         else:
             scores = torch.matmul(query, key.transpose(-1, -2))
         if attention_mask is not None:
-            scores = scores + attention_mask
+            # In place where the dtypes agree: one [B, H, L, L] tensor fewer. Under autocast the low-precision
+            # scores plus the fp32 mask give fp32 scores, as in transformers.
+            scores = scores.add_(attention_mask) if scores.dtype == attention_mask.dtype else scores + attention_mask
         probs = self.dropout(torch.softmax(scores, dim=-1))
         if self.use_relative_positions:
             context = relative_context(probs, value, relative_table, positions)
@@ -343,8 +369,12 @@ class NezhaLMPredictionHead(nn.Module):
         self.bias = nn.Parameter(torch.zeros(config.vocab_size))
         self.decoder.bias = self.bias
 
-    def forward(self, hidden_states):
-        return self.decoder(self.transform(hidden_states))
+    def forward(self, hidden_states, decoder_weight=None):
+        # ``decoder_weight``: an alias of decoder.weight given by the model (see tied_word_lookup).
+        hidden_states = self.transform(hidden_states)
+        if decoder_weight is None:
+            return self.decoder(hidden_states)
+        return F.linear(hidden_states, decoder_weight, self.decoder.bias)
 
 
 class NezhaOnlyMLMHead(nn.Module):
@@ -352,8 +382,8 @@ class NezhaOnlyMLMHead(nn.Module):
         super().__init__()
         self.predictions = NezhaLMPredictionHead(config)
 
-    def forward(self, sequence_output):
-        return self.predictions(sequence_output)
+    def forward(self, sequence_output, decoder_weight=None):
+        return self.predictions(sequence_output, decoder_weight)
 
 
 class NezhaOnlyNSPHead(nn.Module):
@@ -371,8 +401,8 @@ class NezhaPreTrainingHeads(nn.Module):
         self.predictions = NezhaLMPredictionHead(config)
         self.seq_relationship = nn.Linear(config.hidden_size, 2)
 
-    def forward(self, sequence_output, pooled_output):
-        return self.predictions(sequence_output), self.seq_relationship(pooled_output)
+    def forward(self, sequence_output, pooled_output, decoder_weight=None):
+        return self.predictions(sequence_output, decoder_weight), self.seq_relationship(pooled_output)
 
 
 # ------------------------------------------------------------------------------------------------------ models
@@ -416,7 +446,6 @@ class NezhaPreTrainedModel(nn.Module):
         if head is not None:
             head.weight = self.get_input_embeddings().weight
             head.bias = self._mlm_head().bias
-            getattr(self, self.base_model_prefix).embeddings.tied_decoder = True
 
     def _mlm_head(self) -> NezhaLMPredictionHead | None:
         cls = getattr(self, "cls", None)
@@ -499,6 +528,8 @@ class NezhaModel(NezhaPreTrainedModel):
         mask = None
         if attention_mask is not None:
             mask = extended_attention_mask(attention_mask, embedding_output.dtype)
+            if _keeps_every_key(attention_mask):
+                mask = None  # adding zeros: a pass over every layer's scores for nothing
         rows = None
         if output_positions is not None:
             rows = torch.cat([output_positions.new_zeros(output_positions.shape[0], 1), output_positions], dim=1)
@@ -514,6 +545,15 @@ class NezhaModel(NezhaPreTrainedModel):
         if rows is not None:
             sequence_output = sequence_output[:, 1:]
         return BaseModelOutputWithPooling(sequence_output, pooled_output, hidden_states, attentions)
+
+
+def _keeps_every_key(attention_mask: torch.Tensor) -> bool:
+    """Whether ``attention_mask`` masks nothing (no padding), checked on the CPU in eager mode only.
+
+    Elsewhere the check would cost a device sync or a data-dependent branch in a compiled/exported graph.
+    """
+    return (attention_mask.device.type == "cpu" and not torch.compiler.is_compiling()
+            and not torch.compiler.is_exporting() and bool(attention_mask.all()))
 
 
 def _body_kwargs(kwargs: dict) -> dict:
@@ -559,11 +599,12 @@ class NezhaForPreTraining(NezhaPreTrainedModel):
 
     def forward(self, input_ids=None, labels=None, next_sentence_label=None, masked_lm_positions=None, **kwargs):
         rows = _last_layer_rows(kwargs, masked_lm_positions)
-        outputs = self.nezha(input_ids, **_body_kwargs(kwargs), **rows)
+        input_ids, body, decoder_weight = tied_word_lookup(self, input_ids, _body_kwargs(kwargs))
+        outputs = self.nezha(input_ids, **body, **rows)
         sequence_output = outputs.last_hidden_state
         if masked_lm_positions is not None and not rows:
             sequence_output = gather_positions(sequence_output, masked_lm_positions)
-        prediction_scores, seq_relationship_score = self.cls(sequence_output, outputs.pooler_output)
+        prediction_scores, seq_relationship_score = self.cls(sequence_output, outputs.pooler_output, decoder_weight)
 
         loss = mlm_loss = nsp_loss = None
         if labels is not None:
@@ -587,8 +628,9 @@ class NezhaForMaskedLM(NezhaPreTrainedModel):
         self.post_init()
 
     def forward(self, input_ids=None, labels=None, **kwargs):
-        outputs = self.nezha(input_ids, **_body_kwargs(kwargs))
-        prediction_scores = self.cls(outputs.last_hidden_state)
+        input_ids, body, decoder_weight = tied_word_lookup(self, input_ids, _body_kwargs(kwargs))
+        outputs = self.nezha(input_ids, **body)
+        prediction_scores = self.cls(outputs.last_hidden_state, decoder_weight)
         loss = None
         if labels is not None:
             loss = F.cross_entropy(prediction_scores.view(-1, self.config.vocab_size).float(), labels.view(-1))
