@@ -343,8 +343,8 @@ def test_pooled_heads_take_inputs_embeds_and_name_missing_inputs():
         model(attention_mask=data["attention_mask"])
 
 
-@pytest.mark.parametrize("mlm_loss", [True, False])
-def test_sparse_word_gradient_gives_the_dense_gradient(mlm_loss, monkeypatch):
+@pytest.mark.parametrize("head,mlm_loss", [("pretraining", True), ("pretraining", False), ("masked-lm", True)])
+def test_sparse_word_gradient_gives_the_dense_gradient(head, mlm_loss, monkeypatch):
     # With a tied decoder the lookup sends back only the batch's rows, added into the decoder's gradient in place;
     # the gradient that reaches .grad is dense and equal to the plain lookup's, also when the decoder is not in the
     # backward (NSP loss alone).
@@ -358,8 +358,12 @@ def test_sparse_word_gradient_gives_the_dense_gradient(mlm_loss, monkeypatch):
     for sparse in (False, True):
         monkeypatch.setattr(modeling_nezha, "sparse_word_gradient", lambda weight, sparse=sparse: sparse)
         torch.manual_seed(0)
-        model = NezhaForPreTraining(config).train()
-        out = model(ids, labels=ids, next_sentence_label=torch.zeros(B, dtype=torch.long))
+        if head == "pretraining":
+            model = NezhaForPreTraining(config).train()
+            out = model(ids, labels=ids, next_sentence_label=torch.zeros(B, dtype=torch.long))
+        else:
+            model = NezhaForMaskedLM(config).train()
+            out = model(ids, labels=ids)
         with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
             (out.loss if mlm_loss else out.seq_relationship_logits.sum()).backward()
         # The ops that read a [V, H] tensor during the backward.
