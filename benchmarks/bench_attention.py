@@ -49,7 +49,7 @@ def _table_attention_forward(self, hidden_states, attention_mask, relative_table
     scores = scores / math.sqrt(d)
     if attention_mask is not None:
         scores = scores + attention_mask
-    probs = self.dropout(torch.softmax(scores, dim=-1))
+    probs = self.dropout(torch.softmax(scores, dim=-1, dtype=torch.promote_types(scores.dtype, torch.float32)))
     context = torch.matmul(probs.to(value.dtype), value)
     p_r = probs.permute(2, 0, 1, 3).reshape(length, b * h, length).to(relations.dtype)
     context = context + torch.matmul(p_r, relations).view(length, b, h, d).permute(1, 2, 0, 3)

@@ -398,3 +398,18 @@ def test_a_mask_without_padding_is_not_added():
     assert ops["ones"] == [] and ops["padded"] == ["aten::add_"] * model.config.num_hidden_layers
     torch.testing.assert_close(outputs["padded"][1], outputs["none"][1])  # row 1 has no padding
     assert not torch.allclose(outputs["padded"][0, :-3], outputs["none"][0, :-3])
+
+
+def test_attention_softmax_runs_in_fp32_under_autocast_with_or_without_a_mask():
+    # CPU autocast would run the softmax of bf16 scores in bf16; a mask (fp32) used to promote them. The
+    # probabilities are fp32 whether or not a mask is given, and an all-ones mask changes nothing.
+    model = NezhaModel(tiny_config()).eval()
+    ids = torch.randint(1, V, (B, L))
+    padded = torch.ones(B, L, dtype=torch.long)
+    padded[0, -3:] = 0
+    outputs = {}
+    for name, mask in (("none", None), ("ones", torch.ones(B, L, dtype=torch.long)), ("padded", padded)):
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            outputs[name] = model(ids, attention_mask=mask, output_attentions=True)
+        assert all(a.dtype == torch.float32 for a in outputs[name].attentions), name
+    torch.testing.assert_close(outputs["ones"].last_hidden_state, outputs["none"].last_hidden_state, rtol=0, atol=0)

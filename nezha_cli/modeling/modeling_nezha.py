@@ -213,10 +213,11 @@ class NezhaSelfAttention(nn.Module):
         else:
             scores = torch.matmul(query, key.transpose(-1, -2))
         if attention_mask is not None:
-            # In place where the dtypes agree: one [B, H, L, L] tensor fewer. Under autocast the low-precision
-            # scores plus the fp32 mask give fp32 scores, as in transformers.
+            # In place where the dtypes agree: one [B, H, L, L] tensor fewer.
             scores = scores.add_(attention_mask) if scores.dtype == attention_mask.dtype else scores + attention_mask
-        probs = self.dropout(torch.softmax(scores, dim=-1))
+        # The softmax in at least fp32, with or without a mask (transformers always adds its fp32 mask, which turns
+        # bf16/fp16 scores into fp32; CPU autocast would otherwise run it in bf16).
+        probs = self.dropout(torch.softmax(scores, dim=-1, dtype=torch.promote_types(scores.dtype, torch.float32)))
         if self.use_relative_positions:
             context = relative_context(probs, value, relative_table, positions)
         else:
