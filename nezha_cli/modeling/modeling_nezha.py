@@ -139,14 +139,13 @@ class _TiedWordWeight(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_lookup, grad_decoder):
-        if grad_lookup is not None and grad_lookup.is_sparse:
-            if grad_decoder is None:
-                return grad_lookup.to_dense()
-            # grad_decoder is the decoder's own fresh product, referenced nowhere else: safe to add into.
-            return grad_decoder.index_add_(0, grad_lookup._indices()[0], grad_lookup._values())
-        if grad_lookup is None or grad_decoder is None:
-            return grad_decoder if grad_lookup is None else grad_lookup
-        return grad_decoder + grad_lookup
+        # grad_lookup, when present, is the sparse gradient of the lookup (F.embedding(..., sparse=True)).
+        if grad_lookup is None:
+            return grad_decoder
+        if grad_decoder is None:
+            return grad_lookup.to_dense()
+        # grad_decoder is the decoder's own fresh product, referenced nowhere else: safe to add into.
+        return grad_decoder.index_add_(0, grad_lookup._indices()[0], grad_lookup._values())
 
 
 def tied_word_lookup(model: NezhaPreTrainedModel, input_ids, kwargs: dict) -> tuple:
