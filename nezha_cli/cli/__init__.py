@@ -29,6 +29,7 @@ COMMANDS: dict[str, str] = {
     "export": "nezha_cli.cli.export:export",
     "import": "nezha_cli.cli.import_:import_",
     "recipes": "nezha_cli.cli.recipes:recipes",
+    "corpus": "nezha_cli.cli.corpus:corpus",
 }
 
 

