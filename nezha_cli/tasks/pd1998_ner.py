@@ -18,9 +18,9 @@ below restore the commonest conventions of PD-NER:
 - a noun made of a known person's name and 理论/主义/思想 (邓小平理论) tags the name.
 
 The PD-NER release of ../shared/data shares no sentence with January 1998 but boilerplate such as "（附图片2张）"
-(checked by exact match; a test keeps it so), so
-training on this corpus and scoring on PD-NER's dev split does not leak. Use it as a first fine-tuning stage
-before the real training data (``nezha corpus pd1998-ner``, then ``nezha finetune`` twice; see the README).
+(checked by exact match; a test keeps it so), so training on this corpus and scoring on PD-NER's dev split does
+not leak. Use it as a first fine-tuning stage before the real training data (``nezha corpus pd1998-ner``, then
+``nezha finetune`` twice; see the README).
 """
 
 from __future__ import annotations
