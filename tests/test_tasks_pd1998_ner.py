@@ -68,6 +68,7 @@ def test_corpus(tmp_path):
     counts = {kind: 0 for kind in ("PER", "LOC", "ORG")}
     for example in examples:
         assert len(example.tokens) == len(example.tags) > 1
+        assert all(len(token) == 1 for token in example.tokens)  # characters (Ⅲ is not folded to III)
         assert not example.tags[0].startswith("I-")  # sentences are never cut inside an entity
         for kind, _, _ in get_entities(example.tags):
             counts[kind] += 1

@@ -138,7 +138,8 @@ def _character(char: str) -> str:
     # The corpus writes digits and Latin letters full-width (１９９８), PD-NER half-width; its punctuation is
     # full-width in both.
     folded = unicodedata.normalize("NFKC", char)
-    return folded if folded.isascii() and folded.isalnum() else char
+    # One character stays one (Ⅲ would fold to "III").
+    return folded if len(folded) == 1 and folded.isascii() and folded.isalnum() else char
 
 
 def _sentences(chars: list[str], tags: list[str]) -> Iterator[tuple[int, int]]:
