@@ -7,9 +7,10 @@ Three attention implementations in the same model, weights and data (only the at
                 tensor, multiplied in the [L, B*H, .] layout (written here, so the rest of the model is identical);
 * ``no-rel``    the relative terms switched off: plain attention, the lower limit.
 
-Timing: the three models take training steps in turn (ABCABC...), so drifting load on a shared machine hits them
-alike; the cost printed is the median over rounds of bucketed / no-rel (and table / bucketed). Peak memory: each
-(implementation, length, precision) runs again in a fresh subprocess, so its peak RSS is its own.
+Timing: the three models take training steps in turn, in alternating order (ABC CBA ABC ...), so drifting load on a
+shared machine hits them alike and no model always runs right after the same other one; the cost printed is the
+median over rounds of bucketed / no-rel (and table / bucketed). Peak memory: each (implementation, length,
+precision) runs again in a fresh subprocess, so its peak RSS is its own.
 
     python benchmarks/bench_attention.py                 # BERT-base shape, L = 128 (batch 8) and 512 (batch 2)
     python benchmarks/bench_attention.py --layers 2 --steps 2 --precision fp32   # quicker
@@ -121,20 +122,28 @@ def peak_memory(impl: str, length: int, batch: int, layers: int, precision: str,
 
 
 def interleaved_times(length: int, batch: int, layers: int, precision: str, device: str, steps: int) -> dict:
-    """Seconds per step of each implementation, the three models stepping in turn (ABCABC...).
+    """Seconds per step of each implementation, the three models stepping in turn (ABC CBA ABC ...).
 
     Load on a shared machine drifts over minutes; taking turns step by step exposes all three to the same drift,
-    and the per-round ratios to no-rel cancel most of it.
+    and the per-round ratios to no-rel cancel most of it. The order alternates because a step's time depends on
+    which model ran just before it (cache and allocator state): on a 2-core EPYC, bucketed / no-rel at L = 128 was
+    1.066 (mean of 3 runs) with bucketed always after no-rel, 1.038 always after the table model.
     """
     runs = {impl: make_step(impl, length, batch, layers, precision, device) for impl in IMPLEMENTATIONS}
     for run in runs.values():
         run()  # warm-up (allocator, kernels)
     times: dict[str, list[float]] = {impl: [] for impl in IMPLEMENTATIONS}
-    for _ in range(steps):
-        for impl, run in runs.items():
-            times[impl].append(run())
-    ratios = {impl: statistics.median(t / n for t, n in zip(times[impl], times["no-rel"])) for impl in IMPLEMENTATIONS}
-    return {impl: {"seconds": statistics.median(times[impl]), "ratio": ratios[impl]} for impl in IMPLEMENTATIONS}
+    for round_ in range(steps):
+        for impl in IMPLEMENTATIONS if round_ % 2 == 0 else reversed(IMPLEMENTATIONS):
+            times[impl].append(runs[impl]())
+    results = {}
+    for impl in IMPLEMENTATIONS:
+        ratios = [t / n for t, n in zip(times[impl], times["no-rel"])]
+        # The quartiles show how far single rounds scatter (several points on a shared 2-core machine).
+        quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
+        results[impl] = {"seconds": statistics.median(times[impl]), "ratio": statistics.median(ratios),
+                         "ratio_q1": quartiles[0], "ratio_q3": quartiles[2]}
+    return results
 
 
 def main() -> None:
@@ -191,7 +200,8 @@ def main() -> None:
         b, t, n = (timing[impl] for impl in IMPLEMENTATIONS)
         table_mib = length * length * 64 * 4 / 2**20
         # The absolute extra time too: a faster rest of the model (e.g. its dropout) raises the share alone.
-        print(f"{precision} L={length}: relative terms cost {b['ratio'] - 1:+.1%} time (median of per-round ratios; "
+        print(f"{precision} L={length}: relative terms cost {b['ratio'] - 1:+.1%} time (median of per-round ratios, "
+              f"quartiles {b['ratio_q1'] - 1:+.1%} / {b['ratio_q3'] - 1:+.1%}; "
               f"{(b['seconds'] - n['seconds']) * 1e3:+.0f} ms per step) "
               f"and {b['peak_mib'] - n['peak_mib']:+.0f} MiB over no-rel; the table formulation takes "
               f"{t['ratio'] / b['ratio']:.2f}x the time and {t['peak_mib'] - b['peak_mib']:+.0f} MiB "

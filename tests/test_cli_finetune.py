@@ -312,3 +312,46 @@ def test_model_and_output_problems(tmp_path, senti):
     result = run("finetune", "--task", "chnsenti", "--model", model, "--data-dir", senti, "-o", out, *FAST)
     assert_one_line_error(result, "output directory is not empty", "--resume", "--overwrite")
     assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+
+
+# ------------------------------------------------------------------------------------ several training files
+
+
+def _ner_tsv(path: Path, rows: list[tuple[str, str]]) -> Path:
+    path.write_text("text_a\tlabel\n" + "".join(f"{' '.join(chars)}\t{tags}\n" for chars, tags in rows),
+                    encoding="utf-8")
+    return path
+
+
+def test_repeated_train_file_trains_on_the_union(tmp_path):
+    gold = _ner_tsv(tmp_path / "gold.tsv", [("张三去北京", "B-PER I-PER O B-LOC I-LOC")] * 4)
+    silver = _ner_tsv(tmp_path / "silver.tsv", [("新华社报道", "B-ORG I-ORG I-ORG O O")] * 4)
+    model = model_for(tmp_path, gold, silver)
+    out = tmp_path / "out"
+    ok(run("finetune", "--task", "pd-ner", "--model", model, "--train-file", silver, "--train-file", gold,
+           "--validation-file", gold, "-o", out, "--epochs", "1", "--batch-size", "8", "--max-seq-length", "16",
+           *FAST))
+    config = json.loads((out / "final" / "config.json").read_text(encoding="utf-8"))
+    # ORG comes from the first file only, PER/LOC from the second; 8 examples make one batch of 8.
+    assert set(config["id2label"].values()) == {"O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG"}
+    assert any("loss" in r for r in read_metrics(out))
+
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("text_a\tlabel\n张 三\tB-PER\n", encoding="utf-8")  # two characters, one tag
+    _refused(tmp_path / "refused", "--task", "pd-ner", "--model", model, "--train-file", gold, "--train-file", bad,
+             "--validation-file", gold, fragments=("bad.tsv:2",))
+    # Both files together still make fewer features than one batch: the message names both.
+    _refused(tmp_path / "refused", "--task", "pd-ner", "--model", model, "--train-file", gold, "--train-file",
+             silver, "--validation-file", gold, "--batch-size", "32",
+             fragments=("gold.tsv + ", "silver.tsv", "fewer than one batch"))
+
+
+def test_relaunch_args_repeat_multiple_options():
+    from nezha_cli.cli.finetune import finetune, relaunch_args
+
+    ctx = finetune.make_context("finetune", ["--task", "pd-ner", "--model", ".", "--train-file", "pyproject.toml",
+                                             "--train-file", "README.md", "-o", "out", "--num-processes", "2"])
+    args = relaunch_args(ctx)
+    assert args[args.index("--train-file") + 1] == "pyproject.toml"
+    assert args.count("--train-file") == 2 and args[-2:] != ["--num-processes", "2"]
+    assert "README.md" in args and "--num-processes" not in args

@@ -51,10 +51,14 @@ def relaunch_args(ctx: click.Context) -> list[str]:
     args.append(ctx.command.name)
     for param in ctx.command.params:
         value = ctx.params.get(param.name)
-        if param.name == "num_processes" or value is None or value is False:
+        if param.name == "num_processes" or value is None or value is False or value == ():
             continue
         flag = param.opts[-1] if param.opts[-1].startswith("--") else param.opts[0]
-        args += [flag] if value is True else [flag, str(value)]
+        if value is True:
+            args.append(flag)
+        else:
+            for item in value if isinstance(value, (tuple, list)) else (value,):  # multiple=True options
+                args += [flag, str(item)]
     return args
 
 
@@ -66,7 +70,10 @@ def relaunch_args(ctx: click.Context) -> list[str]:
 @click.option("--data-dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Directory with train/dev/test files by their usual names (train.tsv, dev.tsv, test.tsv; "
                    "train.json, dev.json, trial.json for cmrc).")
-@click.option("--train-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Training file.")
+@click.option("--train-file", "train_files", multiple=True,
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Training file; repeat it to train on several files as one set (e.g. a large silver-labelled "
+                   "corpus and a small gold one; the label set is the union).")
 @click.option("--validation-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Dev file, evaluated after every epoch; the best epoch becomes OUT/final.")
 @click.option("--test-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -108,7 +115,7 @@ def relaunch_args(ctx: click.Context) -> list[str]:
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty OUT.")
 @column_options
 @click.pass_context
-def finetune(ctx: click.Context, task_name: str, model_dir: Path, data_dir: Path | None, train_file: Path | None,
+def finetune(ctx: click.Context, task_name: str, model_dir: Path, data_dir: Path | None, train_files: tuple[Path, ...],
              validation_file: Path | None, test_file: Path | None, output_dir: Path, num_processes: int,
              **kwargs) -> None:
     """Fine-tune a pretrained model on a task, evaluating on the dev split every epoch.
@@ -123,6 +130,8 @@ def finetune(ctx: click.Context, task_name: str, model_dir: Path, data_dir: Path
       nezha finetune --task chnsenti --model pretrained/final --data-dir data/chnsenticorp -o runs/chnsenti
       nezha finetune --task classification --model M --train-file train.csv --validation-file dev.csv \\
           --text-column review --label-column stars -o runs/reviews
+      nezha finetune --task pd-ner --model M --train-file silver.tsv --train-file train.tsv \\
+          --validation-file dev.tsv -o runs/ner
     """
     from nezha_cli.engine.launch import in_launched_process, launch_processes
 
@@ -134,7 +143,7 @@ def finetune(ctx: click.Context, task_name: str, model_dir: Path, data_dir: Path
     from nezha_cli.tasks.finetune import finetune as run_finetune
 
     task = get_task(task_name, **columns_from(kwargs))
-    files = DataFiles.resolve(task, data_dir, train_file, validation_file, test_file)
+    files = DataFiles.resolve(task, data_dir, train_files or None, validation_file, test_file)
     quiet = bool(ctx.obj and ctx.obj.get("quiet"))
     options = FinetuneOptions(**kwargs, progress=not quiet)
     result = run_finetune(task, model_dir, output_dir, files, options)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,18 +31,24 @@ TEST_RESULTS = "test_results.json"
 
 @dataclass
 class DataFiles:
-    train: Path
+    train: tuple[Path, ...]  # one or more files, read as one training set
     dev: Path | None = None
     test: Path | None = None
 
+    @property
+    def train_name(self) -> str:
+        """The training file(s), for messages."""
+        return " + ".join(str(path) for path in self.train)
+
     @classmethod
-    def resolve(cls, task: Task, data_dir: Path | None, train: Path | None = None, dev: Path | None = None,
-                test: Path | None = None) -> DataFiles:
+    def resolve(cls, task: Task, data_dir: Path | None, train: Path | Sequence[Path] | None = None,
+                dev: Path | None = None, test: Path | None = None) -> DataFiles:
         """Explicit files win; the rest are looked up in ``data_dir`` by the task's usual names."""
-        if data_dir is None and train is None:
+        if data_dir is None and not train:
             raise ConfigError("give --data-dir or --train-file")
-        if train is None:
+        if not train:
             train = task.split_file(data_dir, "train")
+        train = (train,) if isinstance(train, (str, Path)) else tuple(train)
         for split, given in (("dev", dev), ("test", test)):
             if given is None and data_dir is not None:
                 try:
@@ -52,10 +59,10 @@ class DataFiles:
                 dev = given
             else:
                 test = given
-        for path in (train, dev, test):
+        for path in (*train, dev, test):
             if path is not None and not Path(path).is_file():
                 raise DataError(f"{path}: file not found")
-        return cls(Path(train), Path(dev) if dev else None, Path(test) if test else None)
+        return cls(tuple(Path(path) for path in train), Path(dev) if dev else None, Path(test) if test else None)
 
 
 @dataclass
@@ -139,10 +146,10 @@ def finetune(task: Task, model_dir: Path, output_dir: Path, files: DataFiles,
         raise CheckpointError(f"{model_dir}: model directory not found")
 
     # -- data: read and check everything before OUT is touched ------------------------------------------------
-    train_examples = task.read(files.train)
+    train_examples = [example for path in files.train for example in task.read(path)]
     labels = task.labels(train_examples)
     if task.label_list is None and len(labels) < 2 and task.model_class_name != "NezhaForTokenClassification":
-        raise DataError(f"{files.train}: only one label ({', '.join(labels)}); classification needs at least two")
+        raise DataError(f"{files.train_name}: only one label ({', '.join(labels)}); classification needs at least two")
     dev_examples = task.read(files.dev, labels=labels) if files.dev else None
     if dev_examples is None:
         logger.warning("no dev file: nothing is evaluated during training and OUT/final is the last epoch "
@@ -153,7 +160,7 @@ def finetune(task: Task, model_dir: Path, output_dir: Path, files: DataFiles,
     label2id = {name: i for i, name in enumerate(labels)}
     train_features = task.build_features(train_examples, tokenizer, max_seq_length, label2id, training=True)
     if len(train_features) < batch_size:
-        raise DataError(f"{files.train}: {len(train_features)} training features, fewer than one batch of "
+        raise DataError(f"{files.train_name}: {len(train_features)} training features, fewer than one batch of "
                         f"{batch_size}; use more data or a smaller --batch-size")
     dev_features = (task.build_features(dev_examples, tokenizer, max_seq_length, label2id, training=False)
                     if dev_examples else None)
