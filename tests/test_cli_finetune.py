@@ -163,6 +163,8 @@ def test_generic_classification_learns(tmp_path):
     losses = [r["loss"] for r in records if "loss" in r]
     assert sum(losses[-3:]) / 3 < 0.8 * losses[0]
     assert max(r["eval_accuracy"] for r in records if "eval_accuracy" in r) == 1.0
+    # One dev evaluation per epoch, numbered by the epochs completed (the last one too).
+    assert [r["epoch"] for r in records if "eval_accuracy" in r] == list(range(1, 9))
     config = json.loads((out / "final" / "config.json").read_text(encoding="utf-8"))
     assert config["id2label"] == {"0": "bad", "1": "good"}
 

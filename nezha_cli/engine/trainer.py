@@ -299,6 +299,11 @@ class Trainer:
                             self._save(step)
                             last_saved = step
                         if step >= total_steps:
+                            if st["step_in_epoch"] == steps_per_epoch:
+                                # The last step ended an epoch: count it like the else branch counts the others
+                                # (the final evaluation would otherwise carry the previous epoch's number).
+                                st["epoch"] += 1
+                                st["step_in_epoch"] = 0
                             break
                     else:
                         st["epoch"] += 1
