@@ -355,5 +355,5 @@ def test_relaunch_args_repeat_multiple_options():
                                              "--train-file", "README.md", "-o", "out", "--num-processes", "2"])
     args = relaunch_args(ctx)
     assert args[args.index("--train-file") + 1] == "pyproject.toml"
-    assert args.count("--train-file") == 2 and args[-2:] != ["--num-processes", "2"]
+    assert args.count("--train-file") == 2
     assert "README.md" in args and "--num-processes" not in args

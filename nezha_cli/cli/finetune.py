@@ -143,7 +143,7 @@ def finetune(ctx: click.Context, task_name: str, model_dir: Path, data_dir: Path
     from nezha_cli.tasks.finetune import finetune as run_finetune
 
     task = get_task(task_name, **columns_from(kwargs))
-    files = DataFiles.resolve(task, data_dir, train_files or None, validation_file, test_file)
+    files = DataFiles.resolve(task, data_dir, train_files, validation_file, test_file)
     quiet = bool(ctx.obj and ctx.obj.get("quiet"))
     options = FinetuneOptions(**kwargs, progress=not quiet)
     result = run_finetune(task, model_dir, output_dir, files, options)
