@@ -102,10 +102,10 @@ def children_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def finetune(task: str, model: Path, train: Path | list[Path], dev: Path, out: Path, settings: dict, scratch: bool,
+def finetune(task: str, model: Path, train: list[Path], dev: Path, out: Path, settings: dict, scratch: bool,
              extra: list[str]) -> dict:
     command = [sys.executable, "-m", "nezha_cli", "finetune", "--task", task, "--model", str(model)]
-    for path in train if isinstance(train, list) else [train]:
+    for path in train:
         command += ["--train-file", str(path)]
     command += ["--validation-file", str(dev), "-o", str(out), "--overwrite"]
     for key, value in settings.items():
@@ -177,11 +177,11 @@ def main() -> None:
                 if two_stages:
                     # Both inits get the same first stage; the scratch one starts it from random weights.
                     stage = {**PD1998_STAGE, "epochs": args.pd1998_epochs}
-                    first = finetune(task, args.pretrained, pd1998, dev,
+                    first = finetune(task, args.pretrained, [pd1998], dev,
                                      args.out / f"{task}-{init}-seed{seed}-pd1998", stage, scratch=init == "scratch",
                                      extra=extra)
                     model = args.out / f"{task}-{init}-seed{seed}-pd1998" / "final"
-                run_train = [pd1998, *[train] * args.pd1998_mix] if mixed else train
+                run_train = [pd1998, *[train] * args.pd1998_mix] if mixed else [train]
                 run = finetune(task, model, run_train, dev, args.out / f"{task}-{init}-seed{seed}", settings,
                                scratch=init == "scratch" and not two_stages, extra=extra)
                 scores = [r[f"eval_{metric}"] for r in run["records"] if f"eval_{metric}" in r]
