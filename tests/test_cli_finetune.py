@@ -211,6 +211,7 @@ def test_generic_tasks_run_end_to_end(tmp_path, task, architecture):
 def test_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch, batching):
     from safetensors.torch import load_file
 
+    from nezha_cli.engine.trainer import Trainer
     from nezha_cli.tasks.sequence_classification import SequenceClassificationTask
 
     train = _write_rows(tmp_path / "train.jsonl", _sentiment_rows(32, 0))
@@ -230,18 +231,34 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch, batc
             raise KeyboardInterrupt
         return original(self, examples, predictions)
 
-    monkeypatch.setattr(SequenceClassificationTask, "compute_metrics", interrupt_at_second_evaluation)
-    interrupted = run(*args, "-o", tmp_path / "resumed")
-    assert interrupted.exit_code == 130 and not (tmp_path / "resumed" / "final").exists()
-    monkeypatch.setattr(SequenceClassificationTask, "compute_metrics", original)
-    ok(run(*args, "-o", tmp_path / "resumed", "--resume"))
+    original_step = Trainer._micro_step
+    steps = {"n": 0}
 
-    whole = load_file(tmp_path / "whole" / "final" / "model.safetensors")
-    resumed = load_file(tmp_path / "resumed" / "final" / "model.safetensors")
-    assert whole.keys() == resumed.keys()
-    assert all((whole[k] == resumed[k]).all() for k in whole)
-    evals = [r["eval_accuracy"] for r in read_metrics(tmp_path / "resumed") if "eval_accuracy" in r]
-    assert evals == [r["eval_accuracy"] for r in read_metrics(tmp_path / "whole") if "eval_accuracy" in r]
+    def interrupt_in_third_epoch(self, batch):
+        steps["n"] += 1
+        if steps["n"] == 10:  # 4 steps per epoch: after epoch 2 was evaluated and checkpointed
+            raise KeyboardInterrupt
+        return original_step(self, batch)
+
+    # Interrupted while evaluating (the epoch's checkpoint is not written yet), then while training the epoch after
+    # an evaluated one: each resume must log every evaluation once, and end with the same weights.
+    for target, name, interrupt in ((SequenceClassificationTask, "compute_metrics", interrupt_at_second_evaluation),
+                                    (Trainer, "_micro_step", interrupt_in_third_epoch)):
+        out = tmp_path / f"resumed-{name}"
+        monkeypatch.setattr(target, name, interrupt)
+        interrupted = run(*args, "-o", out)
+        assert interrupted.exit_code == 130 and not (out / "final").exists()
+        monkeypatch.undo()
+        ok(run(*args, "-o", out, "--resume"))
+
+        whole = load_file(tmp_path / "whole" / "final" / "model.safetensors")
+        resumed = load_file(out / "final" / "model.safetensors")
+        assert whole.keys() == resumed.keys()
+        assert all((whole[k] == resumed[k]).all() for k in whole)
+        evals = [(r["epoch"], r["eval_accuracy"]) for r in read_metrics(out) if "eval_accuracy" in r]
+        assert evals == [(r["epoch"], r["eval_accuracy"]) for r in read_metrics(tmp_path / "whole")
+                         if "eval_accuracy" in r]
+        assert [epoch for epoch, _ in evals] == [1, 2, 3]
 
 
 # -------------------------------------------------------------------------------------------- bad input

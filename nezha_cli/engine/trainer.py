@@ -271,6 +271,7 @@ class Trainer:
         self._reset_window()
         last_record: dict[str, float] = {}
         last_saved = st["global_step"] if resume_from else -1
+        save_after_epoch = False
         if resume_from is not None and st["global_step"] >= total_steps:
             logger.info("%s: the run is complete (step %d of %d); pass --overwrite to start over, or --resume with "
                         "a larger max_steps to go on", args.output_dir, st["global_step"], total_steps)
@@ -296,8 +297,13 @@ class Trainer:
                         if args.eval_steps and step % args.eval_steps == 0:
                             self._evaluate(log)
                         if args.save_steps and step % args.save_steps == 0:
-                            self._save(step)
-                            last_saved = step
+                            if st["step_in_epoch"] == steps_per_epoch and step < total_steps:
+                                # The epoch's last step: save once the epoch is closed (and evaluated, below), so
+                                # that a resume neither re-runs nor re-logs that evaluation.
+                                save_after_epoch = True
+                            else:
+                                self._save(step)
+                                last_saved = step
                         if step >= total_steps:
                             if st["step_in_epoch"] == steps_per_epoch:
                                 # The last step ended an epoch: count it like the else branch counts the others
@@ -310,6 +316,10 @@ class Trainer:
                         st["step_in_epoch"] = 0
                         if args.eval_each_epoch:
                             self._evaluate(log)
+                        if save_after_epoch:
+                            self._save(st["global_step"])
+                            last_saved = st["global_step"]
+                            save_after_epoch = False
                 if self.evaluate_fn is not None and st["last_eval_step"] != st["global_step"]:
                     self._evaluate(log)
                 if last_saved != st["global_step"]:
