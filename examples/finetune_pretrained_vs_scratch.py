@@ -23,7 +23,7 @@ minutes reported are those of both stages.
 
 With --pd1998-mix R, PD-NER runs in one stage on the embedded corpus and the training set repeated R times (one
 training set: `nezha finetune --train-file pd1998-ner.tsv --train-file train.tsv ...`), 4 epochs at lr 1e-3,
-batch 32, --group-by-length: the best recipe measured so far (see the README).
+batch 32, --group-by-length; with --crf as well, the best recipe measured so far (see the README).
 """
 
 from __future__ import annotations
@@ -144,6 +144,8 @@ def main() -> None:
     parser.add_argument("--pd1998-mix", type=int, default=0, metavar="R",
                         help="pd-ner: one stage on the embedded corpus plus the training set repeated R times "
                              "(4 epochs, lr 1e-3, batch 32, --group-by-length). 0: off")
+    parser.add_argument("--crf", action="store_true",
+                        help="pd-ner: a CRF over the tags (`nezha finetune --crf`), in every stage")
     parser.add_argument("extra", nargs="*", help="more `nezha finetune` options, after --")
     args = parser.parse_args()
     if args.pd1998_epochs > 0 and args.pd1998_mix > 0:
@@ -158,6 +160,8 @@ def main() -> None:
         for key in ("epochs", "learning_rate", "max_seq_length"):
             if getattr(args, key) is not None:
                 settings[key] = getattr(args, key)
+        crf = {"crf": True} if task == "pd-ner" and args.crf else {}
+        settings.update(crf)
         train = limited_copy(args.data / folder / "train.tsv", args.out / "data" / task / "train.tsv",
                              args.train_limit)
         dev = limited_copy(args.data / folder / "dev.tsv", args.out / "data" / task / "dev.tsv", args.dev_limit)
@@ -176,7 +180,7 @@ def main() -> None:
                 model, first = args.pretrained, None
                 if two_stages:
                     # Both inits get the same first stage; the scratch one starts it from random weights.
-                    stage = {**PD1998_STAGE, "epochs": args.pd1998_epochs}
+                    stage = {**PD1998_STAGE, "epochs": args.pd1998_epochs, **crf}
                     first = finetune(task, args.pretrained, [pd1998], dev,
                                      args.out / f"{task}-{init}-seed{seed}-pd1998", stage, scratch=init == "scratch",
                                      extra=extra)

@@ -365,6 +365,31 @@ def test_repeated_train_file_trains_on_the_union(tmp_path):
              fragments=("gold.tsv + ", "silver.tsv", "fewer than one batch"))
 
 
+def test_crf_head_trains_decodes_and_evaluates_alike(tmp_path, senti):
+    gold = _ner_tsv(tmp_path / "gold.tsv", [("张三去北京", "B-PER I-PER O B-LOC I-LOC"),
+                                            ("李四在上海", "B-PER I-PER O B-LOC I-LOC")] * 8)
+    model = model_for(tmp_path, gold)
+    out = tmp_path / "out"
+    ok(run("finetune", "--task", "pd-ner", "--model", model, "--train-file", gold, "--validation-file", gold,
+           "-o", out, "--epochs", "2", "--batch-size", "8", "--max-seq-length", "16", "--crf",
+           "--crf-learning-rate", "0.05", *FAST))
+    config = json.loads((out / "final" / "config.json").read_text(encoding="utf-8"))
+    assert config["use_crf"] is True
+    from safetensors.torch import load_file
+
+    transitions = load_file(out / "final" / "model.safetensors")["crf.transitions"]
+    # 4 steps at up to 0.05 each (Adam): the transitions moved by far more than the body's 1e-3 would allow.
+    assert transitions.abs().max() > 0.05
+    logged = [r["eval_f1"] for r in read_metrics(out) if "eval_f1" in r]
+    metrics = tmp_path / "m.json"
+    ok(run("evaluate", "pd-ner", "--model", out / "final", "--file", gold, "--output", metrics))
+    # `nezha evaluate` decodes with the saved transitions, as the dev evaluation during training did.
+    assert json.loads(metrics.read_text(encoding="utf-8"))["f1"] == pytest.approx(max(logged))
+
+    _refused(tmp_path / "refused", "--task", "chnsenti", "--model", model, "--data-dir", senti, "--crf",
+             fragments=("--crf: task chnsenti has no tags",))
+
+
 def test_relaunch_args_repeat_multiple_options():
     from nezha_cli.cli.finetune import finetune, relaunch_args
 

@@ -109,6 +109,11 @@ def relaunch_args(ctx: click.Context) -> list[str]:
 @click.option("--from-scratch", is_flag=True,
               help="Randomly initialise the model (same architecture as --model) instead of loading its weights: "
                    "the baseline that shows what pretraining is worth.")
+@click.option("--crf", is_flag=True,
+              help="Tagging tasks (pd-ner, ner): a linear-chain CRF over the tags (trained on whole-sentence "
+                   "likelihood, Viterbi decoding), as UER-py's --crf_target; kept in OUT/final.")
+@click.option("--crf-learning-rate", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Peak learning rate of the CRF's transitions, which start at zero [default: 1e-2].")
 @click.option("--vocab", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="vocab.txt when the model directory has none.")
 @click.option("--resume", is_flag=True, help="Continue the run in OUT from its newest checkpoint.")
@@ -131,7 +136,7 @@ def finetune(ctx: click.Context, task_name: str, model_dir: Path, data_dir: Path
       nezha finetune --task classification --model M --train-file train.csv --validation-file dev.csv \\
           --text-column review --label-column stars -o runs/reviews
       nezha finetune --task pd-ner --model M --train-file silver.tsv --train-file train.tsv \\
-          --validation-file dev.tsv -o runs/ner
+          --validation-file dev.tsv -o runs/ner --crf
     """
     from nezha_cli.engine.launch import in_launched_process, launch_processes
 

@@ -38,6 +38,9 @@ class TrainingArguments:
     lr_schedule: str = "linear"
     lr_power: float = 1.0
     lr_end: float = 0.0
+    # Peak learning rate of the parameters whose name starts with a key, instead of learning_rate (a few head
+    # parameters that start from nothing, such as a CRF's transitions, next to a pretrained body). Same schedule.
+    learning_rates: dict[str, float] = dataclasses.field(default_factory=dict)
 
     mixed_precision: str = "auto"
     seed: int = 42
@@ -95,6 +98,9 @@ class TrainingArguments:
             raise ConfigError(f"mixed_precision={self.mixed_precision!r}: use one of {', '.join(MIXED_PRECISIONS)}")
         if not self.learning_rate > 0:
             raise ConfigError(f"learning_rate={self.learning_rate!r}: must be > 0")
+        for prefix, rate in self.learning_rates.items():
+            if not rate > 0:
+                raise ConfigError(f"learning rate of {prefix}*={rate!r}: must be > 0")
         if not 0 <= self.lr_end < self.learning_rate:
             raise ConfigError(f"lr_end={self.lr_end!r}: must be in [0, learning_rate)")
         if not 0 <= self.warmup_ratio < 1:

@@ -102,15 +102,22 @@ def _no_decay(name: str, param: nn.Parameter) -> bool:
     return param.ndim < 2 or "LayerNorm" in name or "layer_norm" in name or name.endswith("bias")
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Two groups: decayed weights, and biases/LayerNorm without decay. Tied parameters appear once."""
-    decay, no_decay = [], []
+def param_groups(model: nn.Module, weight_decay: float, learning_rates: dict[str, float] | None = None) -> list[dict]:
+    """Two groups: decayed weights, and biases/LayerNorm without decay; the parameters named by a prefix of
+    ``learning_rates`` form further groups with that peak learning rate. Tied parameters appear once."""
+    learning_rates = learning_rates or {}
+    groups: dict[tuple[str | None, bool], dict] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        (no_decay if _no_decay(name, param) else decay).append(param)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return [g for g in groups if g["params"]]
+        prefix = next((p for p in learning_rates if name.startswith(p)), None)
+        decayed = not _no_decay(name, param)
+        group = groups.setdefault((prefix, decayed), {"params": [], "weight_decay": weight_decay if decayed else 0.0})
+        if prefix is not None:
+            group["lr"] = learning_rates[prefix]
+        group["params"].append(param)
+    # Decayed before undecayed, the plain groups first: the order the optimizer state of older checkpoints has.
+    return [groups[key] for key in sorted(groups, key=lambda k: (k[0] is not None, k[0] or "", not k[1]))]
 
 
 def build_optimizer(model: nn.Module, args: TrainingArguments, loss_scaling: bool = False) -> torch.optim.Optimizer:
@@ -120,7 +127,7 @@ def build_optimizer(model: nn.Module, args: TrainingArguments, loss_scaling: boo
     optimizer's ``step`` not having run, while a fused optimizer always runs and skips inside its kernel; so
     AdamW is fused only without a scaler.
     """
-    groups = param_groups(model, args.weight_decay)
+    groups = param_groups(model, args.weight_decay, args.learning_rates)
     betas = (args.adam_beta1, args.adam_beta2)
     if args.optimizer == "lamb":
         return Lamb(groups, lr=args.learning_rate, betas=betas, eps=args.adam_epsilon)

@@ -55,6 +55,10 @@ def load_for_export(model_dir: Path | str) -> NezhaPreTrainedModel:
     if problems:
         raise CheckpointError(f"{model_dir}: the weights do not fit the config ({len(problems)} tensor(s) missing or "
                               f"mis-shaped: {', '.join(problems[:3])}{' ...' if len(problems) > 3 else ''})")
+    if getattr(model, "crf", None) is not None:
+        raise CheckpointError(f"{model_dir}: a tagger with a CRF (fine-tuned with --crf); the exports hold the "
+                              "network but not its Viterbi decoding, so they would tag differently: not supported "
+                              "yet, use `nezha evaluate` with this directory")
     return model.eval()
 
 

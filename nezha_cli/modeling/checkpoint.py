@@ -28,7 +28,7 @@ _DERIVED_SUFFIXES = ("relative_positions_encoding.positions_encoding", "embeddin
                      "embeddings.token_type_ids")
 
 # Parameters that belong to task heads rather than the NEZHA body; missing ones are expected when fine-tuning.
-_HEAD_PREFIXES = ("cls.", "classifier.", "qa_outputs.")
+_HEAD_PREFIXES = ("cls.", "classifier.", "qa_outputs.", "crf.")
 
 
 @dataclass

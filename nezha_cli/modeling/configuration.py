@@ -50,6 +50,8 @@ class NezhaConfig:
     id2label: dict[int, str] | None = None
     problem_type: str | None = None
     architectures: list[str] | None = None
+    # NezhaForTokenClassification with a CRF over its tags (not in transformers' config; written only when set).
+    use_crf: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -100,6 +102,8 @@ class NezhaConfig:
             )
         if not (0 <= self.pad_token_id < self.vocab_size):
             raise ConfigError(f"config field pad_token_id={self.pad_token_id}: must be in [0, vocab_size)")
+        if not isinstance(self.use_crf, bool):
+            raise ConfigError(f"config field use_crf={self.use_crf!r}: must be true or false")
         if self.problem_type not in (None, "regression", "single_label_classification", "multi_label_classification"):
             raise ConfigError(f"config field problem_type={self.problem_type!r}: unknown problem type")
 
@@ -130,7 +134,7 @@ class NezhaConfig:
             if f.name in ("extra", "num_labels", "id2label"):
                 continue
             value = getattr(self, f.name)
-            if f.name == "architectures" and value is None:
+            if (f.name == "architectures" and value is None) or (f.name == "use_crf" and not value):
                 continue
             out[f.name] = value
         # transformers reads the label count from id2label; JSON object keys are strings.

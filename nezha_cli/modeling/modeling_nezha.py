@@ -16,6 +16,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from nezha_cli.modeling.configuration import NezhaConfig
+from nezha_cli.modeling.crf import ConditionalRandomField
 from nezha_cli.modeling.dropout import Dropout
 from nezha_cli.modeling.relative_attention import (
     RelativePositions,
@@ -725,13 +726,17 @@ class NezhaForTokenClassification(NezhaPreTrainedModel):
         self.nezha = NezhaModel(config, add_pooling_layer=False)
         self.dropout = _classifier_dropout(config)
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        # With use_crf the logits are a CRF's emission scores: the loss is the CRF's and so is the decoding.
+        self.crf = ConditionalRandomField(config.num_labels) if config.use_crf else None
         self.post_init()
 
     def forward(self, input_ids=None, labels=None, **kwargs):
         outputs = self.nezha(input_ids, **_body_kwargs(kwargs))
         logits = self.classifier(self.dropout(outputs.last_hidden_state))
         loss = None
-        if labels is not None:
+        if labels is not None and self.crf is not None:
+            loss = self.crf(logits, labels)
+        elif labels is not None:
             loss = F.cross_entropy(logits.view(-1, self.num_labels).float(), labels.view(-1))
         return TokenClassifierOutput(loss, logits, outputs.hidden_states, outputs.attentions)
 

@@ -153,9 +153,15 @@ class Task:
     output_names: ClassVar[tuple[str, ...]] = ("logits",)
 
     def postprocess(self, examples: Sequence, features: Sequence[dict[str, Any]], outputs: dict[str, np.ndarray],
-                    id2label: dict[int, str]) -> list:
-        """One prediction per example from the model outputs of all features (in feature order)."""
+                    id2label: dict[int, str], **decoding: Any) -> list:
+        """One prediction per example from the model outputs of all features (in feature order); ``decoding`` is
+        what :meth:`decoding` took from the model."""
         raise NotImplementedError
+
+    def decoding(self, model: torch.nn.Module) -> dict[str, Any]:
+        """Keyword arguments of :meth:`postprocess` that come from the model's weights rather than its outputs
+        (a tagger's CRF transitions); none by default."""
+        return {}
 
     def has_references(self, examples: Sequence) -> bool:
         raise NotImplementedError

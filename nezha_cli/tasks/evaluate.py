@@ -70,7 +70,7 @@ def predict_examples(task: Task, model, labels: Sequence[str], examples: Sequenc
     features = task.build_features(examples, tokenizer, max_seq_length, label2id, training=False)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     outputs = predict(task, model, features, batch_size, device=device, progress=progress)
-    return task.postprocess(examples, features, outputs, dict(enumerate(labels)))
+    return task.postprocess(examples, features, outputs, dict(enumerate(labels)), **task.decoding(model))
 
 
 def evaluate_model(task: Task, model_dir: Path, file: Path, max_seq_length: int | None = None, batch_size: int = 64,

@@ -27,6 +27,9 @@ from nezha_cli.tasks.tokenization import VOCAB_NAME, load_tokenizer
 logger = logging.getLogger(__name__)
 
 TEST_RESULTS = "test_results.json"
+# A CRF's transitions start at zero and must reach scores of a few units within the run's steps (a few hundred
+# with the paper's settings), so they learn at a fixed rate far above the body's 3e-5 (BERT-CRF practice).
+CRF_LEARNING_RATE = 1e-2
 
 
 @dataclass
@@ -86,6 +89,8 @@ class FinetuneOptions:
     resume: bool = False
     overwrite: bool = False
     from_scratch: bool = False
+    crf: bool = False  # a CRF over the tags (token-classification tasks)
+    crf_learning_rate: float | None = None  # None: CRF_LEARNING_RATE
     vocab: Path | None = None
     eval_batch_size: int = 64
     group_by_length: bool = False
@@ -115,8 +120,10 @@ def check_output_dir(path: Path, resume: bool, overwrite: bool) -> None:
                                 "--overwrite to start over, or choose another -o/--output")
 
 
-def load_task_model(task: Task, model_dir: Path, labels: list[str], from_scratch: bool = False, seed: int = 42):
-    """The task's model class on the body in ``model_dir`` (head sized for ``labels``), or randomly initialised.
+def load_task_model(task: Task, model_dir: Path, labels: list[str], from_scratch: bool = False, seed: int = 42,
+                    crf: bool = False):
+    """The task's model class on the body in ``model_dir`` (head sized for ``labels``, with a CRF over the tags
+    when ``crf``), or randomly initialised.
 
     The new weights (the head; everything with ``from_scratch``) are drawn from ``seed``, not from whatever state
     the global RNG is in, so that a run is reproducible and ``--resume`` continues the same run.
@@ -126,10 +133,19 @@ def load_task_model(task: Task, model_dir: Path, labels: list[str], from_scratch
     model_dir = Path(model_dir)
     cls = MODEL_CLASSES[task.model_class_name]
     overrides = task.model_overrides(labels)
+    if crf:
+        if task.model_class_name != "NezhaForTokenClassification":
+            raise ConfigError(f"--crf: task {task.name} has no tags to chain; a CRF is for tagging tasks "
+                              "(pd-ner, ner)")
+        overrides["use_crf"] = True
     torch.manual_seed(seed)
     if from_scratch:
         return cls(dataclasses.replace(NezhaConfig.from_pretrained(model_dir), **overrides))
     return cls.from_pretrained(model_dir, **overrides)
+
+
+def has_crf(model: torch.nn.Module) -> bool:
+    return getattr(model, "crf", None) is not None
 
 
 def finetune(task: Task, model_dir: Path, output_dir: Path, files: DataFiles,
@@ -164,7 +180,7 @@ def finetune(task: Task, model_dir: Path, output_dir: Path, files: DataFiles,
                         f"{batch_size}; use more data or a smaller --batch-size")
     dev_features = (task.build_features(dev_examples, tokenizer, max_seq_length, label2id, training=False)
                     if dev_examples else None)
-    model = load_task_model(task, model_dir, labels, options.from_scratch, options.seed)
+    model = load_task_model(task, model_dir, labels, options.from_scratch, options.seed, options.crf)
     if len(tokenizer.vocab) > model.config.vocab_size:
         raise CheckpointError(f"{vocab}: {len(tokenizer.vocab)} tokens, more than the model's vocab_size="
                               f"{model.config.vocab_size}; use the vocab the model was pretrained with")
@@ -184,6 +200,7 @@ def finetune(task: Task, model_dir: Path, output_dir: Path, files: DataFiles,
         num_epochs=None if options.max_steps else epochs,
         optimizer=options.optimizer,
         learning_rate=options.learning_rate or defaults.learning_rate,
+        learning_rates={"crf.": options.crf_learning_rate or CRF_LEARNING_RATE} if has_crf(model) else {},
         weight_decay=options.weight_decay if options.weight_decay is not None else defaults.weight_decay,
         warmup_ratio=options.warmup_ratio if options.warmup_ratio is not None else defaults.warmup_ratio,
         lr_schedule="linear",
@@ -220,7 +237,8 @@ def finetune(task: Task, model_dir: Path, output_dir: Path, files: DataFiles,
 
         gathered = trainer.predict(dev_ordered, task.collate, fn, batch_size=options.eval_batch_size)
         outputs = in_feature_order(split_outputs(gathered, task.output_names), dev_order)
-        predictions = task.postprocess(dev_examples, dev_features, outputs, id2label)
+        predictions = task.postprocess(dev_examples, dev_features, outputs, id2label,
+                                       **task.decoding(acc.unwrap_model(trainer.model)))
         metrics = task.compute_metrics(dev_examples, predictions)
         dev_history.append({"step": trainer.state["global_step"], **metrics})
         return numeric_metrics(metrics)

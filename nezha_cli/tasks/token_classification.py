@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from nezha_cli.errors import DataError
+from nezha_cli.modeling.crf import CrfTransitions
 from nezha_cli.tasks.base import NerExample, Task, check_not_empty, pad_batch
 from nezha_cli.tasks.metrics import entity_scores
 from nezha_cli.tasks.readers import check_label, looks_like_conll, read_conll, read_tsv, split_header
@@ -110,9 +111,10 @@ def _shared_transition_mask(labels: tuple[str, ...]) -> np.ndarray | None:
     return allowed
 
 
-def decode_tags(logits: np.ndarray, id2label: dict[int, str]) -> list[str]:
+def decode_tags(logits: np.ndarray, id2label: dict[int, str], crf: CrfTransitions | None = None) -> list[str]:
     """The most probable tag sequence for a sentence's [T, C] token logits that is valid IOB2 (Viterbi over the
-    per-token log-probabilities), or the per-token argmax for other tag schemes.
+    per-token log-probabilities), or the per-token argmax for other tag schemes. With a ``crf`` the logits are its
+    emission scores and the sequence scores add its transitions (Viterbi always; still only valid IOB2).
 
     Taking each token's argmax alone yields sequences such as ``O I-PER I-PER``, which conlleval reads as an
     entity with whatever boundary the stray tags give; constrained decoding picks the best valid sequence.
@@ -122,17 +124,24 @@ def decode_tags(logits: np.ndarray, id2label: dict[int, str]) -> list[str]:
     best = logits.argmax(-1)
     # The argmax path is the unconstrained optimum, so when it is valid it is also the constrained one (most
     # sentences): the Viterbi pass is needed only for the others.
-    if allowed is None or (allowed[-1, best[0]] and allowed[best[:-1], best[1:]].all()):
+    if crf is None and (allowed is None or (allowed[-1, best[0]] and allowed[best[:-1], best[1:]].all())):
         return [labels[i] for i in best]
-    shifted = logits - logits.max(-1, keepdims=True)
-    log_probs = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+    if allowed is None:
+        allowed = np.ones((len(labels) + 1, len(labels)), dtype=bool)
+    if crf is None:
+        shifted = logits - logits.max(-1, keepdims=True)
+        emissions = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+        start, transitions, end = 0.0, 0.0, 0.0
+    else:
+        emissions, start, transitions, end = logits, crf.start, crf.transitions, crf.end
     penalty = np.where(allowed, 0.0, -np.inf)
-    score = log_probs[0] + penalty[-1]
+    score = emissions[0] + start + penalty[-1]
     backpointers = []
-    for t in range(1, len(log_probs)):
-        candidates = score[:, None] + penalty[:-1]  # [previous, current]
+    for t in range(1, len(emissions)):
+        candidates = score[:, None] + transitions + penalty[:-1]  # [previous, current]
         backpointers.append(candidates.argmax(0))
-        score = candidates.max(0) + log_probs[t]
+        score = candidates.max(0) + emissions[t]
+    score = score + end
     path = [int(score.argmax())]
     for pointers in reversed(backpointers):
         path.append(int(pointers[path[-1]]))
@@ -241,7 +250,12 @@ class TokenClassificationTask(Task):
         return pad_batch(features, {"input_ids": 0, "token_type_ids": 0, "attention_mask": 0, "labels": IGNORE_INDEX})
 
     # -- predictions ------------------------------------------------------------------------------------------
-    def postprocess(self, examples, features, outputs: dict[str, list[np.ndarray]], id2label: dict[int, str]) -> list:
+    def decoding(self, model: torch.nn.Module) -> dict[str, Any]:
+        crf = getattr(model, "crf", None)
+        return {"crf": crf.numpy_transitions()} if crf is not None else {}
+
+    def postprocess(self, examples, features, outputs: dict[str, list[np.ndarray]], id2label: dict[int, str],
+                    crf: CrfTransitions | None = None) -> list:
         by_example: dict[int, list[tuple[dict, np.ndarray]]] = {}
         for feature, logits in zip(features, outputs["logits"]):
             by_example.setdefault(feature["example_index"], []).append((feature, logits))
@@ -268,7 +282,7 @@ class TokenClassificationTask(Task):
                     token_span[start + offset] = feature["spans"][offset]
             tagged = [p for p in range(num_tokens) if token_span[p][0] >= 0]
             if tagged:
-                decoded = decode_tags(token_scores[tagged], id2label)
+                decoded = decode_tags(token_scores[tagged], id2label, crf)
                 for position, tag in zip(tagged, decoded):
                     first, last = token_span[position]
                     tags[first] = tag

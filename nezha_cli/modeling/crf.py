@@ -1,0 +1,83 @@
+"""A linear-chain conditional random field over token tags (Lafferty et al., 2001), the "CRF" of BERT-CRF taggers.
+
+The tagger's logits are the emission scores; the CRF adds a learned score for each pair of adjacent tags and for the
+first and last tag, trains on the log-likelihood of the whole gold sequence, and decodes the best whole sequence
+(Viterbi). UER-py offers it for NER as ``--crf_target``. Parameter names follow pytorch-crf (``transitions[i, j]``:
+tag i followed by tag j; ``start_transitions``, ``end_transitions``), as most BERT-CRF checkpoints have them.
+
+Only the positions that carry a label take part: [CLS], [SEP], padding and the further WordPiece tokens of a word
+(label -100) are skipped, as if the labelled tokens of each row stood next to each other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+IGNORE_INDEX = -100
+
+
+def pack_labelled(emissions: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The labelled positions of each row moved to its front, in order: (emissions [B, T, C], tags [B, T],
+    mask [B, T]) with T the most labelled positions of a row; ``mask`` marks the real ones (a prefix of each row)."""
+    labelled = labels != IGNORE_INDEX
+    # A stable sort on "is ignored" keeps the labelled positions in order and puts them first.
+    order = torch.sort((~labelled).to(torch.int8), dim=1, stable=True).indices
+    length = max(int(labelled.sum(1).max()), 1)
+    order = order[:, :length]
+    packed = emissions.gather(1, order.unsqueeze(-1).expand(-1, -1, emissions.shape[-1]))
+    tags = labels.gather(1, order).clamp(min=0)
+    return packed, tags, labelled.gather(1, order)
+
+
+class ConditionalRandomField(nn.Module):
+    def __init__(self, num_tags: int):
+        super().__init__()
+        self.num_tags = num_tags
+        # Zero at the start: the untrained CRF decodes like the per-token scores alone.
+        self.start_transitions = nn.Parameter(torch.zeros(num_tags))
+        self.end_transitions = nn.Parameter(torch.zeros(num_tags))
+        self.transitions = nn.Parameter(torch.zeros(num_tags, num_tags))
+
+    def forward(self, emissions: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Negative log-likelihood of the gold tag sequences, summed over rows and divided by the number of
+        labelled tokens (the scale of token-level cross-entropy, so learning rates carry over); [B, L, C] scores and
+        [B, L] labels (-100: no label). Rows without a label add nothing."""
+        emissions, tags, mask = pack_labelled(emissions.float(), labels)
+        rows = mask[:, 0]
+        if not bool(rows.any()):
+            # Zero, but connected to the emissions and every transition: DDP expects a gradient for each.
+            return (emissions.sum() + sum(p.sum() for p in self.parameters())) * 0.0
+        emissions, tags, mask = emissions[rows], tags[rows], mask[rows]
+        return (self._log_partition(emissions, mask) - self._path_score(emissions, tags, mask)).sum() / mask.sum()
+
+    def _path_score(self, emissions: torch.Tensor, tags: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        maskf = mask.to(emissions.dtype)
+        score = self.start_transitions[tags[:, 0]]
+        score = score + (emissions.gather(-1, tags.unsqueeze(-1)).squeeze(-1) * maskf).sum(1)
+        score = score + (self.transitions[tags[:, :-1], tags[:, 1:]] * maskf[:, 1:]).sum(1)
+        last = tags.gather(1, (mask.sum(1, keepdim=True) - 1)).squeeze(1)
+        return score + self.end_transitions[last]
+
+    def _log_partition(self, emissions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        alpha = self.start_transitions + emissions[:, 0]  # [B, C]: log-sum of all paths ending in each tag
+        for t in range(1, emissions.shape[1]):
+            step = torch.logsumexp(alpha.unsqueeze(2) + self.transitions, dim=1) + emissions[:, t]
+            alpha = torch.where(mask[:, t:t + 1], step, alpha)
+        return torch.logsumexp(alpha + self.end_transitions, dim=1)
+
+    def numpy_transitions(self) -> CrfTransitions:
+        return CrfTransitions(*(p.detach().float().cpu().numpy()
+                                for p in (self.start_transitions, self.transitions, self.end_transitions)))
+
+
+@dataclass(frozen=True)
+class CrfTransitions:
+    """A trained CRF's scores as arrays, for decoding outside the model (the task's post-processing)."""
+
+    start: np.ndarray  # [C]
+    transitions: np.ndarray  # [C, C]: previous tag, next tag
+    end: np.ndarray  # [C]
