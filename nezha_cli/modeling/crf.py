@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-IGNORE_INDEX = -100
+IGNORE_INDEX = -100  # the label of positions without one, as in cross_entropy
 
 
 def pack_labelled(emissions: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
