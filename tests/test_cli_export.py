@@ -37,7 +37,7 @@ def test_bad_input_is_one_line_exit_2_and_no_output(tmp_path):
     crf = model_dir(tmp_path, "NezhaForTokenClassification", use_crf=True)
     out = tmp_path / "out"
     cases = [
-        *[(["--model", crf, "--format", fmt, "-o", out], "a tagger with a CRF") for fmt in ("hf", "onnx")],
+        *[(["--model", crf, "--format", fmt, "-o", out], "a tagger with a CRF") for fmt in ("hf", "torch-export")],
         (["--model", no_config, "--format", "hf", "-o", out], "no config.json"),
         (["--model", no_weights, "--format", "hf", "-o", out], "no model.safetensors or pytorch_model.bin"),
         (["--model", tmp_path / "missing", "--format", "hf", "-o", out], "model directory not found"),

@@ -101,6 +101,33 @@ def test_multiple_choice_exports_with_a_choices_axis(tmp_path):
     assert np.abs(run(tmp_path / "mc" / "model.onnx", x)[0] - expected).max() <= 1e-4
 
 
+def test_crf_tagger_exports_its_transitions_beside_the_graph(tmp_path):
+    from nezha_cli.modeling.crf import CrfTransitions
+    from nezha_cli.tasks.token_classification import decode_tags
+
+    source = model_dir(tmp_path, "NezhaForTokenClassification", use_crf=True,
+                       id2label=dict(enumerate(["O", "B-PER", "I-PER"])))
+    model = load_model(source).eval()
+    with torch.no_grad():
+        for param in model.crf.parameters():
+            param.copy_(torch.randn(param.shape, generator=torch.Generator().manual_seed(3)))
+    model.save_pretrained(source)
+    report = export_model(source, tmp_path / "ner", "onnx", check_lengths=(7,))
+    assert any("crf.json" in note for note in report.notes)
+    crf = json.loads((tmp_path / "ner" / "crf.json").read_text())
+    assert crf["labels"] == ["O", "B-PER", "I-PER"]
+    assert torch.equal(torch.tensor(crf["transitions"]), model.crf.transitions)
+    # The graph's logits and the file decode to the tags PyTorch's model and its CRF give.
+    x = inputs(11)
+    logits = run(tmp_path / "ner" / "model.onnx", x)[0][0]
+    exported = CrfTransitions(*(np.array(crf[k], dtype=np.float32)
+                                for k in ("start_transitions", "transitions", "end_transitions")))
+    id2label = dict(enumerate(crf["labels"]))
+    with torch.no_grad():
+        expected = decode_tags(model(**x).logits[0].numpy(), id2label, model.crf.numpy_transitions())
+    assert decode_tags(logits, id2label, exported) == expected
+
+
 def test_large_constant_check_flags_a_relative_table(tmp_path):
     from onnx import TensorProto, helper, numpy_helper
 

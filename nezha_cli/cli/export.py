@@ -24,7 +24,7 @@ def _parity_table(report):
               help="Model directory: OUT/final of `nezha pretrain`/`finetune`, or a `nezha import` output.")
 @click.option("-f", "--format", "fmt", required=True, metavar="[hf|onnx|torch-export]",
               help="hf: transformers directory with tokenizer files and model card; onnx: OUT/model.onnx "
-                   "(extra nezha-cli[onnx]); torch-export: OUT/model.pt2.")
+                   "(extra nezha-cli[onnx]; a tagger's CRF goes to OUT/crf.json); torch-export: OUT/model.pt2.")
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Output directory.")
 @click.option("--quantize", metavar="int8", default=None,
               help="onnx: also write model.int8.onnx (onnxruntime dynamic int8 quantization).")

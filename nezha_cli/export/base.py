@@ -18,6 +18,7 @@ logger = logging.getLogger(__name__)
 
 VOCAB_NAME = "vocab.txt"
 REPORT_NAME = "export_report.json"
+CRF_NAME = "crf.json"
 
 
 @dataclass
@@ -42,8 +43,11 @@ class ExportReport:
         return data
 
 
-def load_for_export(model_dir: Path | str) -> NezhaPreTrainedModel:
-    """The model of ``model_dir``; anything that would be exported at random initial values is an error."""
+def load_for_export(model_dir: Path | str, crf_file: bool = False) -> NezhaPreTrainedModel:
+    """The model of ``model_dir``; anything that would be exported at random initial values is an error.
+
+    A tagger with a CRF (``nezha finetune --crf``) decodes outside its network; ``crf_file``: the format writes
+    :data:`CRF_NAME` beside it, else such a model is refused."""
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise CheckpointError(f"{model_dir}: model directory not found")
@@ -55,11 +59,26 @@ def load_for_export(model_dir: Path | str) -> NezhaPreTrainedModel:
     if problems:
         raise CheckpointError(f"{model_dir}: the weights do not fit the config ({len(problems)} tensor(s) missing or "
                               f"mis-shaped: {', '.join(problems[:3])}{' ...' if len(problems) > 3 else ''})")
-    if getattr(model, "crf", None) is not None:
-        raise CheckpointError(f"{model_dir}: a tagger with a CRF (fine-tuned with --crf); the exports hold the "
-                              "network but not its Viterbi decoding, so they would tag differently: not supported "
-                              "yet, use `nezha evaluate` with this directory")
+    if getattr(model, "crf", None) is not None and not crf_file:
+        raise CheckpointError(f"{model_dir}: a tagger with a CRF (fine-tuned with --crf), which this format cannot "
+                              "carry (it would tag without the CRF); export it with --format onnx (the CRF's "
+                              f"transitions go to {CRF_NAME}) or use `nezha evaluate` with this directory")
     return model.eval()
+
+
+def write_crf(model: NezhaPreTrainedModel, directory: Path) -> str | None:
+    """:data:`CRF_NAME` for a tagger with a CRF: its label names and transition scores, what Viterbi decoding
+    of the exported emission scores needs; None for other models."""
+    crf = getattr(model, "crf", None)
+    if crf is None:
+        return None
+    scores = crf.numpy_transitions()
+    write_json(Path(directory) / CRF_NAME, {
+        "labels": model.config.labels, "start_transitions": scores.start.tolist(),
+        "transitions": scores.transitions.tolist(), "end_transitions": scores.end.tolist()})
+    return (f"{CRF_NAME}: the CRF of this tagger; the graph's logits are its emission scores, to decode with "
+            "Viterbi under these transitions (transitions[i][j]: tag i then tag j), as "
+            "nezha_cli.tasks.token_classification.decode_tags does")
 
 
 def copy_vocab(model_dir: Path, destination: Path, vocab: Path | None = None) -> Path | None:

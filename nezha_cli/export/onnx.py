@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from nezha_cli.errors import ConfigError, NezhaError
-from nezha_cli.export.base import ExportReport, copy_vocab, load_for_export, write_report
+from nezha_cli.export.base import ExportReport, copy_vocab, load_for_export, write_crf, write_report
 from nezha_cli.export.program import (
     CHECK_LENGTHS,
     INPUT_NAMES,
@@ -155,7 +155,7 @@ def export_onnx(model_dir: Path | str, output_dir: Path | str, *, quantize: str 
     require_onnx()
     output_dir = Path(output_dir)
     check_output_path(output_dir, overwrite)
-    model = load_for_export(model_dir)
+    model = load_for_export(model_dir, crf_file=True)
     steps = 2 + (quantize is not None) + fp16
     task = progress.add_task("export onnx", total=steps) if progress is not None else None
 
@@ -197,6 +197,9 @@ def export_onnx(model_dir: Path | str, output_dir: Path | str, *, quantize: str 
         report.details = {"opset": opset, "trace_length": TRACE_LENGTH, "input_axes": axes,
                           "largest_constant_check_length": longest}
         model.config.save_pretrained(tmp)
+        crf_note = write_crf(model, tmp)
+        if crf_note is not None:
+            report.notes.append(crf_note)
         if copy_vocab(Path(model_dir), tmp, vocab) is None:
             report.notes.append(f"{model_dir} has no vocab.txt; tokenize inputs with the model's vocab")
         write_report(tmp, report)
