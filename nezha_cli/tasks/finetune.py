@@ -120,6 +120,15 @@ def check_output_dir(path: Path, resume: bool, overwrite: bool) -> None:
                                 "--overwrite to start over, or choose another -o/--output")
 
 
+def crf_overrides(task: Task, crf: bool) -> dict[str, Any]:
+    """The config field that adds a CRF to the task's head, or nothing; only tagging tasks have one."""
+    if not crf:
+        return {}
+    if task.model_class_name != "NezhaForTokenClassification":
+        raise ConfigError(f"--crf: task {task.name} has no tags to chain; a CRF is for tagging tasks (pd-ner, ner)")
+    return {"use_crf": True}
+
+
 def load_task_model(task: Task, model_dir: Path, labels: list[str], from_scratch: bool = False, seed: int = 42,
                     crf: bool = False):
     """The task's model class on the body in ``model_dir`` (head sized for ``labels``, with a CRF over the tags
@@ -132,12 +141,7 @@ def load_task_model(task: Task, model_dir: Path, labels: list[str], from_scratch
 
     model_dir = Path(model_dir)
     cls = MODEL_CLASSES[task.model_class_name]
-    overrides = task.model_overrides(labels)
-    if crf:
-        if task.model_class_name != "NezhaForTokenClassification":
-            raise ConfigError(f"--crf: task {task.name} has no tags to chain; a CRF is for tagging tasks "
-                              "(pd-ner, ner)")
-        overrides["use_crf"] = True
+    overrides = {**task.model_overrides(labels), **crf_overrides(task, crf)}
     torch.manual_seed(seed)
     if from_scratch:
         return cls(dataclasses.replace(NezhaConfig.from_pretrained(model_dir), **overrides))
@@ -158,6 +162,7 @@ def finetune(task: Task, model_dir: Path, output_dir: Path, files: DataFiles,
     max_seq_length = options.max_seq_length or defaults.max_seq_length
     batch_size = options.batch_size or defaults.batch_size
     check_output_dir(output_dir, options.resume, options.overwrite)
+    crf_overrides(task, options.crf)  # before the data is read
     if not model_dir.is_dir():
         raise CheckpointError(f"{model_dir}: model directory not found")
 
