@@ -13,6 +13,7 @@ from nezha_cli.errors import CheckpointError
 from nezha_cli.io import write_json
 from nezha_cli.modeling import NezhaPreTrainedModel, load_model
 from nezha_cli.modeling.configuration import CONFIG_NAME
+from nezha_cli.modeling.crf import model_crf
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ def load_for_export(model_dir: Path | str, crf_file: bool = False) -> NezhaPreTr
     if problems:
         raise CheckpointError(f"{model_dir}: the weights do not fit the config ({len(problems)} tensor(s) missing or "
                               f"mis-shaped: {', '.join(problems[:3])}{' ...' if len(problems) > 3 else ''})")
-    if getattr(model, "crf", None) is not None and not crf_file:
+    if model_crf(model) is not None and not crf_file:
         raise CheckpointError(f"{model_dir}: a tagger with a CRF (fine-tuned with --crf), which this format cannot "
                               "carry (it would tag without the CRF); export it with --format onnx (the CRF's "
                               f"transitions go to {CRF_NAME}) or use `nezha evaluate` with this directory")
@@ -69,7 +70,7 @@ def load_for_export(model_dir: Path | str, crf_file: bool = False) -> NezhaPreTr
 def write_crf(model: NezhaPreTrainedModel, directory: Path) -> str | None:
     """:data:`CRF_NAME` for a tagger with a CRF: its label names and transition scores, what Viterbi decoding
     of the exported emission scores needs; None for other models."""
-    crf = getattr(model, "crf", None)
+    crf = model_crf(model)
     if crf is None:
         return None
     scores = crf.numpy_transitions()

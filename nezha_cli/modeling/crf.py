@@ -74,6 +74,12 @@ class ConditionalRandomField(nn.Module):
                                 for p in (self.start_transitions, self.transitions, self.end_transitions)))
 
 
+def model_crf(model: nn.Module) -> ConditionalRandomField | None:
+    """The CRF of a tagger fine-tuned with one (``NezhaForTokenClassification`` with ``use_crf``), else None."""
+    crf = getattr(model, "crf", None)
+    return crf if isinstance(crf, ConditionalRandomField) else None
+
+
 @dataclass(frozen=True)
 class CrfTransitions:
     """A trained CRF's scores as arrays, for decoding outside the model (the task's post-processing)."""

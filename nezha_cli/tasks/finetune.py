@@ -20,6 +20,7 @@ import torch
 
 from nezha_cli.errors import CheckpointError, ConfigError, DataError, OutputExistsError
 from nezha_cli.io import write_json
+from nezha_cli.modeling.crf import model_crf
 from nezha_cli.tasks.base import Task
 from nezha_cli.tasks.inference import forward_outputs, in_feature_order, length_order, numeric_metrics, split_outputs
 from nezha_cli.tasks.tokenization import VOCAB_NAME, load_tokenizer
@@ -148,10 +149,6 @@ def load_task_model(task: Task, model_dir: Path, labels: list[str], from_scratch
     return cls.from_pretrained(model_dir, **overrides)
 
 
-def has_crf(model: torch.nn.Module) -> bool:
-    return getattr(model, "crf", None) is not None
-
-
 def finetune(task: Task, model_dir: Path, output_dir: Path, files: DataFiles,
              options: FinetuneOptions | None = None) -> FinetuneResult:
     from nezha_cli.engine import StepOutput, Trainer, TrainingArguments
@@ -205,7 +202,7 @@ def finetune(task: Task, model_dir: Path, output_dir: Path, files: DataFiles,
         num_epochs=None if options.max_steps else epochs,
         optimizer=options.optimizer,
         learning_rate=options.learning_rate or defaults.learning_rate,
-        learning_rates={"crf.": options.crf_learning_rate or CRF_LEARNING_RATE} if has_crf(model) else {},
+        learning_rates={"crf.": options.crf_learning_rate or CRF_LEARNING_RATE} if model_crf(model) is not None else {},
         weight_decay=options.weight_decay if options.weight_decay is not None else defaults.weight_decay,
         warmup_ratio=options.warmup_ratio if options.warmup_ratio is not None else defaults.warmup_ratio,
         lr_schedule="linear",

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from nezha_cli.errors import DataError
-from nezha_cli.modeling.crf import CrfTransitions
+from nezha_cli.modeling.crf import CrfTransitions, model_crf
 from nezha_cli.tasks.base import NerExample, Task, check_not_empty, pad_batch
 from nezha_cli.tasks.metrics import entity_scores
 from nezha_cli.tasks.readers import check_label, looks_like_conll, read_conll, read_tsv, split_header
@@ -251,7 +251,7 @@ class TokenClassificationTask(Task):
 
     # -- predictions ------------------------------------------------------------------------------------------
     def decoding(self, model: torch.nn.Module) -> dict[str, Any]:
-        crf = getattr(model, "crf", None)
+        crf = model_crf(model)
         return {"crf": crf.numpy_transitions()} if crf is not None else {}
 
     def postprocess(self, examples, features, outputs: dict[str, list[np.ndarray]], id2label: dict[int, str],
