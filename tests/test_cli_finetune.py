@@ -365,14 +365,19 @@ def test_repeated_train_file_trains_on_the_union(tmp_path):
              fragments=("gold.tsv + ", "silver.tsv", "fewer than one batch"))
 
 
-def test_crf_head_trains_decodes_and_evaluates_alike(tmp_path, senti):
+def finetune_crf_tagger(tmp_path: Path, *options) -> tuple[Path, Path, Path]:
+    """`nezha finetune --task pd-ner --crf` on 16 sentences, also its dev set: (OUT, that file, the model)."""
     gold = _ner_tsv(tmp_path / "gold.tsv", [("张三去北京", "B-PER I-PER O B-LOC I-LOC"),
                                             ("李四在上海", "B-PER I-PER O B-LOC I-LOC")] * 8)
     model = model_for(tmp_path, gold)
     out = tmp_path / "out"
     ok(run("finetune", "--task", "pd-ner", "--model", model, "--train-file", gold, "--validation-file", gold,
-           "-o", out, "--epochs", "2", "--batch-size", "8", "--max-seq-length", "16", "--crf",
-           "--crf-learning-rate", "0.05", *FAST))
+           "-o", out, "--batch-size", "8", "--max-seq-length", "16", "--crf", *options))
+    return out, gold, model
+
+
+def test_crf_head_trains_decodes_and_evaluates_alike(tmp_path, senti):
+    out, gold, model = finetune_crf_tagger(tmp_path, "--epochs", "2", "--crf-learning-rate", "0.05", *FAST)
     config = json.loads((out / "final" / "config.json").read_text(encoding="utf-8"))
     assert config["use_crf"] is True
     from safetensors.torch import load_file

@@ -147,3 +147,50 @@ def test_trainer_mixed_precision_on_cuda(tmp_path, precision):
     assert (tmp_path / "run" / "final" / "model.safetensors").is_file()
     if precision == "bf16":
         assert result.overflow_steps == 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_crf_tagger_on_cuda_matches_cpu(dtype):
+    """The CRF's likelihood on a GPU (fp32, and under autocast: it computes in fp32 from the low-precision
+    emissions) against the same model on the CPU; its transitions get gradients and decode after leaving the GPU."""
+    from nezha_cli.modeling import NezhaForTokenClassification
+    from nezha_cli.tasks.token_classification import decode_tags
+
+    labels_names = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
+    torch.manual_seed(0)
+    config = NezhaConfig(**KW, id2label=dict(enumerate(labels_names)), use_crf=True)
+    model = NezhaForTokenClassification(config).eval()  # no classifier dropout: the same function on both
+    with torch.no_grad():
+        for p in model.crf.parameters():
+            p.normal_()
+    ids = torch.randint(5, 99, (3, 30))
+    labels = torch.randint(0, 5, (3, 30))
+    labels[:, 0] = -100
+    labels[1, 20:] = -100
+    labels[2, 3::4] = -100
+    cpu = model(ids, labels=labels)
+    gpu_model = model.cuda()
+    with torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):
+        out = gpu_model(ids.cuda(), labels=labels.cuda())
+    out.loss.backward()
+    tolerance = 1e-5 if dtype == torch.float32 else 2e-2
+    assert abs(out.loss.item() - cpu.loss.item()) <= tolerance * cpu.loss.item()
+    assert all(torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0 for p in gpu_model.crf.parameters())
+    tags = decode_tags(out.logits[0].float().detach().cpu().numpy(), model.config.id2label,
+                       gpu_model.crf.numpy_transitions())
+    assert len(tags) == 30 and set(tags) <= set(labels_names)
+
+
+def test_finetune_with_crf_on_cuda(tmp_path):
+    """`nezha finetune --crf` through accelerate on a GPU in bf16, then `nezha evaluate` of the result."""
+    import json
+
+    from test_cli_finetune import finetune_crf_tagger, ok, read_metrics, run
+
+    out, gold, _ = finetune_crf_tagger(tmp_path, "--epochs", "3", "--learning-rate", "1e-2",
+                                       "--mixed-precision", "bf16")
+    logged = [r["eval_f1"] for r in read_metrics(out) if "eval_f1" in r]
+    assert len(logged) == 3
+    metrics = tmp_path / "m.json"
+    ok(run("evaluate", "pd-ner", "--model", out / "final", "--file", gold, "--output", metrics))
+    assert json.loads(metrics.read_text(encoding="utf-8"))["f1"] == pytest.approx(max(logged))

@@ -68,6 +68,34 @@ def test_likelihood_equals_enumeration_with_ignored_positions():
     assert all(p.grad is not None for p in crf.parameters()) and emissions.grad is not None
 
 
+@pytest.mark.parametrize("length", [1, 2, 5, 8, 13])
+def test_pairwise_forward_algorithm_equals_the_sequential_one(length):
+    """The GPU's tree of pairwise products gives the CPU's step-by-step log-partition, values and gradients,
+    with rows that end early (their last positions are the identity) and against enumeration."""
+    crf = random_crf(4, seed=length)
+    emissions = torch.randn(3, length, 4, generator=torch.Generator().manual_seed(length), requires_grad=True)
+    mask = torch.ones(3, length, dtype=torch.bool)
+    mask[1, max(1, length - 2):] = False
+    mask[2, 1:] = False
+    results = []
+    for pairwise in (False, True):
+        crf.zero_grad()
+        emissions.grad = None
+        value = crf._log_partition(emissions, mask, pairwise=pairwise)
+        value.sum().backward()
+        grads = [torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in crf.parameters()]
+        results.append((value.detach(), emissions.grad.clone(), grads))
+    (v0, g0, p0), (v1, g1, p1) = results
+    assert torch.allclose(v0, v1, atol=1e-5)
+    assert torch.isfinite(g1).all() and torch.allclose(g0, g1, atol=1e-5)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(p0, p1))
+    if length <= 5:
+        for row in range(3):
+            e = emissions[row, mask[row]].detach()
+            every = torch.stack([path_score(crf, e, seq) for seq in itertools.product(range(4), repeat=len(e))])
+            assert v1[row].item() == pytest.approx(torch.logsumexp(every, 0).item(), abs=1e-5)
+
+
 def test_pack_labelled_keeps_order_and_marks_a_prefix():
     emissions = torch.arange(12.0).view(2, 3, 2)
     labels = torch.tensor([[-100, 1, 0], [1, -100, -100]])
