@@ -1,8 +1,9 @@
 """What `nezha finetune --crf` costs in a training step: the same tagger with and without its CRF.
 
 NezhaForTokenClassification with the 7 PD-NER tags takes forward+backward steps in turn with ``use_crf`` (the
-sentence-level likelihood, a forward-algorithm loop over the positions) and without (token cross-entropy), same
-weights, same batch (ABAB...); the median step times and their ratio are printed, and the CRF's loss alone.
+sentence-level likelihood: the forward algorithm, step by step over the positions on a CPU, as a tree of pairwise
+products on a GPU) and without (token cross-entropy), same weights, same batch (ABAB...); the median step times
+and their ratio are printed, and the CRF's loss alone.
 
     python benchmarks/bench_crf.py                                  # the tiny recipe's shape, PD-NER's batches
     python benchmarks/bench_crf.py --model base --batch 32 --length 128 --device cuda --precision bf16

@@ -40,7 +40,7 @@ def _write(name: str, path: Path, overwrite: bool, lexicon: Path | None = None) 
 @click.option("--lexicon", type=click.Path(path_type=Path, exists=True, dir_okay=False),
               help="pd1998-ner: a PD-NER-style labelled file (the training set) whose names are also tagged where "
                    "the POS tags leave them untagged (解放军, 公安部, 人民大会堂): names of 2+ characters that the "
-                   "file always tags with one type, seen twice or 3+ characters long.")
+                   "file always tags, with one type, seen twice or 3+ characters long.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing file.")
 def corpus(name: str, output: Path, overwrite: bool, lexicon: Path | None) -> None:
     """Write the embedded corpus NAME to a file (needs `pip install 'nezha-cli[demo]'`).
