@@ -25,13 +25,12 @@ import numpy as np
 import torch
 
 from nezha_cli.errors import DataError
-from nezha_cli.modeling.crf import CrfTransitions, model_crf
+from nezha_cli.modeling.crf import IGNORE_INDEX, CrfTransitions, model_crf
 from nezha_cli.tasks.base import NerExample, Task, check_not_empty, pad_batch
 from nezha_cli.tasks.metrics import entity_scores
 from nezha_cli.tasks.readers import check_label, looks_like_conll, read_conll, read_tsv, split_header
 from nezha_cli.tasks.tokenization import tokens_with_offsets
 
-IGNORE_INDEX = -100
 TOKENS_NAMES = ("text_a", "tokens", "text", "chars")
 TAGS_NAMES = ("label", "labels", "tags", "ner_tags")
 
