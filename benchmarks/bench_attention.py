@@ -43,7 +43,7 @@ def _table_attention_forward(self, hidden_states, attention_mask, relative_table
     key = self._split_heads(self.key(hidden_states))
     value = self._split_heads(self.value(hidden_states))
     b, h, length, d = query.shape
-    relations = relative_table.to(query.dtype)[positions.bucket_index]  # [L, L, d]
+    relations = positions.reachable(relative_table).to(query.dtype)[positions.bucket_index]  # [L, L, d]
     scores = torch.matmul(query, key.transpose(-1, -2))
     q_r = query.permute(2, 0, 1, 3).reshape(length, b * h, d)
     scores = scores + torch.matmul(q_r, relations.transpose(1, 2)).view(length, b, h, length).permute(1, 2, 0, 3)

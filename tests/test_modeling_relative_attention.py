@@ -12,6 +12,7 @@ from nezha_cli.modeling.relative_attention import (
     diagonal_band,
     expand_buckets,
     relative_context,
+    relative_position_index,
     relative_position_table,
     relative_scores,
     sum_buckets,
@@ -48,32 +49,42 @@ def test_table_matches_the_formula():
     assert torch.allclose(relative_position_table(5, 8).double(), reference_table(5, 8), atol=1e-6)
 
 
-@pytest.mark.parametrize("length", [1, 2, 7, 9, 30])
+@pytest.mark.parametrize("length", [1, 2, 5, 7, 9, 16, 30])
 @pytest.mark.parametrize("k", [1, 3, 8])
 def test_bucket_primitives(length, k):
+    # Lengths up to K (nothing clipped), from K to 2K (the clipped buckets as corner sums) and beyond (block sums).
     torch.manual_seed(length * 10 + k)
     pos = RelativePositions.build(length, k)
+    # Below K + 1 tokens no distance is clipped: the buckets are those of K' = L - 1 over the 2L - 1 rows of E
+    # around p = K (narrower bucket operands, same attention).
+    reach = pos.max_relative_position
+    assert reach == (k if length > k else max(1, length - 1)) and pos.table_offset == k - reach
+    assert torch.equal(pos.bucket_index + pos.table_offset, relative_position_index(length, k))
+    table = relative_position_table(k, 4)
+    assert torch.equal(pos.reachable(table), table[k - reach: k + reach + 1])
     index = pos.bucket_index
     x = torch.randn(2, 3, length, length, dtype=torch.float64)
-    y = torch.randn(2, 3, length, 2 * k + 1, dtype=torch.float64)
+    y = torch.randn(2, 3, length, 2 * reach + 1, dtype=torch.float64)
     expected_sum = torch.zeros_like(y)
     for i in range(length):
         for j in range(length):
             expected_sum[..., i, index[i, j]] += x[..., i, j]
     sums = sum_buckets(x, pos)
     # Bucket columns are padded to a multiple of 8 (aligned GEMM operands); the padding holds zeros.
-    assert sums.shape[-1] == pos.width and pos.width % 8 == 0 and pos.width >= 2 * k + 1
-    assert torch.allclose(sums[..., : 2 * k + 1], expected_sum)
-    assert torch.all(sums[..., 2 * k + 1:] == 0)
+    assert sums.shape[-1] == pos.width and pos.width % 8 == 0 and pos.width >= 2 * reach + 1
+    assert torch.allclose(sums[..., : 2 * reach + 1], expected_sum)
+    assert torch.all(sums[..., 2 * reach + 1:] == 0)
     # The prefix-sum formulation torch.export takes (no block indices) gives the same sums.
     exported = sum_buckets(x, dataclasses.replace(pos, block_mask=None, remainder_index=None, remainder_valid=None))
     assert torch.allclose(exported, sums)
+    # So does the block-sum route, which query rows take at every length.
+    assert torch.allclose(sum_buckets(x, dataclasses.replace(pos, low_mask=None, high_mask=None)), sums)
+    assert (pos.low_mask is not None) == (reach < length <= 2 * reach)
     assert torch.equal(expand_buckets(y, pos), y[..., torch.arange(length)[:, None], index])
 
 
-
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("length,k", [(9, 3), (130, 8), (300, 64)])
+@pytest.mark.parametrize("length,k", [(9, 3), (100, 64), (130, 8), (300, 64)])
 def test_bucket_primitives_in_half_precision(dtype, length, k):
     # The CPU takes its own routes for 2-byte inputs (a gather through an int16 view, block sums without an fp32
     # copy): the gather must move exactly the same bits, the sums stay within the rounding of a few block sums.
@@ -114,13 +125,17 @@ def testdiagonal_band_reads_the_diagonals(length, first, width, layout):
 
 @pytest.mark.parametrize("length", [1, 5, 17, 40])
 @pytest.mark.parametrize("grad", [False, True])
-def test_attention_core_matches_reference_with_padding(length, grad):
+@pytest.mark.parametrize("layout", ["contiguous", "heads-view"])
+def test_attention_core_matches_reference_with_padding(length, grad, layout):
     torch.manual_seed(length)
     k, d = 8, 6
     table = relative_position_table(k, d)
     a = reference_relations(length, k, d).float()
     pos = RelativePositions.build(length, k)
-    q, key, v = (torch.randn(2, 3, length, d, requires_grad=grad) for _ in range(3))
+    if layout == "contiguous":
+        q, key, v = (torch.randn(2, 3, length, d, requires_grad=grad) for _ in range(3))
+    else:  # as the model splits its projections: a [B, L, H, d] tensor seen as [B, H, L, d]
+        q, key, v = (torch.randn(2, length, 3, d, requires_grad=grad).transpose(1, 2) for _ in range(3))
     mask = torch.zeros(2, 1, 1, length)
     mask[1, ..., max(1, length - 3):] = torch.finfo(torch.float32).min  # padding in the second sequence
     scale = 1 / math.sqrt(d)
