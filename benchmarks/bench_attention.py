@@ -157,6 +157,10 @@ def main() -> None:
                         help="where to run; on cuda peak memory is the GPU's (torch.cuda.max_memory_allocated)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    from nezha_cli.malloc import tune_malloc
+
+    # As nezha's commands and training engine do: freed memory kept for reuse (see nezha_cli.malloc).
+    malloc_tuned = tune_malloc()
 
     if args.child:
         print(json.dumps(peak_memory(**json.loads(args.child))))
@@ -170,7 +174,8 @@ def main() -> None:
         parser.error(f"--precision: expected fp32, bf16 or both, got {args.precision!r}")
     where = (torch.cuda.get_device_name() if args.device == "cuda" else f"{torch.get_num_threads()} CPU threads")
     print(f"NezhaForPreTraining, hidden 768, 12 heads, {args.layers} layers, K = 64, forward + backward, "
-          f"torch {torch.__version__}, {where}; {args.steps} interleaved steps each")
+          f"torch {torch.__version__}, {where}; {args.steps} interleaved steps each; glibc malloc tuning "
+          f"{'on' if malloc_tuned else 'off'}")
     header = f"{'prec':5} {'L':>5} {'B':>3} {'impl':9} {'s/step':>8} {'vs no-rel':>9} {'peak MiB':>9}"
     # Memory first, while this process is small: Linux carries a parent's peak RSS into its children's ru_maxrss.
     memory = {}

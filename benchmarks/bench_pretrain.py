@@ -205,6 +205,9 @@ def main() -> None:
     parser.add_argument("--peak-tflops", type=float, default=None,
                         help="GPU bf16 dense peak for MFU (default: H100/H200 989, A100 312)")
     args = parser.parse_args()
+    from nezha_cli.malloc import tune_malloc
+
+    tune_malloc()  # as nezha's commands do; here for transformers' model too, which steps in the same process
     if args.device == "cpu":
         # The engine rows use the Trainer, which takes a visible GPU: hide it (before CUDA initialises) so that
         # every row of a CPU run runs on the CPU.

@@ -110,7 +110,13 @@ def cli(ctx: click.Context, debug: bool, quiet: bool) -> None:
     The pipeline, each step reading the previous step's output directory:
       tokenize -> mask -> pretrain -> finetune -> evaluate -> export
     Run `nezha COMMAND --help` for the options of each step.
+
+    On Linux, freed tensor memory stays in the process for reuse (glibc malloc thresholds; faster CPU steps):
+    NEZHA_MALLOC_TUNING=0 turns that off.
     """
+    from nezha_cli.malloc import tune_malloc
+
+    tune_malloc()
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
     ctx.obj["quiet"] = quiet

@@ -226,6 +226,10 @@ class Trainer:
     def train(self) -> TrainResult:
         from accelerate.utils import set_seed
 
+        from nezha_cli.malloc import tune_malloc
+
+        tune_malloc()  # the CLI did already; for Python callers
+
         args, acc = self.args, self.accelerator
         global_batch = args.global_batch_size
         steps_per_epoch = len(self.train_dataset) // global_batch
