@@ -2,6 +2,7 @@
 
 import ctypes
 import ctypes.util
+import json
 import os
 import subprocess
 import sys
@@ -45,9 +46,10 @@ print(json.dumps({"tuned": tuned, "mmapped": mapped}))
 
 
 def _probe(**env) -> dict:
-    import json
-
-    full_env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", malloc.OPT_OUT)}
+    # Without any allocator setting of the calling environment, then with ``env``.
+    ignored = ("GLIBC_TUNABLES", "LD_PRELOAD", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_",
+               malloc.OPT_OUT)
+    full_env = {k: v for k, v in os.environ.items() if k not in ignored}
     full_env.update(env)
     out = subprocess.run([sys.executable, "-c", PROBE], env=full_env, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
