@@ -74,7 +74,8 @@ class RelativePositions:
     # 0 .. r and bucket 2K of query r the keys K + r .. L - 1, so both are masked row sums over an
     # [L - K, L - K] corner of the matrix (a quarter of it or less). None for other lengths, query rows and export.
     low_mask: torch.Tensor | None = None  # [L - K, L - K]: lower triangle (diagonal included) of ones
-    high_mask: torch.Tensor | None = None  # [L - K, L - K]: upper triangle (diagonal included) of ones
+    # Its transpose, stored contiguous: multiplying by a transposed view was 0.15-0.25 ms slower per call on CPU.
+    high_mask: torch.Tensor | None = None
     table_offset: int = 0  # the first row of the full (2K + 1)-row table E that some (i, j) uses
 
     def reachable(self, table: torch.Tensor) -> torch.Tensor:
@@ -181,17 +182,12 @@ def sum_buckets(x: torch.Tensor, positions: RelativePositions) -> torch.Tensor:
     out = diagonal_band(x, -k, positions.band_index, positions.band_valid, exact=positions.block_mask is None)
     # The clipped buckets 0 and 2K collect every key at distance >= K (accumulated in at least fp32: long sums).
     acc = torch.promote_types(x.dtype, torch.float32)
-    if positions.block_mask is not None and positions.length <= k:
-        # No key is K or more away from any query: both clipped buckets are empty.
-        out[..., 0] = 0
-        out[..., 2 * k] = 0
-        return out
     if positions.block_mask is not None and positions.low_mask is not None:
         m = positions.low_mask.shape[0]
         out[..., :k, 0] = 0
-        out[..., k:, 0] = _masked_row_sum(x[..., k:, :m], positions.low_mask, acc)
+        out[..., k:, 0] = _sum_last(x[..., k:, :m] * positions.low_mask.to(x.dtype), acc)  # keys j <= i - K
         out[..., m:, 2 * k] = 0
-        out[..., :m, 2 * k] = _masked_row_sum(x[..., :m, k:], positions.high_mask, acc)
+        out[..., :m, 2 * k] = _sum_last(x[..., :m, k:] * positions.high_mask.to(x.dtype), acc)  # keys j >= i + K
         return out
     if positions.block_mask is None:
         # Under torch.export: a prefix sum over the row, shape-agnostic, so the exported graph keeps L symbolic
@@ -204,13 +200,7 @@ def sum_buckets(x: torch.Tensor, positions: RelativePositions) -> torch.Tensor:
         # No [L, L] prefix sum (a temporary as large as x): bucket 0 is the sum of whole blocks of K keys plus the
         # < K keys left of the band, and bucket 2K is the rest of the row.
         num_blocks = x.shape[-1] // k
-        blocks = x[..., : num_blocks * k].unflatten(-1, (num_blocks, k))
-        if x.device.type == "cpu" and x.dtype != acc:
-            # On CPU, sum(dtype=fp32) of a bf16/fp16 tensor first copies all of it to fp32; the plain sum
-            # accumulates in fp32 too, and rounds each block sum of K keys once.
-            blocks = blocks.sum(-1).to(acc)  # [..., L, L // K]
-        else:
-            blocks = blocks.sum(-1, dtype=acc)
+        blocks = _sum_last(x[..., : num_blocks * k].unflatten(-1, (num_blocks, k)), acc)  # [..., L, L // K]
         row = blocks.sum(-1, keepdim=True) + x[..., num_blocks * k:].sum(-1, keepdim=True, dtype=acc)
         low = diagonal_band(x, 2 - 2 * k, positions.remainder_index, positions.remainder_valid)
         low = low.sum(-1, keepdim=True, dtype=acc)
@@ -222,12 +212,15 @@ def sum_buckets(x: torch.Tensor, positions: RelativePositions) -> torch.Tensor:
     return out
 
 
-def _masked_row_sum(x: torch.Tensor, mask: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
-    """(x * mask).sum(-1), accumulated in ``acc``."""
-    masked = x * mask.to(x.dtype)
+def _sum_last(x: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
+    """x.sum(-1) in ``acc`` (fp32 or wider).
+
+    On CPU, sum(dtype=fp32) of a bf16/fp16 tensor first copies all of it to fp32; the plain sum accumulates in fp32
+    too and rounds each result once.
+    """
     if x.device.type == "cpu" and x.dtype != acc:
-        return masked.sum(-1).to(acc)  # see the block sums in sum_buckets: no fp32 copy of x, fp32 accumulation
-    return masked.sum(-1, dtype=acc)
+        return x.sum(-1).to(acc)
+    return x.sum(-1, dtype=acc)
 
 
 def diagonal_band(x: torch.Tensor, first: int, index: torch.Tensor, valid: torch.Tensor,

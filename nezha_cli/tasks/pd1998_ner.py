@@ -178,6 +178,12 @@ def pd1998_ner_examples(path: Path | None = None) -> list[NerExample]:
     return examples
 
 
+def _character_text(example: NerExample) -> str | None:
+    """The sentence as one string whose positions are the tags' positions; None for units of several characters."""
+    text = "".join(example.tokens)
+    return text if len(text) == len(example.tags) else None
+
+
 def entity_lexicon(examples: Sequence[NerExample]) -> dict[str, str]:
     """The names that labelled sentences tag, as {text: type}, for :func:`tag_lexicon_names`.
 
@@ -194,8 +200,8 @@ def entity_lexicon(examples: Sequence[NerExample]) -> dict[str, str]:
                   if len(kinds) == 1 and (sum(kinds.values()) >= 2 or len(name) >= 3)}
     untagged: set[str] = set()
     for example in examples:
-        text = "".join(example.tokens)
-        if len(text) != len(example.tags):  # units of several characters: positions would not line up
+        text = _character_text(example)
+        if text is None:
             continue
         for name in candidates:
             start = text.find(name)
@@ -218,8 +224,8 @@ def tag_lexicon_names(examples: Sequence[NerExample], lexicon: dict[str, str]) -
     pattern = re.compile("|".join(re.escape(name) for name in sorted(lexicon, key=len, reverse=True)))
     tagged = 0
     for example in examples:
-        text, tags = "".join(example.tokens), example.tags
-        if len(text) != len(tags):  # units of several characters: positions would not line up
+        text, tags = _character_text(example), example.tags
+        if text is None:
             continue
         for match in pattern.finditer(text):
             start, end = match.span()
