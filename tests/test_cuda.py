@@ -51,7 +51,8 @@ def pretraining_batch(length: int, batch: int = 2, device: str = "cuda") -> dict
     return {k: v.to(device) for k, v in x.items()}
 
 
-@pytest.mark.parametrize("length", [7, 40])
+# K = 8: below K (only the reachable buckets), between K and 2K (corner sums), beyond 2K (block sums).
+@pytest.mark.parametrize("length", [7, 12, 40])
 def test_attention_core_on_cuda_matches_the_paper_formulas(length):
     torch.manual_seed(0)
     k, d = 8, 16
