@@ -28,7 +28,7 @@ def test_finetune_pretrained_vs_scratch_one_stage_with_crf(tmp_path):
         capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
-    assert {"pd-ner/pretrained", "pd-ner/scratch", "pd-ner/lexicon"} <= set(summary)
+    assert {"pd-ner/pretrained", "pd-ner/scratch", "pd-ner/memorised"} <= set(summary)
     assert summary["pd-ner/pretrained"]["settings"]["crf"] is True
     for init in ("pretrained", "scratch"):
         config = out / f"pd-ner-{init}-seed42" / "final" / "config.json"

@@ -48,7 +48,10 @@ def brute_force_nll(crf, emissions: torch.Tensor, labels: torch.Tensor) -> torch
     return total / tokens
 
 
-def test_likelihood_equals_enumeration_with_ignored_positions():
+@pytest.mark.parametrize("pairwise", [False, True])
+def test_likelihood_equals_enumeration_with_ignored_positions(pairwise):
+    """Both paths: the CPU's (rows trimmed to the longest labelled one) and the GPU's (all L positions, rows without
+    a label multiplied out: nothing read back to the host)."""
     crf = random_crf(3)
     torch.manual_seed(0)
     emissions = torch.randn(3, 6, 3)
@@ -56,13 +59,13 @@ def test_likelihood_equals_enumeration_with_ignored_positions():
     labels = torch.tensor([[-100, 0, 2, -100, 1, -100],
                            [-100, 1, 1, 0, 2, -100],
                            [-100, -100, -100, -100, -100, -100]])
-    loss = crf(emissions, labels)
+    loss = crf(emissions, labels, pairwise=pairwise)
     assert loss.item() == pytest.approx(brute_force_nll(crf, emissions, labels).item(), abs=1e-5)
     loss.backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in crf.parameters())
     # Nothing labelled at all: zero loss, still connected to the graph.
     crf.zero_grad()
-    empty = crf(emissions.requires_grad_(), torch.full((3, 6), -100))
+    empty = crf(emissions.requires_grad_(), torch.full((3, 6), -100), pairwise=pairwise)
     assert empty.item() == 0.0
     empty.backward()
     assert all(p.grad is not None for p in crf.parameters()) and emissions.grad is not None
@@ -102,6 +105,9 @@ def test_pack_labelled_keeps_order_and_marks_a_prefix():
     packed, tags, mask = pack_labelled(emissions, labels)
     assert packed.tolist() == [[[2, 3], [4, 5]], [[6, 7], [8, 9]]]
     assert tags.tolist() == [[1, 0], [1, 0]] and mask.tolist() == [[True, True], [True, False]]
+    packed, tags, mask = pack_labelled(emissions, labels, trim=False)
+    assert packed[:, :2].tolist() == [[[2, 3], [4, 5]], [[6, 7], [8, 9]]] and packed.shape == (2, 3, 2)
+    assert mask.tolist() == [[True, True, False], [True, False, False]]
 
 
 def test_viterbi_finds_the_best_valid_sequence():

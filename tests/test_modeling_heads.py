@@ -330,7 +330,7 @@ def test_pretraining_at_masked_positions_runs_the_last_layer_on_those_rows():
     torch.testing.assert_close(out.seq_relationship_logits, full.seq_relationship_logits)
 
 
-def test_pooled_heads_take_inputs_embeds_and_name_missing_inputs():
+def test_pooled_heads_take_inputs_embeds_and_name_missing_or_empty_inputs():
     torch.manual_seed(0)
     model = NezhaForSequenceClassification(no_dropout_config()).eval()
     data = inputs()
@@ -341,6 +341,9 @@ def test_pooled_heads_take_inputs_embeds_and_name_missing_inputs():
     torch.testing.assert_close(by_embeds, by_ids)
     with pytest.raises(ValueError, match="exactly one of input_ids and inputs_embeds"):
         model(attention_mask=data["attention_mask"])
+    for empty in ({"input_ids": data["input_ids"][:, :0]}, {"inputs_embeds": embeds[:, :0]}):
+        with pytest.raises(ValueError, match="no tokens"):
+            model(**empty)
 
 
 @pytest.mark.parametrize("head,mlm_loss,bf16", [("pretraining", True, False), ("pretraining", False, False),

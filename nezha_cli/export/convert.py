@@ -32,7 +32,13 @@ import torch
 from nezha_cli.errors import CheckpointError, ConfigError
 from nezha_cli.io import atomic_output_dir, check_output_path, read_json, write_json
 from nezha_cli.modeling import MODEL_CLASSES, NezhaConfig
-from nezha_cli.modeling.checkpoint import SAFE_WEIGHTS_NAME, WEIGHTS_NAME, load_state_dict, model_state_dict
+from nezha_cli.modeling.checkpoint import (
+    HEAD_PREFIXES,
+    SAFE_WEIGHTS_NAME,
+    WEIGHTS_NAME,
+    load_state_dict,
+    model_state_dict,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +60,6 @@ _TRAINING_STATE = {"global_step", "beta1_power", "beta2_power", "loss_scale", "g
                    "learning_rate"}
 _DERIVED_SUFFIXES = ("relative_positions_encoding.positions_encoding", "relative_positions_embeddings",
                      "embeddings.position_ids", "embeddings.token_type_ids", "encoder.relative_positions_table")
-_HEAD_PREFIXES = ("cls.", "classifier.", "qa_outputs.")
 _BERT_CONFIG_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
                        "hidden_act", "hidden_dropout_prob", "attention_probs_dropout_prob", "max_position_embeddings",
                        "max_relative_position", "type_vocab_size", "initializer_range", "layer_norm_eps")
@@ -167,7 +172,7 @@ def torch_decision(name: str) -> Decision:
     target = name.removeprefix("module.")  # saved from DataParallel
     if target.startswith("bert."):
         target = "nezha." + target[len("bert."):]
-    elif not target.startswith(("nezha.",) + _HEAD_PREFIXES):
+    elif not target.startswith(("nezha.",) + HEAD_PREFIXES):
         target = "nezha." + target  # a bare NezhaModel / BertModel state dict
     target = re.sub(r"\.gamma$", ".weight", re.sub(r"\.beta$", ".bias", target))
     if target.endswith(_DERIVED_SUFFIXES):
@@ -411,7 +416,7 @@ def infer_architecture(targets: set[str]) -> str:
 
 
 def _not_in_model_reason(canonical: str, architecture: str) -> str:
-    if canonical.startswith(_HEAD_PREFIXES):
+    if canonical.startswith(HEAD_PREFIXES):
         return f"head not part of {architecture}"
     if canonical.startswith("nezha.pooler."):
         return f"pooler not part of {architecture}"
@@ -450,7 +455,7 @@ def _plan(model: torch.nn.Module, decisions: dict[str, Decision], src: Source, r
     missing = [t for t in expected if t not in plan]
     if missing:
         if src.format == "tf":
-            missing = [tf_name(t if t.startswith(("nezha.",) + _HEAD_PREFIXES) else prefix + t) for t in missing]
+            missing = [tf_name(t if t.startswith(("nezha.",) + HEAD_PREFIXES) else prefix + t) for t in missing]
         raise CheckpointError(f"{src.path}: the checkpoint lacks {len(missing)} tensor(s) that {architecture} needs: "
                               f"{', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}")
     return plan

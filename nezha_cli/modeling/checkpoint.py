@@ -27,8 +27,9 @@ WEIGHTS_NAME = "pytorch_model.bin"
 _DERIVED_SUFFIXES = ("relative_positions_encoding.positions_encoding", "embeddings.position_ids",
                      "embeddings.token_type_ids")
 
-# Parameters that belong to task heads rather than the NEZHA body; missing ones are expected when fine-tuning.
-_HEAD_PREFIXES = ("cls.", "classifier.", "qa_outputs.", "crf.")
+# Parameters that belong to task heads rather than the NEZHA body; missing ones are expected when fine-tuning
+# (also how `nezha export` tells a head from the body in imported checkpoints).
+HEAD_PREFIXES = ("cls.", "classifier.", "qa_outputs.", "crf.")
 
 
 @dataclass
@@ -113,7 +114,7 @@ def _rename_for(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> dict[s
     model_has_prefix = any(k.startswith(prefix) for k in model_keys)
     ckpt_has_prefix = any(k.startswith(prefix) for k in state_dict)
     if model_has_prefix and not ckpt_has_prefix:
-        return {(k if k.startswith(_HEAD_PREFIXES) else prefix + k): v for k, v in state_dict.items()}
+        return {(k if k.startswith(HEAD_PREFIXES) else prefix + k): v for k, v in state_dict.items()}
     if not model_has_prefix and ckpt_has_prefix:
         return {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in state_dict.items()}
     return state_dict
@@ -142,7 +143,7 @@ def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> LoadR
     for name in expected:
         if name in usable or name in tied or name in mismatched:
             continue
-        (report.newly_initialized if name.startswith(_HEAD_PREFIXES) else report.missing).append(name)
+        (report.newly_initialized if name.startswith(HEAD_PREFIXES) else report.missing).append(name)
     model.tie_weights()
     return report
 

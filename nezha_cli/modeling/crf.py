@@ -21,14 +21,16 @@ IGNORE_INDEX = -100  # the label of positions without one, as in cross_entropy
 LOG_ZERO = -1e9
 
 
-def pack_labelled(emissions: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def pack_labelled(emissions: torch.Tensor, labels: torch.Tensor, trim: bool = True
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The labelled positions of each row moved to its front, in order: (emissions [B, T, C], tags [B, T],
-    mask [B, T]) with T the most labelled positions of a row; ``mask`` marks the real ones (a prefix of each row)."""
+    mask [B, T]); ``mask`` marks the real ones (a prefix of each row). T is the most labelled positions of a row
+    with ``trim`` (which reads that number back from the device), else L."""
     labelled = labels != IGNORE_INDEX
     # A stable sort on "is ignored" keeps the labelled positions in order and puts them first.
     order = torch.sort((~labelled).to(torch.int8), dim=1, stable=True).indices
-    length = max(int(labelled.sum(1).max()), 1)
-    order = order[:, :length]
+    if trim:
+        order = order[:, :max(int(labelled.sum(1).max()), 1)]
     packed = emissions.gather(1, order.unsqueeze(-1).expand(-1, -1, emissions.shape[-1]))
     tags = labels.gather(1, order).clamp(min=0)
     return packed, tags, labelled.gather(1, order)
@@ -43,24 +45,28 @@ class ConditionalRandomField(nn.Module):
         self.end_transitions = nn.Parameter(torch.zeros(num_tags))
         self.transitions = nn.Parameter(torch.zeros(num_tags, num_tags))
 
-    def forward(self, emissions: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def forward(self, emissions: torch.Tensor, labels: torch.Tensor, pairwise: bool | None = None) -> torch.Tensor:
         """Negative log-likelihood of the gold tag sequences, summed over rows and divided by the number of
         labelled tokens (the scale of token-level cross-entropy, so learning rates carry over); [B, L, C] scores and
-        [B, L] labels (-100: no label). Rows without a label add nothing."""
-        emissions, tags, mask = pack_labelled(emissions.float(), labels)
-        rows = mask[:, 0]
-        if not bool(rows.any()):
-            # Zero, but connected to the emissions and every transition: DDP expects a gradient for each.
-            return (emissions.sum() + sum(p.sum() for p in self.parameters())) * 0.0
-        emissions, tags, mask = emissions[rows], tags[rows], mask[rows]
-        return (self._log_partition(emissions, mask) - self._path_score(emissions, tags, mask)).sum() / mask.sum()
+        [B, L] labels (-100: no label). Rows without a label add zero (still connected to the graph: DDP expects
+        a gradient for every parameter). ``pairwise``: see :meth:`_log_partition`.
+
+        On the pairwise (GPU) path nothing is read back to the host: the rows keep all L positions and rows
+        without a label are multiplied out rather than dropped (each read-back would stall the GPU's queue).
+        """
+        if pairwise is None:
+            pairwise = emissions.device.type != "cpu"
+        # The step-by-step (CPU) path takes one step per position: trimmed to the longest labelled row.
+        emissions, tags, mask = pack_labelled(emissions.float(), labels, trim=not pairwise)
+        nll = self._log_partition(emissions, mask, pairwise) - self._path_score(emissions, tags, mask)
+        return (nll * mask[:, 0]).sum() / mask.sum().clamp(min=1)
 
     def _path_score(self, emissions: torch.Tensor, tags: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         maskf = mask.to(emissions.dtype)
         score = self.start_transitions[tags[:, 0]]
         score = score + (emissions.gather(-1, tags.unsqueeze(-1)).squeeze(-1) * maskf).sum(1)
         score = score + (self.transitions[tags[:, :-1], tags[:, 1:]] * maskf[:, 1:]).sum(1)
-        last = tags.gather(1, (mask.sum(1, keepdim=True) - 1)).squeeze(1)
+        last = tags.gather(1, (mask.sum(1, keepdim=True) - 1).clamp(min=0)).squeeze(1)
         return score + self.end_transitions[last]
 
     def _log_partition(self, emissions: torch.Tensor, mask: torch.Tensor, pairwise: bool | None = None

@@ -525,6 +525,10 @@ class NezhaModel(NezhaPreTrainedModel):
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
+        if (input_ids if input_ids is not None else inputs_embeds).shape[1] == 0:
+            # Caught here: further in, the attention's reshapes fail with an error that names no input.
+            raise ValueError("the input has no tokens (sequence length 0): give each input at least one token "
+                             "(tokenized inputs start with [CLS])")
         embedding_output = self.embeddings(input_ids, token_type_ids, inputs_embeds)
         mask = None
         if attention_mask is not None:
