@@ -108,6 +108,9 @@ def test_usage_errors(tmp_path, gold):
     assert result.exit_code == 2 and "give both --dataset and --predictions" in result.output
     result = run("evaluate", "chnsenti", "--file", gold)
     assert result.exit_code == 2 and "give --model" in result.output
+    model = make_model_dir(tmp_path / "m", write_vocab(tmp_path / "vocab.txt", ["好坏"]))
+    result = run("evaluate", "chnsenti", "--model", model, "--file", gold, "--split", "test")
+    assert result.exit_code == 2 and "with --file, leave it out" in result.output
     assert_one_line_error(run("evaluate", "squad", "--dataset", gold, "--predictions", predictions),
                           "unknown task 'squad'")
 

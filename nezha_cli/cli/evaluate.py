@@ -46,7 +46,8 @@ def _show(metrics: dict[str, Any], title: str, as_json: bool) -> None:
               help="Fine-tuned model directory (OUT/final of `nezha finetune`).")
 @click.option("--data-dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Directory with the task's files by their usual names; --split picks one.")
-@click.option("--split", type=click.Choice(["dev", "test"]), default="dev", show_default=True)
+@click.option("--split", type=click.Choice(["dev", "test"]), default="dev", show_default=True,
+              help="Which file of --data-dir to evaluate (not with --file).")
 @click.option("--file", "file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="The file to evaluate (instead of --data-dir).")
 @click.option("--dataset", type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -113,6 +114,8 @@ def evaluate(ctx: click.Context, task_name: str, model_dir: Path | None, data_di
                                + (", or --dataset and --predictions" if task_cls.name == "cmrc" else ""))
     if (file is None) == (data_dir is None):
         raise click.UsageError("give exactly one of --file and --data-dir")
+    if file is not None and ctx.get_parameter_source("split") is not click.core.ParameterSource.DEFAULT:
+        raise click.UsageError("--split picks a file of --data-dir; with --file, leave it out")
     from nezha_cli.console import make_progress
     from nezha_cli.tasks import get_task
     from nezha_cli.tasks.evaluate import evaluate_model, write_predictions

@@ -21,7 +21,8 @@ A sequence of L <= K tokens clips nothing and uses only the 2L - 1 rows of E aro
 The backward of one is the other, so both directions cost one [L, L] gather and one reading pass over [L, L] beyond
 plain attention; custom autograd functions keep autograd from materialising anything larger. Bucket operands are
 padded to a multiple of 8 columns (:func:`bucket_width`) for aligned GEMMs. Extra memory is O(B.H.L.(2K + 1)) and
-there is no length cap.
+there is no length cap. On CUDA with Triton the gather and the bucket sums are one kernel each
+(:mod:`~nezha_cli.modeling.relative_kernels`).
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ import math
 from dataclasses import dataclass
 
 import torch
+
+from nezha_cli.modeling import relative_kernels
 
 
 def relative_position_table(max_relative_position: int, depth: int, dtype=torch.float32) -> torch.Tensor:
@@ -165,6 +168,8 @@ def bucket_width(max_relative_position: int) -> int:
 
 def expand_buckets(y: torch.Tensor, positions: RelativePositions) -> torch.Tensor:
     """[..., L, W'] -> [..., L, L] with out[i, j] = y[i, p(i, j)] (W' >= 2K+1; columns past 2K are never read)."""
+    if relative_kernels.available(y) and positions.bucket_index.dim() == 2:
+        return relative_kernels.expand_buckets(y, positions.length, positions.max_relative_position)
     index = positions.bucket_index.expand(*y.shape[:-1], positions.length)
     if y.device.type == "cpu" and y.element_size() == 2 and y.is_floating_point() and not torch.compiler.is_exporting():
         # A gather only moves bits: through an int16 view it takes a 2x faster CPU kernel than for bf16/fp16
@@ -177,6 +182,9 @@ def sum_buckets(x: torch.Tensor, positions: RelativePositions) -> torch.Tensor:
     """[..., L, L] -> [..., L, W] with out[i, p] = sum of x[i, j] over the j where p(i, j) = p (zero for p > 2K)."""
     shape = x.shape[:-1]
     k = positions.max_relative_position
+    if (relative_kernels.available(x) and positions.band_index.dim() == 2 and x.shape[-2] == positions.length
+            and x.is_contiguous()):
+        return relative_kernels.sum_buckets(x, k, positions.width)
     # Written in place into the one [..., L, W] result: on CPU every extra temporary of this size costs
     # page faults as well as memory traffic.
     out = diagonal_band(x, -k, positions.band_index, positions.band_valid, exact=positions.block_mask is None)

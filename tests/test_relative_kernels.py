@@ -1,0 +1,70 @@
+"""The Triton kernels of the relative attention (nezha_cli.modeling.relative_kernels) on the CPU, through Triton's
+interpreter: their index arithmetic against the PyTorch ops they replace. tests/test_cuda.py runs them compiled."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from nezha_cli.modeling import relative_kernels
+
+# TRITON_INTERPRET is read when a kernel is defined, so the interpreted kernels run in a fresh interpreter.
+SCRIPT = textwrap.dedent("""
+    import torch
+    from nezha_cli.modeling import relative_kernels
+    from nezha_cli.modeling.relative_attention import (
+        RelativePositions, expand_buckets, relative_context, relative_position_table, relative_scores, sum_buckets)
+
+    def run(use_kernels, fn):
+        relative_kernels.available = lambda t: use_kernels and t.dtype in relative_kernels._DTYPES
+        return fn()
+
+    torch.manual_seed(0)
+    # K = 8: lengths below K (2L - 1 reachable buckets), between K and 2K (corner sums) and beyond 2K (block sums).
+    for length in (1, 7, 12, 40, 100):
+        pos = RelativePositions.build(length, 8)
+        for dtype in (torch.float32, torch.bfloat16):
+            x = torch.randn(2, 3, length, length).to(dtype)
+            # Bucket scores as the model makes them (the heads a view of one [B, L, H, W] product), and contiguous.
+            y = torch.randn(2, length, 3, pos.width).to(dtype).transpose(1, 2)
+            y3 = torch.randn(6, length, pos.width).to(dtype)
+            kernel, reference = (run(flag, lambda: (sum_buckets(x, pos), expand_buckets(y, pos),
+                                                     expand_buckets(y3, pos))) for flag in (True, False))
+            assert torch.equal(kernel[1], reference[1]) and torch.equal(kernel[2], reference[2]), (length, dtype)
+            exact = sum_buckets(x.double(), pos)
+            tol = 1e-5 if dtype == torch.float32 else torch.finfo(dtype).eps * exact.abs().max().item()
+            assert kernel[0].dtype == dtype and kernel[0].shape == exact.shape, (length, dtype)
+            assert (kernel[0].double() - exact).abs().max() <= tol, (length, dtype)
+        # The attention core, forward and backward, with the kernels and without.
+        table = relative_position_table(8, 16)
+        q, k, v = (torch.randn(2, 3, length, 16, requires_grad=True) for _ in range(3))
+
+        def core():
+            out = relative_context(torch.softmax(relative_scores(q, k, table, pos), -1), v, table, pos)
+            return (out, *torch.autograd.grad((out * out).sum(), (q, k, v)))
+
+        for a, b in zip(run(True, core), run(False, core)):
+            assert (a - b).abs().max() <= 1e-6 * (1 + b.abs().max()), length  # fp32 sums in other orders
+    print("kernels ok")
+""")
+
+
+def test_kernels_match_the_pytorch_ops_in_the_triton_interpreter():
+    pytest.importorskip("triton")
+    result = subprocess.run([sys.executable, "-c", SCRIPT], env={**os.environ, "TRITON_INTERPRET": "1"},
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "kernels ok" in result.stdout
+
+
+def test_kernels_serve_cuda_tensors_only_and_can_be_turned_off():
+    assert not relative_kernels.available(torch.zeros(2))
+    result = subprocess.run([sys.executable, "-c", "from nezha_cli.modeling import relative_kernels as k; "
+                             "print(k.ENABLED)"], env={**os.environ, "NEZHA_TRITON": "0"},
+                            capture_output=True, text=True)
+    assert result.stdout.strip() == "False"
