@@ -26,8 +26,11 @@ ENABLED = os.environ.get("NEZHA_TRITON", "1") != "0"
 
 
 def available(x: torch.Tensor) -> bool:
-    """Whether the kernels serve ``x``: a CUDA tensor of fp32/bf16/fp16, eager mode, Triton installed."""
-    return (ENABLED and triton is not None and x.is_cuda and x.dtype in _DTYPES and not torch.compiler.is_compiling()
+    """Whether the kernels serve ``x``: a CUDA tensor of fp32/bf16/fp16, eager mode, Triton installed, and no
+    autograd graph to record (the attention's autograd functions call them with none; a direct caller that
+    differentiates through them gets the PyTorch ops)."""
+    return (ENABLED and triton is not None and x.is_cuda and x.dtype in _DTYPES
+            and not (x.requires_grad and torch.is_grad_enabled()) and not torch.compiler.is_compiling()
             and not torch.compiler.is_exporting() and not torch.jit.is_tracing())
 
 
