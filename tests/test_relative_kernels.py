@@ -68,3 +68,18 @@ def test_kernels_serve_cuda_tensors_only_and_can_be_turned_off():
                              "print(k.ENABLED)"], env={**os.environ, "NEZHA_TRITON": "0"},
                             capture_output=True, text=True)
     assert result.stdout.strip() == "False"
+
+
+def test_cpu_runs_do_not_import_the_kernels():
+    # Importing Triton takes a few tenths of a second: only the first CUDA tensor pays it.
+    script = textwrap.dedent("""
+        import sys, torch
+        from nezha_cli.modeling import NezhaConfig, NezhaModel
+        model = NezhaModel(NezhaConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                       intermediate_size=64, max_relative_position=4))
+        model(torch.randint(1, 50, (2, 12))).last_hidden_state.sum().backward()
+        print(sorted(m for m in sys.modules if m.endswith("_relative_triton")))
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "[]"
