@@ -212,7 +212,7 @@ def main() -> None:
             }
         if task == "pd-ner":
             summary["pd-ner/memorised"] = {"task": task, "init": "memorised", "metric": metric,
-                                         "best": memorised_entities_f1(train, dev)}
+                                           "best": memorised_entities_f1(train, dev)}
 
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     print(f"\n{'task':<10} {'init':<11} {'metric':<9} {'best dev':>8} {'stdev':>7} {'target':>7} {'wall min':>9} "

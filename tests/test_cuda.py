@@ -12,16 +12,15 @@ import pytest
 import torch
 from pretrain_fixtures import TINY_MODEL, write_masked_data
 from test_modeling_relative_attention import reference_attention, reference_relations
+from test_relative_kernels import LENGTHS, check_kernels_against_pytorch_ops
 
 from nezha_cli.engine.metrics_log import read_metrics
 from nezha_cli.modeling import NezhaConfig, NezhaForPreTraining, NezhaModel
 from nezha_cli.modeling.relative_attention import (
     RelativePositions,
-    expand_buckets,
     relative_context,
     relative_position_table,
     relative_scores,
-    sum_buckets,
 )
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -75,29 +74,14 @@ def test_attention_core_on_cuda_matches_the_paper_formulas(length):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("length", [1, 7, 12, 40, 130])
-def test_bucket_kernels_on_cuda_match_the_pytorch_ops(length, dtype, monkeypatch):
-    """The Triton gather and bucket sums against the PyTorch ops they replace (K = 8: every route of those)."""
+@pytest.mark.parametrize("length", LENGTHS)
+def test_bucket_kernels_on_cuda_match_the_pytorch_ops(length, dtype):
+    """The Triton gather and bucket sums against the PyTorch ops they replace, and the attention core with them."""
     pytest.importorskip("triton")
     from nezha_cli.modeling import relative_kernels
 
     assert relative_kernels.available(torch.zeros(1, device="cuda", dtype=dtype))
-    pos = RelativePositions.build(length, 8, device="cuda")
-    g = torch.Generator(device="cuda").manual_seed(length)
-    x = torch.randn(2, 3, length, length, device="cuda", generator=g).to(dtype)
-    # Bucket scores as the model makes them (the heads a view of one [B, L, H, W] product), and contiguous.
-    y = torch.randn(2, length, 3, pos.width, device="cuda", generator=g).to(dtype).transpose(1, 2)
-    y3 = torch.randn(6, length, pos.width, device="cuda", generator=g).to(dtype)
-    kernel = sum_buckets(x, pos), expand_buckets(y, pos), expand_buckets(y3, pos)
-    monkeypatch.setattr(relative_kernels, "available", lambda t: False)
-    reference = sum_buckets(x, pos), expand_buckets(y, pos), expand_buckets(y3, pos)
-    assert torch.equal(kernel[1], reference[1]) and torch.equal(kernel[2], reference[2])
-    exact = sum_buckets(x.double(), pos)
-    # Both accumulate the clipped buckets in fp32 and round once, in different orders.
-    tol = 1e-5 if dtype == torch.float32 else torch.finfo(dtype).eps * exact.abs().max().item()
-    assert kernel[0].dtype == dtype and kernel[0].shape == exact.shape
-    assert (kernel[0].double() - exact).abs().max() <= tol
-    assert (reference[0].double() - exact).abs().max() <= tol
+    check_kernels_against_pytorch_ops(length, dtype, "cuda")
 
 
 def test_parity_with_transformers_on_cuda():
