@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -89,6 +90,15 @@ def test_kernels_match_the_pytorch_ops_in_the_triton_interpreter():
 
 def test_kernels_serve_cuda_tensors_only_and_can_be_turned_off():
     assert not relative_kernels.available(torch.zeros(2))
+    if relative_kernels.ENABLED and relative_kernels._kernels() is not None:
+        # The rules past the device (a stand-in for a CUDA tensor: CI has none).
+        cuda = SimpleNamespace(is_cuda=True, dtype=torch.bfloat16, requires_grad=False)
+        assert relative_kernels.available(cuda)
+        assert not relative_kernels.available(SimpleNamespace(**{**vars(cuda), "dtype": torch.float64}))
+        differentiated = SimpleNamespace(**{**vars(cuda), "requires_grad": True})
+        assert not relative_kernels.available(differentiated)  # no graph would be recorded
+        with torch.no_grad():
+            assert relative_kernels.available(differentiated)  # as inside the attention's autograd functions
     result = subprocess.run([sys.executable, "-c", "from nezha_cli.modeling import relative_kernels as k; "
                              "print(k.ENABLED)"], env={**os.environ, "NEZHA_TRITON": "0"},
                             capture_output=True, text=True)
