@@ -103,6 +103,11 @@ def test_kernels_serve_cuda_tensors_only_and_can_be_turned_off():
                              "print(k.ENABLED)"], env={**os.environ, "NEZHA_TRITON": "0"},
                             capture_output=True, text=True)
     assert result.stdout.strip() == "False"
+    from click.testing import CliRunner
+
+    from nezha_cli.cli import cli
+
+    assert "NEZHA_TRITON=0" in CliRunner().invoke(cli, ["--help"]).output
 
 
 def test_cpu_runs_do_not_import_the_kernels():
