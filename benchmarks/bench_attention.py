@@ -15,6 +15,7 @@ precision) runs again in a fresh subprocess, so its peak RSS is its own.
     python benchmarks/bench_attention.py                 # BERT-base shape, L = 128 (batch 8) and 512 (batch 2)
     python benchmarks/bench_attention.py --layers 2 --steps 2 --precision fp32   # quicker
     python benchmarks/bench_attention.py --device cuda --steps 20 --lengths 128:64,512:16   # on a GPU
+    NEZHA_TRITON=0 python benchmarks/bench_attention.py --device cuda ...   # the GPU without the Triton kernels
 """
 
 from __future__ import annotations
@@ -172,7 +173,14 @@ def main() -> None:
     precisions = [p.strip() for p in args.precision.replace("both", "fp32,bf16").split(",")]
     if not set(precisions) <= {"fp32", "bf16"}:
         parser.error(f"--precision: expected fp32, bf16 or both, got {args.precision!r}")
-    where = (torch.cuda.get_device_name() if args.device == "cuda" else f"{torch.get_num_threads()} CPU threads")
+    if args.device == "cuda":
+        from nezha_cli.modeling import relative_kernels
+
+        kernels = relative_kernels.available(torch.zeros(1, device="cuda"))
+        state = "on" if kernels else "off (NEZHA_TRITON=0 or no Triton)"
+        where = f"{torch.cuda.get_device_name()}, Triton kernels {state}"
+    else:
+        where = f"{torch.get_num_threads()} CPU threads"
     print(f"NezhaForPreTraining, hidden 768, 12 heads, {args.layers} layers, K = 64, forward + backward, "
           f"torch {torch.__version__}, {where}; {args.steps} interleaved steps each; glibc malloc tuning "
           f"{'on' if malloc_tuned else 'off'}")
