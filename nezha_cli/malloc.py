@@ -25,6 +25,8 @@ MMAP_THRESHOLD = 32 * 2**20  # glibc's maximum on 64-bit (HEAP_MAX_SIZE / 2); la
 TRIM_THRESHOLD = 2**31 - 1  # an int: never trim in practice
 
 OPT_OUT = "NEZHA_MALLOC_TUNING"
+# glibc reads these at start-up; any of them set means the user tuned malloc already.
+USER_VARIABLES = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")
 
 _done = False
 
@@ -35,7 +37,17 @@ def _user_chose_allocator() -> bool:
         return True
     if "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", ""):
         return True
-    return any(name in os.environ for name in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_"))
+    return any(name in os.environ for name in USER_VARIABLES)
+
+
+def glibc() -> ctypes.CDLL | None:
+    """This process's C library where it is glibc (musl's mallopt ignores the options used here), else None."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.gnu_get_libc_version  # noqa: B018 - glibc only
+    except (OSError, AttributeError):
+        return None
+    return libc
 
 
 def tune_malloc() -> bool:
@@ -49,10 +61,8 @@ def tune_malloc() -> bool:
         return True
     if not sys.platform.startswith("linux") or os.environ.get(OPT_OUT, "1") == "0" or _user_chose_allocator():
         return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.gnu_get_libc_version  # noqa: B018 - glibc only (musl's mallopt ignores these options)
-    except (OSError, AttributeError):
+    libc = glibc()
+    if libc is None:
         return False
     libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     _done = bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(libc.mallopt(M_TRIM_THRESHOLD,

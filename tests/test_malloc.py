@@ -1,7 +1,5 @@
 """glibc malloc tuning: large freed blocks stay in the process (no mmap per allocation), with opt-outs."""
 
-import ctypes
-import ctypes.util
 import json
 import os
 import subprocess
@@ -15,13 +13,9 @@ from nezha_cli.cli import cli
 
 
 def _glibc() -> bool:
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.gnu_get_libc_version  # noqa: B018
-        libc.mallinfo2  # noqa: B018 - glibc >= 2.33, for the probe
-    except (OSError, AttributeError):
-        return False
-    return sys.platform.startswith("linux")
+    # The probe reads mallinfo2 (glibc >= 2.33).
+    libc = malloc.glibc()
+    return sys.platform.startswith("linux") and libc is not None and hasattr(libc, "mallinfo2")
 
 
 # In a fresh interpreter: tune (or not), then allocate 16 MiB with malloc() and report whether glibc mapped it with
@@ -47,8 +41,7 @@ print(json.dumps({"tuned": tuned, "mmapped": mapped}))
 
 def _probe(**env) -> dict:
     # Without any allocator setting of the calling environment, then with ``env``.
-    ignored = ("GLIBC_TUNABLES", "LD_PRELOAD", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_",
-               malloc.OPT_OUT)
+    ignored = ("GLIBC_TUNABLES", "LD_PRELOAD", *malloc.USER_VARIABLES, malloc.OPT_OUT)
     full_env = {k: v for k, v in os.environ.items() if k not in ignored}
     full_env.update(env)
     out = subprocess.run([sys.executable, "-c", PROBE], env=full_env, capture_output=True, text=True, check=True)
@@ -75,7 +68,7 @@ def test_preloaded_allocator_is_left_alone(monkeypatch):
     assert malloc._user_chose_allocator()
     monkeypatch.setenv("LD_PRELOAD", "")
     monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
-    for name in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_"):
+    for name in malloc.USER_VARIABLES:
         monkeypatch.delenv(name, raising=False)
     assert not malloc._user_chose_allocator()
 
