@@ -16,6 +16,7 @@ precision) runs again in a fresh subprocess, so its peak RSS is its own.
     python benchmarks/bench_attention.py --layers 2 --steps 2 --precision fp32   # quicker
     python benchmarks/bench_attention.py --device cuda --steps 20 --lengths 128:64,512:16   # on a GPU
     NEZHA_TRITON=0 python benchmarks/bench_attention.py --device cuda ...   # the GPU without the Triton kernels
+    NEZHA_CPU_KERNELS=0 python benchmarks/bench_attention.py ...            # the CPU without the C kernels
 """
 
 from __future__ import annotations
@@ -173,14 +174,15 @@ def main() -> None:
     precisions = [p.strip() for p in args.precision.replace("both", "fp32,bf16").split(",")]
     if not set(precisions) <= {"fp32", "bf16"}:
         parser.error(f"--precision: expected fp32, bf16 or both, got {args.precision!r}")
-    if args.device == "cuda":
-        from nezha_cli.modeling import relative_kernels
+    from nezha_cli.modeling import relative_kernels
 
-        kernels = relative_kernels.available(torch.zeros(1, device="cuda"))
+    kernels = relative_kernels.available(torch.zeros(1, device=args.device))
+    if args.device == "cuda":
         state = "on" if kernels else "off (NEZHA_TRITON=0 or no Triton)"
         where = f"{torch.cuda.get_device_name()}, Triton kernels {state}"
     else:
-        where = f"{torch.get_num_threads()} CPU threads"
+        state = "on" if kernels else "off (NEZHA_CPU_KERNELS=0, no C compiler or not Linux)"
+        where = f"{torch.get_num_threads()} CPU threads, C kernels {state}"
     print(f"NezhaForPreTraining, hidden 768, 12 heads, {args.layers} layers, K = 64, forward + backward, "
           f"torch {torch.__version__}, {where}; {args.steps} interleaved steps each; glibc malloc tuning "
           f"{'on' if malloc_tuned else 'off'}")

@@ -110,3 +110,4 @@ def test_recipes_ship_inside_the_wheel(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     for recipe in list_recipes():
         assert f"nezha_cli/recipes/{recipe}.yaml" in names
+    assert "nezha_cli/modeling/_relative_cpu.c" in names  # compiled on first use (relative_kernels)

@@ -1,20 +1,24 @@
-"""The Triton kernels of the relative attention (nezha_cli.modeling.relative_kernels) on the CPU, through Triton's
-interpreter: their index arithmetic against the PyTorch ops they replace. tests/test_cuda.py runs them compiled,
-with the same checks (:func:`check_kernels_against_pytorch_ops`)."""
+"""The kernels of the relative attention (nezha_cli.modeling.relative_kernels) against the PyTorch ops they replace:
+the C kernels compiled for this CPU, and the Triton kernels through Triton's interpreter (their index arithmetic).
+tests/test_cuda.py runs the Triton kernels compiled, with the same checks
+(:func:`check_kernels_against_pytorch_ops`)."""
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
+import tempfile
 import textwrap
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 
-from nezha_cli.modeling import relative_kernels
+from nezha_cli.modeling import _relative_cpu, relative_kernels
 from nezha_cli.modeling.relative_attention import (
     RelativePositions,
     expand_buckets,
@@ -28,17 +32,21 @@ from nezha_cli.modeling.relative_attention import (
 LENGTHS = (1, 7, 12, 40, 130)
 
 
-def _with_kernels(use: bool, fn):
-    """fn() with the kernels forced on (also for CPU tensors, which Triton's interpreter runs) or off."""
-    saved = relative_kernels.available
-    relative_kernels.available = (lambda t: t.dtype in relative_kernels._DTYPES) if use else (lambda t: False)
+def _with_kernels(kernels: relative_kernels.Backend | None, fn):
+    """fn() with ``kernels`` serving every tensor of a dtype they take (CPU tensors too: Triton's interpreter runs
+    those), or with none."""
+    dtypes = relative_kernels._DTYPES if kernels is relative_kernels.TRITON else relative_kernels._CPU_DTYPES
+    saved = relative_kernels.backend
+    relative_kernels.backend = lambda t: (kernels if kernels is not None and t.dtype in dtypes
+                                          and not (t.requires_grad and torch.is_grad_enabled()) else None)
     try:
         return fn()
     finally:
-        relative_kernels.available = saved
+        relative_kernels.backend = saved
 
 
-def check_kernels_against_pytorch_ops(length: int, dtype: torch.dtype, device: str) -> None:
+def check_kernels_against_pytorch_ops(length: int, dtype: torch.dtype, device: str, kernels: str = "triton") -> None:
+    kernels = {"triton": relative_kernels.TRITON, "cpu": relative_kernels.CPU}[kernels]
     torch.manual_seed(length)
     pos = RelativePositions.build(length, 8, device=device)
     x = torch.randn(2, 3, length, length, device=device).to(dtype)
@@ -46,14 +54,15 @@ def check_kernels_against_pytorch_ops(length: int, dtype: torch.dtype, device: s
     y = torch.randn(2, length, 3, pos.width, device=device).to(dtype).transpose(1, 2)
     y3 = torch.randn(6, length, pos.width, device=device).to(dtype)
     kernel, reference = (_with_kernels(use, lambda: (sum_buckets(x, pos), expand_buckets(y, pos),
-                                                      expand_buckets(y3, pos))) for use in (True, False))
+                                                      expand_buckets(y3, pos), sum_buckets(x.float(), pos, dtype)))
+                         for use in (kernels, None))
     assert torch.equal(kernel[1], reference[1]) and torch.equal(kernel[2], reference[2])
     exact = sum_buckets(x.double(), pos)
     # Both accumulate the clipped buckets in fp32 and round once, in different orders.
     tol = 1e-5 if dtype == torch.float32 else torch.finfo(dtype).eps * exact.abs().max().item()
-    assert kernel[0].dtype == dtype and kernel[0].shape == exact.shape
-    assert (kernel[0].double() - exact).abs().max() <= tol
-    assert (reference[0].double() - exact).abs().max() <= tol
+    for sums in (kernel[0], reference[0], kernel[3], reference[3]):  # from x, and from its fp32 copy into dtype
+        assert sums.dtype == dtype and sums.shape == exact.shape
+        assert (sums.double() - exact).abs().max() <= tol
     if dtype != torch.float32:
         return
     # The attention core, forward and backward, with the kernels and without.
@@ -64,7 +73,7 @@ def check_kernels_against_pytorch_ops(length: int, dtype: torch.dtype, device: s
         out = relative_context(torch.softmax(relative_scores(q, k, table, pos), -1), v, table, pos)
         return (out, *torch.autograd.grad((out * out).sum(), (q, k, v)))
 
-    for a, b in zip(_with_kernels(True, core), _with_kernels(False, core)):
+    for a, b in zip(_with_kernels(kernels, core), _with_kernels(None, core)):
         assert (a - b).abs().max() <= 1e-6 * (1 + b.abs().max())  # fp32 sums in other orders
 
 
@@ -88,26 +97,101 @@ def test_kernels_match_the_pytorch_ops_in_the_triton_interpreter():
     assert "kernels ok" in result.stdout
 
 
-def test_kernels_serve_cuda_tensors_only_and_can_be_turned_off():
-    assert not relative_kernels.available(torch.zeros(2))
-    if relative_kernels.ENABLED and relative_kernels._kernels() is not None:
+def _cpu_kernels_or_skip():
+    if relative_kernels._cpu() is None:
+        pytest.skip("no C compiler (or not Linux with OpenMP PyTorch): the CPU kernels are off")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("length", LENGTHS)
+def test_cpu_kernels_match_the_pytorch_ops(length, dtype):
+    _cpu_kernels_or_skip()
+    check_kernels_against_pytorch_ops(length, dtype, "cpu", kernels="cpu")
+
+
+def test_cpu_kernels_at_bert_shapes_and_in_threads():
+    """K = 64 at the usual lengths (2L - 1 buckets, corners, blocks), split over the thread pool, and on one thread."""
+    _cpu_kernels_or_skip()
+    threads = torch.get_num_threads()
+    try:
+        for length, num_threads in ((48, threads), (128, threads), (300, threads), (128, 1)):
+            torch.set_num_threads(num_threads)
+            pos = RelativePositions.build(length, 64)
+            x = torch.rand(2, 4, length, length)
+            y = torch.randn(2, length, 4, pos.width).to(torch.bfloat16).transpose(1, 2)
+            both = functools.partial(lambda x, y, pos: (sum_buckets(x, pos), expand_buckets(y, pos)), x, y, pos)
+            kernel, reference = (_with_kernels(use, both) for use in (relative_kernels.CPU, None))
+            assert torch.equal(kernel[1], reference[1])
+            assert (kernel[0] - reference[0]).abs().max() <= 1e-5 * (1 + x.shape[-1])
+            assert torch.allclose(kernel[0].sum(-1), x.sum(-1), atol=1e-4)  # every key in one bucket
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_kernel_dispatch_rules():
+    cpu_kernels = relative_kernels._cpu() is not None
+    for dtype in (torch.float32, torch.bfloat16):
+        assert relative_kernels.backend(torch.zeros(2, dtype=dtype)) is (relative_kernels.CPU if cpu_kernels else None)
+    assert relative_kernels.backend(torch.zeros(2, dtype=torch.float16)) is None  # no fp16 sums on the CPU
+    assert relative_kernels.backend(torch.zeros(2, dtype=torch.float64)) is None
+    assert relative_kernels.backend(torch.zeros(2, requires_grad=True)) is None  # no graph would be recorded
+    with torch.no_grad():  # as inside the attention's autograd functions
+        assert relative_kernels.available(torch.zeros(2, requires_grad=True)) is cpu_kernels
+    if relative_kernels.ENABLED and relative_kernels._triton() is not None:
         # The rules past the device (a stand-in for a CUDA tensor: CI has none).
-        cuda = SimpleNamespace(is_cuda=True, dtype=torch.bfloat16, requires_grad=False)
-        assert relative_kernels.available(cuda)
-        assert not relative_kernels.available(SimpleNamespace(**{**vars(cuda), "dtype": torch.float64}))
+        cuda = SimpleNamespace(is_cuda=True, dtype=torch.float16, requires_grad=False)
+        assert relative_kernels.backend(cuda) is relative_kernels.TRITON
+        assert relative_kernels.backend(SimpleNamespace(**{**vars(cuda), "dtype": torch.float64})) is None
         differentiated = SimpleNamespace(**{**vars(cuda), "requires_grad": True})
-        assert not relative_kernels.available(differentiated)  # no graph would be recorded
+        assert relative_kernels.backend(differentiated) is None
         with torch.no_grad():
-            assert relative_kernels.available(differentiated)  # as inside the attention's autograd functions
-    result = subprocess.run([sys.executable, "-c", "from nezha_cli.modeling import relative_kernels as k; "
-                             "print(k.ENABLED)"], env={**os.environ, "NEZHA_TRITON": "0"},
-                            capture_output=True, text=True)
-    assert result.stdout.strip() == "False"
+            assert relative_kernels.backend(differentiated) is relative_kernels.TRITON
+
+
+def test_kernels_can_be_turned_off():
+    script = "from nezha_cli.modeling import relative_kernels as k; print(k.ENABLED, k.CPU_ENABLED)"
+    for variable, expected in (("NEZHA_TRITON", "False True"), ("NEZHA_CPU_KERNELS", "True False")):
+        result = subprocess.run([sys.executable, "-c", script], env={**os.environ, variable: "0"},
+                                capture_output=True, text=True)
+        assert result.stdout.strip() == expected
     from click.testing import CliRunner
 
     from nezha_cli.cli import cli
 
-    assert "NEZHA_TRITON=0" in CliRunner().invoke(cli, ["--help"]).output
+    help_text = CliRunner().invoke(cli, ["--help"]).output
+    assert "NEZHA_TRITON=0" in help_text and "NEZHA_CPU_KERNELS=0" in help_text
+
+
+def test_cpu_kernels_build_once_into_the_cache(tmp_path):
+    if _relative_cpu.compiler() is None:
+        pytest.skip("no C compiler")
+    first = _relative_cpu.build(tmp_path)
+    assert first.parent == tmp_path and first.name.startswith("relative_cpu-")
+    modified = first.stat().st_mtime_ns
+    assert _relative_cpu.build(tmp_path) == first and first.stat().st_mtime_ns == modified  # reused, not rebuilt
+    assert sorted(p.name for p in tmp_path.iterdir()) == [first.name]  # no partial files left
+
+
+def test_an_unwritable_cache_builds_into_a_directory_of_its_own(monkeypatch, tmp_path):
+    if relative_kernels._cpu() is None:
+        pytest.skip("no C compiler (or not Linux with OpenMP PyTorch)")
+    (tmp_path / "cache").write_text("a file where the cache directory would go")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    library = _relative_cpu.load()
+    assert library is not None and library.sum_buckets_f32 is not None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache"]  # its own directory removed once loaded
+
+
+def test_without_a_compiler_the_pytorch_ops_serve(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(_relative_cpu, "compiler", lambda: None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # quietly: most laptops have no compiler
+        assert _relative_cpu.load() is None
+    monkeypatch.setattr(_relative_cpu, "compiler", lambda: str(tmp_path / "no-such-cc"))
+    with pytest.warns(UserWarning, match="NEZHA_CPU_KERNELS=0"):  # a compiler was named: say why it is not used
+        assert _relative_cpu.load() is None
 
 
 def test_cpu_runs_do_not_import_the_kernels():

@@ -112,8 +112,9 @@ def cli(ctx: click.Context, debug: bool, quiet: bool) -> None:
     Run `nezha COMMAND --help` for the options of each step.
 
     On Linux, freed tensor memory stays in the process for reuse (glibc malloc thresholds; faster CPU steps):
-    NEZHA_MALLOC_TUNING=0 turns that off. On CUDA, the relative attention's bucket gather and sums run as Triton
-    kernels where Triton is installed: NEZHA_TRITON=0 turns them off.
+    NEZHA_MALLOC_TUNING=0 turns that off. The relative attention's bucket gather and sums run as Triton kernels
+    on CUDA where Triton is installed (NEZHA_TRITON=0 turns them off) and as C kernels on a Linux CPU with a C
+    compiler, built once into ~/.cache/nezha-cli (NEZHA_CPU_KERNELS=0 turns them off).
     """
     from nezha_cli.malloc import tune_malloc
 

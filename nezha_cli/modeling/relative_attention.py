@@ -21,8 +21,8 @@ A sequence of L <= K tokens clips nothing and uses only the 2L - 1 rows of E aro
 The backward of one is the other, so both directions cost one [L, L] gather and one reading pass over [L, L] beyond
 plain attention; custom autograd functions keep autograd from materialising anything larger. Bucket operands are
 padded to a multiple of 8 columns (:func:`bucket_width`) for aligned GEMMs. Extra memory is O(B.H.L.(2K + 1)) and
-there is no length cap. On CUDA with Triton the gather and the bucket sums are one kernel each
-(:mod:`~nezha_cli.modeling.relative_kernels`).
+there is no length cap. The gather and the bucket sums are one kernel each on CUDA (Triton) and on a Linux CPU
+with a C compiler (:mod:`~nezha_cli.modeling.relative_kernels`).
 """
 
 from __future__ import annotations
@@ -168,8 +168,9 @@ def bucket_width(max_relative_position: int) -> int:
 
 def expand_buckets(y: torch.Tensor, positions: RelativePositions) -> torch.Tensor:
     """[..., L, W'] -> [..., L, L] with out[i, j] = y[i, p(i, j)] (W' >= 2K+1; columns past 2K are never read)."""
-    if relative_kernels.available(y) and positions.bucket_index.dim() == 2:
-        return relative_kernels.expand_buckets(y, positions.length, positions.max_relative_position)
+    kernels = relative_kernels.backend(y)
+    if kernels is not None and positions.bucket_index.dim() == 2:
+        return kernels.expand_buckets(y, positions.length, positions.max_relative_position)
     index = positions.bucket_index.expand(*y.shape[:-1], positions.length)
     if y.device.type == "cpu" and y.element_size() == 2 and y.is_floating_point() and not torch.compiler.is_exporting():
         # A gather only moves bits: through an int16 view it takes a 2x faster CPU kernel than for bf16/fp16
@@ -178,13 +179,20 @@ def expand_buckets(y: torch.Tensor, positions: RelativePositions) -> torch.Tenso
     return y.gather(-1, index)
 
 
-def sum_buckets(x: torch.Tensor, positions: RelativePositions) -> torch.Tensor:
-    """[..., L, L] -> [..., L, W] with out[i, p] = sum of x[i, j] over the j where p(i, j) = p (zero for p > 2K)."""
+def sum_buckets(x: torch.Tensor, positions: RelativePositions, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """[..., L, L] -> [..., L, W] with out[i, p] = sum of x[i, j] over the j where p(i, j) = p (zero for p > 2K),
+    in ``dtype`` (default: x's)."""
+    dtype = dtype or x.dtype
+    kernels = relative_kernels.backend(x)
+    if (kernels is not None and positions.band_index.dim() == 2 and x.shape[-2] == positions.length
+            and x.is_contiguous()):
+        return kernels.sum_buckets(x, positions.max_relative_position, positions.width, dtype)
+    return _sum_buckets(x, positions).to(dtype)
+
+
+def _sum_buckets(x: torch.Tensor, positions: RelativePositions) -> torch.Tensor:
     shape = x.shape[:-1]
     k = positions.max_relative_position
-    if (relative_kernels.available(x) and positions.band_index.dim() == 2 and x.shape[-2] == positions.length
-            and x.is_contiguous()):
-        return relative_kernels.sum_buckets(x, k, positions.width)
     # Written in place into the one [..., L, W] result: on CPU every extra temporary of this size costs
     # page faults as well as memory traffic.
     out = diagonal_band(x, -k, positions.band_index, positions.band_valid, exact=positions.block_mask is None)
@@ -278,7 +286,11 @@ def bucket_product(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     ms in fp32), and the result is a view.
     """
     if x.dim() == 4 and x.transpose(1, 2).is_contiguous():
-        return torch.matmul(x.transpose(1, 2), table.t()).transpose(1, 2)
+        # One GEMM over the [B * L * H, d] rows, folded by hand: torch.matmul folds by strides, and with one head
+        # (or one token) it broadcasts E over the rows instead: a copy of E per row and a batch of 1-row GEMMs.
+        batch, heads, length, depth = x.shape
+        product = torch.mm(x.transpose(1, 2).reshape(-1, depth), table.t())
+        return product.view(batch, length, heads, -1).transpose(1, 2)
     return torch.matmul(x, table.t())
 
 
@@ -320,7 +332,7 @@ class _RelativeContext(torch.autograd.Function):
         table = padded_table(table, value.dtype)
         # The bucket sums read the fp32 probabilities, not their bf16 copy: on an AMX CPU the bf16 gathers and sums
         # were slower (17.7 vs 13.8 ms per core fwd+bwd at L = 128), on an H100 no faster.
-        context = torch.matmul(sum_buckets(probs, positions).to(value.dtype), table)
+        context = torch.matmul(sum_buckets(probs, positions, value.dtype), table)
         probs_lp = probs.to(value.dtype)
         _baddbmm_(context, probs_lp, value)
         ctx.save_for_backward(probs_lp, value, table)
@@ -353,5 +365,5 @@ def relative_context(probs, value, table, positions: RelativePositions) -> torch
     table = positions.reachable(table)
     if torch.is_grad_enabled() and (probs.requires_grad or value.requires_grad):
         return _RelativeContext.apply(probs, value, table, positions)
-    by_bucket = sum_buckets(probs, positions).to(value.dtype)
+    by_bucket = sum_buckets(probs, positions, value.dtype)
     return torch.matmul(probs.to(value.dtype), value) + torch.matmul(by_bucket, padded_table(table, value.dtype))

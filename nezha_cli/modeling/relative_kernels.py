@@ -1,37 +1,73 @@
-"""Triton kernels for the two memory-bound steps of the relative attention on a GPU.
+"""Kernels for the two memory-bound steps of the relative attention, on the GPU (Triton) and the CPU (C).
 
 :func:`~nezha_cli.modeling.relative_attention.expand_buckets` (bucket scores to [L, L]) and
 :func:`~nezha_cli.modeling.relative_attention.sum_buckets` ([L, L] to bucket sums) each take several PyTorch ops:
 a gather that also reads an [L, L] index, or a band read plus block, corner and row sums with their masks, each a
-kernel launch and a pass over memory. Here each is one kernel and one pass. They compute the same values (the
-clipped buckets' sums in fp32, as there) and are used for CUDA tensors when Triton is installed (it ships with
-PyTorch's CUDA wheels), outside torch.compile and torch.export; everything else takes the PyTorch ops.
-``NEZHA_TRITON=0`` in the environment turns them off.
+kernel launch (or a pass of the CPU's thread pool) and a pass over memory. Here each is one kernel and one pass.
+They compute the same values (the clipped buckets' sums in fp32, rounded once) and serve in eager mode, outside
+torch.compile, torch.export and tracing; everything else takes the PyTorch ops.
+
+* CUDA tensors (fp32/bf16/fp16) where Triton is installed (it ships with PyTorch's CUDA wheels): ``_relative_triton``,
+  imported at the first CUDA tensor. ``NEZHA_TRITON=0`` in the environment turns them off.
+* CPU tensors (fp32/bf16) on Linux with a C compiler: ``_relative_cpu.c``, compiled at the first CPU tensor
+  (a quarter of a second, then cached; see :mod:`~nezha_cli.modeling._relative_cpu`). ``NEZHA_CPU_KERNELS=0``
+  turns them off.
 """
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
-_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 ENABLED = os.environ.get("NEZHA_TRITON", "1") != "0"
+CPU_ENABLED = os.environ.get("NEZHA_CPU_KERNELS", "1") != "0"
+_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+_CPU_DTYPES = (torch.float32, torch.bfloat16)
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One device's kernels.
+
+    ``expand_buckets(y, length, K)``: [..., L, W'] -> [..., L, L], out[i, j] = y[i, clip(j - i, -K, K) + K]; ``y``
+    may be a strided view (the heads of one [B, L, H, W'] product) as long as its last dimension is contiguous.
+    ``sum_buckets(x, K, width, dtype)``: [..., L, L] (contiguous) -> [..., L, width] in ``dtype``: the keys of each
+    query summed by bucket, zero past 2K.
+    """
+
+    name: str
+    expand_buckets: Callable[[torch.Tensor, int, int], torch.Tensor]
+    sum_buckets: Callable[[torch.Tensor, int, int, torch.dtype], torch.Tensor]
+
+
+def backend(x: torch.Tensor) -> Backend | None:
+    """The kernels that serve ``x``, or None (the PyTorch ops).
+
+    Only where no autograd graph is to be recorded (the attention's autograd functions call them with none; a direct
+    caller that differentiates through them gets the PyTorch ops).
+    """
+    if (x.requires_grad and torch.is_grad_enabled()) or torch.compiler.is_compiling() \
+            or torch.compiler.is_exporting() or torch.jit.is_tracing():
+        return None
+    if x.is_cuda:
+        return TRITON if ENABLED and x.dtype in _DTYPES and _triton() is not None else None
+    if x.device.type == "cpu":
+        return CPU if CPU_ENABLED and x.dtype in _CPU_DTYPES and _cpu() is not None else None
+    return None
 
 
 def available(x: torch.Tensor) -> bool:
-    """Whether the kernels serve ``x``: a CUDA tensor of fp32/bf16/fp16, eager mode, Triton installed, and no
-    autograd graph to record (the attention's autograd functions call them with none; a direct caller that
-    differentiates through them gets the PyTorch ops)."""
-    return (ENABLED and x.is_cuda and x.dtype in _DTYPES and not (x.requires_grad and torch.is_grad_enabled())
-            and not torch.compiler.is_compiling() and not torch.compiler.is_exporting()
-            and not torch.jit.is_tracing() and _kernels() is not None)
+    return backend(x) is not None
 
 
 @functools.cache
-def _kernels():
-    """The module of jit kernels, or None without Triton (CPU-only installs: the PyTorch ops serve)."""
+def _triton():
+    """The module of jit kernels, or None without Triton (CPU-only installs)."""
     try:
         from nezha_cli.modeling import _relative_triton
     except ImportError:
@@ -39,33 +75,67 @@ def _kernels():
     return _relative_triton
 
 
+@functools.cache
+def _cpu() -> ctypes.CDLL | None:
+    from nezha_cli.modeling import _relative_cpu
+
+    return _relative_cpu.load()
+
+
 def _next_power_of_2(n: int) -> int:
     return 1 << (n - 1).bit_length()
 
 
-def expand_buckets(y: torch.Tensor, length: int, max_relative_position: int) -> torch.Tensor:
-    """[..., L, W'] -> [..., L, L], out[i, j] = y[i, clip(j - i, -K, K) + K]; ``y`` may be a strided view (the
-    heads of one [B, L, H, W'] product) as long as its last dimension is contiguous."""
-    lead = y.shape[:-2]
+def _as_heads(y: torch.Tensor) -> torch.Tensor:
+    """y as [B, H, L, W'] with a contiguous last dimension, without a copy where it has one."""
     if y.stride(-1) != 1:
         y = y.contiguous()
-    if y.dim() != 4:
-        y = y.reshape(-1, 1, *y.shape[-2:])
+    return y if y.dim() == 4 else y.reshape(-1, 1, *y.shape[-2:])
+
+
+def _triton_expand_buckets(y: torch.Tensor, length: int, max_relative_position: int) -> torch.Tensor:
+    lead = y.shape[:-2]
+    y = _as_heads(y)
     batch, heads = y.shape[:2]
     out = torch.empty(*lead, length, length, dtype=y.dtype, device=y.device)
     block_i, block_j = 16, min(128, _next_power_of_2(length))
     grid = (batch * heads, -(-length // block_i), -(-length // block_j))
-    _kernels().expand_buckets_kernel[grid](y, out, heads, length, max_relative_position, y.stride(0),
-                                           y.stride(1), y.stride(2), BLOCK_I=block_i, BLOCK_J=block_j)
+    _triton().expand_buckets_kernel[grid](y, out, heads, length, max_relative_position, y.stride(0),
+                                          y.stride(1), y.stride(2), BLOCK_I=block_i, BLOCK_J=block_j)
     return out
 
 
-def sum_buckets(x: torch.Tensor, max_relative_position: int, width: int) -> torch.Tensor:
-    """[..., L, L] (contiguous) -> [..., L, W]: the keys of each query summed by bucket, zero past 2K."""
+def _triton_sum_buckets(x: torch.Tensor, max_relative_position: int, width: int, dtype: torch.dtype) -> torch.Tensor:
     length = x.shape[-1]
     out = torch.empty(*x.shape[:-1], width, dtype=x.dtype, device=x.device)
     rows = x.numel() // length
-    _kernels().sum_buckets_kernel[(rows,)](x, out, length, max_relative_position, width,
-                                           BLOCK_L=min(1024, _next_power_of_2(length)),
-                                           BLOCK_W=_next_power_of_2(width))
+    _triton().sum_buckets_kernel[(rows,)](x, out, length, max_relative_position, width,
+                                          BLOCK_L=min(1024, _next_power_of_2(length)),
+                                          BLOCK_W=_next_power_of_2(width))
+    return out.to(dtype)
+
+
+def _cpu_expand_buckets(y: torch.Tensor, length: int, max_relative_position: int) -> torch.Tensor:
+    lead = y.shape[:-2]
+    y = _as_heads(y)
+    out = torch.empty(*lead, length, length, dtype=y.dtype)
+    kernel = _cpu().expand_buckets_2 if y.element_size() == 2 else _cpu().expand_buckets_4
+    kernel(y.data_ptr(), out.data_ptr(), y.shape[0], y.shape[1], length, max_relative_position, *y.stride()[:3])
     return out
+
+
+def _cpu_sum_buckets(x: torch.Tensor, max_relative_position: int, width: int, dtype: torch.dtype) -> torch.Tensor:
+    length = x.shape[-1]
+    if x.dtype == torch.float32 and dtype == torch.bfloat16:
+        # The bf16 operand of the bucket GEMM from fp32 probabilities, with no fp32 copy in between.
+        kernel, out_dtype = _cpu().sum_buckets_f32_bf16, torch.bfloat16
+    else:
+        kernel = _cpu().sum_buckets_f32 if x.dtype == torch.float32 else _cpu().sum_buckets_bf16
+        out_dtype = x.dtype
+    out = torch.empty(*x.shape[:-1], width, dtype=out_dtype)
+    kernel(x.data_ptr(), out.data_ptr(), x.numel() // length, length, max_relative_position, width)
+    return out.to(dtype)
+
+
+TRITON = Backend("triton", _triton_expand_buckets, _triton_sum_buckets)
+CPU = Backend("cpu", _cpu_expand_buckets, _cpu_sum_buckets)

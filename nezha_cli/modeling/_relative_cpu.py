@@ -1,0 +1,132 @@
+"""The C kernels of :mod:`nezha_cli.modeling.relative_kernels` for CPU tensors: compiled once per machine, loaded
+through ctypes.
+
+``_relative_cpu.c`` is built with the C compiler the machine has (``$CC``, else ``gcc``; about a quarter of a
+second) into ``$XDG_CACHE_HOME/nezha-cli/kernels`` (``~/.cache/...``), under a name that hashes the source, the
+compiler, the flags and the CPU's features (``-march=native``: a cache shared by different machines keeps one build
+per kind). Nothing is compiled at install time, so an install needs no compiler: without one, or on a platform
+where PyTorch's CPU threads are not GCC's OpenMP (the library shares that thread pool), :func:`load` returns None
+and the PyTorch ops serve.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("_relative_cpu.c")
+FLAGS = ("-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-std=gnu11")
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "nezha-cli" / "kernels"
+
+
+def compiler() -> str | None:
+    """``$CC`` or gcc: GCC's -fopenmp links libgomp, the OpenMP runtime PyTorch's Linux wheels use."""
+    return os.environ.get("CC") or shutil.which("gcc")
+
+
+def _cpu_features() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        return ""
+
+
+def build(directory: Path | None = None) -> Path:
+    """The compiled library, built into ``directory`` (default :func:`cache_dir`) unless already there.
+
+    Raises OSError (no compiler, unwritable directory) or subprocess.CalledProcessError (compile errors).
+    """
+    cc = compiler()
+    if cc is None:
+        raise OSError("no C compiler (set CC or install gcc)")
+    version = subprocess.run([cc, "--version"], capture_output=True, text=True, check=True).stdout
+    key = hashlib.sha256("\0".join([SOURCE.read_text(), version, *FLAGS, platform.machine(),
+                                    _cpu_features()]).encode()).hexdigest()[:16]
+    directory = Path(directory or cache_dir())
+    target = directory / f"relative_cpu-{key}.so"
+    if target.exists():
+        return target
+    directory.mkdir(parents=True, exist_ok=True)
+    # Built beside the target, then renamed: a process that loads it never sees half a file, and processes that
+    # build at the same time (one per rank) each rename a whole one.
+    fd, partial = tempfile.mkstemp(prefix=".relative_cpu-", suffix=".so", dir=directory)
+    os.close(fd)
+    try:
+        subprocess.run([cc, *FLAGS, str(SOURCE), "-o", partial], capture_output=True, text=True, check=True,
+                       timeout=300)
+        os.replace(partial, target)
+    finally:
+        if os.path.exists(partial):
+            os.unlink(partial)
+    return target
+
+
+def _mapped_openmp_runtimes() -> set[str]:
+    with open("/proc/self/maps") as f:
+        return {line.split()[-1] for line in f if "libgomp" in line or "libomp" in line or "libiomp" in line}
+
+
+def load() -> ctypes.CDLL | None:
+    """The kernels, built if need be; None where they cannot serve (reason logged, or warned for a failed build)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    if "ATen parallel backend: OpenMP" not in torch.__config__.parallel_info():
+        logger.info("relative attention CPU kernels off: PyTorch's CPU threads are not OpenMP")
+        return None
+    own = None
+    try:
+        path = build()
+    except (OSError, subprocess.SubprocessError) as error:
+        if isinstance(error, OSError) and compiler() is None:
+            logger.info("relative attention CPU kernels off: no C compiler")
+            return None
+        # An unwritable cache: build into a directory of this process's own, removed once loaded.
+        own = Path(tempfile.mkdtemp(prefix="nezha-kernels-"))
+        try:
+            path = build(own)
+        except (OSError, subprocess.SubprocessError) as second:
+            shutil.rmtree(own, ignore_errors=True)
+            detail = str(getattr(second, "stderr", None) or second).strip().splitlines() or [type(second).__name__]
+            warnings.warn(f"could not compile {SOURCE.name} ({detail[-1][:200]}): the relative attention uses the "
+                          "(slower) PyTorch ops; NEZHA_CPU_KERNELS=0 silences this", stacklevel=2)
+            return None
+    before = _mapped_openmp_runtimes()
+    try:
+        library = ctypes.CDLL(str(path))
+    except OSError as error:  # e.g. a cache on a noexec mount
+        warnings.warn(f"could not load {path} ({error}): the relative attention uses the (slower) PyTorch ops; "
+                      "NEZHA_CPU_KERNELS=0 silences this", stacklevel=2)
+        return None
+    finally:
+        if own is not None:
+            shutil.rmtree(own, ignore_errors=True)  # a loaded library's mapping outlives its file
+    if len(_mapped_openmp_runtimes()) > len(before) and before:
+        # A second OpenMP runtime would keep a second pool of threads spinning against PyTorch's.
+        logger.info("relative attention CPU kernels off: they would load a second OpenMP runtime")
+        return None
+    i64, ptr = ctypes.c_int64, ctypes.c_void_p
+    for name in ("expand_buckets_2", "expand_buckets_4"):
+        getattr(library, name).argtypes = [ptr, ptr] + [i64] * 7
+        getattr(library, name).restype = None
+    for name in ("sum_buckets_f32", "sum_buckets_f32_bf16", "sum_buckets_bf16"):
+        getattr(library, name).argtypes = [ptr, ptr] + [i64] * 4
+        getattr(library, name).restype = None
+    return library
