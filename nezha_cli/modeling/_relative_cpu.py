@@ -20,7 +20,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import warnings
 from pathlib import Path
 
 import torch
@@ -85,18 +84,19 @@ def _mapped_openmp_runtimes() -> set[str]:
 
 
 def load() -> ctypes.CDLL | None:
-    """The kernels, built if need be; None where they cannot serve (reason logged, or warned for a failed build)."""
+    """The kernels, built if need be; None where they cannot serve (why: a debug log line, a warning for a build
+    or load that failed)."""
     if not sys.platform.startswith("linux"):
         return None
     if "ATen parallel backend: OpenMP" not in torch.__config__.parallel_info():
-        logger.info("relative attention CPU kernels off: PyTorch's CPU threads are not OpenMP")
+        logger.debug("relative attention CPU kernels off: PyTorch's CPU threads are not OpenMP")
         return None
     own = None
     try:
         path = build()
     except (OSError, subprocess.SubprocessError) as error:
         if isinstance(error, OSError) and compiler() is None:
-            logger.info("relative attention CPU kernels off: no C compiler")
+            logger.debug("relative attention CPU kernels off: no C compiler")
             return None
         # An unwritable cache: build into a directory of this process's own, removed once loaded.
         own = Path(tempfile.mkdtemp(prefix="nezha-kernels-"))
@@ -105,22 +105,22 @@ def load() -> ctypes.CDLL | None:
         except (OSError, subprocess.SubprocessError) as second:
             shutil.rmtree(own, ignore_errors=True)
             detail = str(getattr(second, "stderr", None) or second).strip().splitlines() or [type(second).__name__]
-            warnings.warn(f"could not compile {SOURCE.name} ({detail[-1][:200]}): the relative attention uses the "
-                          "(slower) PyTorch ops; NEZHA_CPU_KERNELS=0 silences this", stacklevel=2)
+            logger.warning(f"could not compile {SOURCE.name} ({detail[-1][:200]}): the relative attention uses "
+                           "the (slower) PyTorch ops; NEZHA_CPU_KERNELS=0 silences this")
             return None
     before = _mapped_openmp_runtimes()
     try:
         library = ctypes.CDLL(str(path))
     except OSError as error:  # e.g. a cache on a noexec mount
-        warnings.warn(f"could not load {path} ({error}): the relative attention uses the (slower) PyTorch ops; "
-                      "NEZHA_CPU_KERNELS=0 silences this", stacklevel=2)
+        logger.warning(f"could not load {path} ({error}): the relative attention uses the (slower) PyTorch ops; "
+                       "NEZHA_CPU_KERNELS=0 silences this")
         return None
     finally:
         if own is not None:
             shutil.rmtree(own, ignore_errors=True)  # a loaded library's mapping outlives its file
     if len(_mapped_openmp_runtimes()) > len(before) and before:
         # A second OpenMP runtime would keep a second pool of threads spinning against PyTorch's.
-        logger.info("relative attention CPU kernels off: they would load a second OpenMP runtime")
+        logger.debug("relative attention CPU kernels off: they would load a second OpenMP runtime")
         return None
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
     for name in ("expand_buckets_2", "expand_buckets_4"):
