@@ -162,6 +162,14 @@ def test_kernels_can_be_turned_off():
     assert "NEZHA_TRITON=0" in help_text and "NEZHA_CPU_KERNELS=0" in help_text
 
 
+def test_the_compiler_is_cc_split_like_a_shell_or_gcc(monkeypatch):
+    monkeypatch.setenv("CC", "ccache  gcc-12")
+    assert _relative_cpu.compiler() == ["ccache", "gcc-12"]
+    monkeypatch.setenv("CC", "")
+    monkeypatch.setattr(_relative_cpu.shutil, "which", lambda name: f"/usr/bin/{name}")
+    assert _relative_cpu.compiler() == ["/usr/bin/gcc"]
+
+
 def test_cpu_kernels_build_once_into_the_cache(tmp_path):
     if _relative_cpu.compiler() is None:
         pytest.skip("no C compiler")
@@ -189,7 +197,7 @@ def test_without_a_compiler_the_pytorch_ops_serve(monkeypatch, tmp_path, caplog)
     with caplog.at_level(logging.INFO, logger="nezha_cli"):
         assert _relative_cpu.load() is None
     assert not caplog.records  # quietly: most laptops have no compiler
-    monkeypatch.setattr(_relative_cpu, "compiler", lambda: str(tmp_path / "no-such-cc"))
+    monkeypatch.setattr(_relative_cpu, "compiler", lambda: [str(tmp_path / "no-such-cc")])
     with caplog.at_level(logging.INFO, logger="nezha_cli"):
         assert _relative_cpu.load() is None
     # A compiler was named but failed: one warning says what happens and how to silence it.

@@ -16,6 +16,7 @@ import hashlib
 import logging
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
@@ -35,9 +36,13 @@ def cache_dir() -> Path:
     return Path(base) / "nezha-cli" / "kernels"
 
 
-def compiler() -> str | None:
-    """``$CC`` or gcc: GCC's -fopenmp links libgomp, the OpenMP runtime PyTorch's Linux wheels use."""
-    return os.environ.get("CC") or shutil.which("gcc")
+def compiler() -> list[str] | None:
+    """``$CC`` (split like a shell: "ccache gcc" works) or gcc: GCC's -fopenmp links libgomp, the OpenMP runtime
+    PyTorch's Linux wheels use."""
+    if os.environ.get("CC", "").strip():
+        return shlex.split(os.environ["CC"])
+    gcc = shutil.which("gcc")
+    return [gcc] if gcc else None
 
 
 def _cpu_features() -> str:
@@ -56,7 +61,7 @@ def build(directory: Path | None = None) -> Path:
     cc = compiler()
     if cc is None:
         raise OSError("no C compiler (set CC or install gcc)")
-    version = subprocess.run([cc, "--version"], capture_output=True, text=True, check=True).stdout
+    version = subprocess.run([*cc, "--version"], capture_output=True, text=True, check=True).stdout
     key = hashlib.sha256("\0".join([SOURCE.read_text(), version, *FLAGS, platform.machine(),
                                     _cpu_features()]).encode()).hexdigest()[:16]
     directory = Path(directory or cache_dir())
@@ -69,7 +74,7 @@ def build(directory: Path | None = None) -> Path:
     fd, partial = tempfile.mkstemp(prefix=".relative_cpu-", suffix=".so", dir=directory)
     os.close(fd)
     try:
-        subprocess.run([cc, *FLAGS, str(SOURCE), "-o", partial], capture_output=True, text=True, check=True,
+        subprocess.run([*cc, *FLAGS, str(SOURCE), "-o", partial], capture_output=True, text=True, check=True,
                        timeout=300)
         os.replace(partial, target)
     finally:
