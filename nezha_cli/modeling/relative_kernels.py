@@ -62,6 +62,7 @@ def backend(x: torch.Tensor) -> Backend | None:
 
 
 def available(x: torch.Tensor) -> bool:
+    """Whether some kernels serve ``x`` (see :func:`backend`)."""
     return backend(x) is not None
 
 
