@@ -9,6 +9,7 @@ import torch
 from nezha_cli.modeling import NezhaConfig, NezhaModel
 from nezha_cli.modeling.relative_attention import (
     RelativePositions,
+    bucket_product,
     diagonal_band,
     expand_buckets,
     relative_context,
@@ -81,6 +82,19 @@ def test_bucket_primitives(length, k):
     assert torch.allclose(sum_buckets(x, dataclasses.replace(pos, low_mask=None, high_mask=None)), sums)
     assert (pos.low_mask is not None) == (reach < length <= 2 * reach)
     assert torch.equal(expand_buckets(y, pos), y[..., torch.arange(length)[:, None], index])
+
+
+@pytest.mark.parametrize("heads,length", [(1, 9), (3, 1), (1, 1), (4, 6)])
+def test_bucket_product_in_the_projections_layout(heads, length):
+    """q.E^T from the heads' view of one [B, L, H, d] projection, whatever the number of heads or tokens (with one,
+    torch.matmul would broadcast E instead of folding the rows into one GEMM)."""
+    table = torch.randn(24, 8)
+    x = torch.randn(2, length, heads, 8).transpose(1, 2)  # [B, H, L, d], as the attention splits its heads
+    product = bucket_product(x, table)
+    assert product.shape == (2, heads, length, 24)
+    torch.testing.assert_close(product, torch.einsum("bhld,wd->bhlw", x, table))
+    contiguous = x.contiguous()
+    torch.testing.assert_close(bucket_product(contiguous, table), product)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
