@@ -21,10 +21,10 @@ def _glibc() -> bool:
 # In a fresh interpreter: tune (or not), then allocate 16 MiB with malloc() and report whether glibc mapped it with
 # mmap (mallinfo2's hblkhd counts the bytes of mmapped blocks).
 PROBE = """
-import ctypes, ctypes.util, json
-from nezha_cli.malloc import tune_malloc
+import ctypes, json
+from nezha_cli.malloc import glibc, tune_malloc
 tuned = tune_malloc()
-libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+libc = glibc()
 class Mallinfo2(ctypes.Structure):
     _fields_ = [(n, ctypes.c_size_t) for n in
                 ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",

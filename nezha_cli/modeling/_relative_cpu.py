@@ -88,21 +88,28 @@ def _mapped_openmp_runtimes() -> set[str]:
         return {line.split()[-1] for line in f if "libgomp" in line or "libomp" in line or "libiomp" in line}
 
 
-def load() -> ctypes.CDLL | None:
-    """The kernels, built if need be; None where they cannot serve (why: a debug log line, a warning for a build
-    or load that failed)."""
+def unsupported() -> str | None:
+    """Why the kernels cannot serve on this machine (a platform resource it lacks), or None where they can."""
     if not sys.platform.startswith("linux"):
-        return None
+        return "not Linux"
     if "ATen parallel backend: OpenMP" not in torch.__config__.parallel_info():
-        logger.debug("relative attention CPU kernels off: PyTorch's CPU threads are not OpenMP")
+        return "PyTorch's CPU threads are not OpenMP"
+    if compiler() is None:
+        return "no C compiler (set CC or install gcc)"
+    return None
+
+
+def load() -> ctypes.CDLL | None:
+    """The kernels, built if need be; None where they cannot serve (why: a debug log line for what the machine
+    lacks, a warning for a build or load that failed)."""
+    reason = unsupported()
+    if reason is not None:
+        logger.debug(f"relative attention CPU kernels off: {reason}")
         return None
     own = None
     try:
         path = build()
-    except (OSError, subprocess.SubprocessError) as error:
-        if isinstance(error, OSError) and compiler() is None:
-            logger.debug("relative attention CPU kernels off: no C compiler")
-            return None
+    except (OSError, subprocess.SubprocessError):
         # An unwritable cache: build into a directory of this process's own, removed once loaded.
         own = Path(tempfile.mkdtemp(prefix="nezha-kernels-"))
         try:
