@@ -219,3 +219,35 @@ def test_cpu_runs_do_not_import_the_kernels():
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "[]"
+
+
+def test_a_cache_that_cannot_load_libraries_builds_a_private_copy(monkeypatch, tmp_path, caplog):
+    _cpu_kernels_or_skip()
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    cached = _relative_cpu.build()
+    modified = cached.stat().st_mtime_ns
+    open_ = _relative_cpu._open
+
+    def noexec(path):  # as a cache on a noexec mount: nothing there loads
+        if Path(path).parent == cached.parent:
+            raise OSError(f"{path}: failed to map segment from shared object")
+        return open_(path)
+
+    monkeypatch.setattr(_relative_cpu, "_open", noexec)
+    with caplog.at_level(logging.INFO, logger="nezha_cli"):
+        library = _relative_cpu.load()
+    assert library is not None and library.sum_buckets_f32 is not None and not caplog.records  # served, quietly
+    assert cached.stat().st_mtime_ns == modified and not any((tmp_path / "tmp").iterdir())  # own copy removed
+
+
+def test_a_library_without_the_kernels_does_not_load(tmp_path):
+    if _relative_cpu.compiler() is None:
+        pytest.skip("no C compiler")
+    source = tmp_path / "other.c"
+    source.write_text("int other(void) { return 1; }\n")
+    library = tmp_path / "other.so"
+    subprocess.run([*_relative_cpu.compiler(), "-shared", "-fPIC", str(source), "-o", str(library)], check=True)
+    with pytest.raises(OSError, match="expand_buckets_2"):
+        _relative_cpu._open(library)

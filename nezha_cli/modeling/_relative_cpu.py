@@ -106,39 +106,41 @@ def load() -> ctypes.CDLL | None:
     if reason is not None:
         logger.debug(f"relative attention CPU kernels off: {reason}")
         return None
-    own = None
     try:
-        path = build()
-    except (OSError, subprocess.SubprocessError):
-        # An unwritable cache: build into a directory of this process's own, removed once loaded.
-        own = Path(tempfile.mkdtemp(prefix="nezha-kernels-"))
-        try:
-            path = build(own)
-        except (OSError, subprocess.SubprocessError) as second:
-            shutil.rmtree(own, ignore_errors=True)
-            detail = str(getattr(second, "stderr", None) or second).strip().splitlines() or [type(second).__name__]
-            logger.warning(f"could not compile {SOURCE.name} ({detail[-1][:200]}): the relative attention uses "
-                           "the (slower) PyTorch ops; NEZHA_CPU_KERNELS=0 silences this")
-            return None
-    before = _mapped_openmp_runtimes()
+        return _open(build())
+    except (OSError, subprocess.SubprocessError) as error:
+        # An unwritable cache, or one whose libraries cannot be loaded (a noexec mount): build into a directory of
+        # this process's own, removed once loaded (a temporary directory elsewhere, often on another mount).
+        logger.debug(f"relative attention CPU kernels: {error}; building a private copy")
+    own = Path(tempfile.mkdtemp(prefix="nezha-kernels-"))
     try:
-        library = ctypes.CDLL(str(path))
-    except OSError as error:  # e.g. a cache on a noexec mount
-        logger.warning(f"could not load {path} ({error}): the relative attention uses the (slower) PyTorch ops; "
-                       "NEZHA_CPU_KERNELS=0 silences this")
+        return _open(build(own))
+    except (OSError, subprocess.SubprocessError) as error:
+        detail = str(getattr(error, "stderr", None) or error).strip().splitlines() or [type(error).__name__]
+        logger.warning(f"could not build or load {SOURCE.name} ({detail[-1][:200]}): the relative attention uses "
+                       "the (slower) PyTorch ops; NEZHA_CPU_KERNELS=0 silences this")
         return None
     finally:
-        if own is not None:
-            shutil.rmtree(own, ignore_errors=True)  # a loaded library's mapping outlives its file
+        shutil.rmtree(own, ignore_errors=True)  # a loaded library's mapping outlives its file
+
+
+def _open(path: Path) -> ctypes.CDLL | None:
+    """The library at ``path`` with its functions' signatures; None if it would bring a second OpenMP runtime.
+    Raises OSError where it cannot be loaded."""
+    before = _mapped_openmp_runtimes()
+    library = ctypes.CDLL(str(path))
     if len(_mapped_openmp_runtimes()) > len(before) and before:
         # A second OpenMP runtime would keep a second pool of threads spinning against PyTorch's.
         logger.debug("relative attention CPU kernels off: they would load a second OpenMP runtime")
         return None
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
-    for name in ("expand_buckets_2", "expand_buckets_4"):
-        getattr(library, name).argtypes = [ptr, ptr] + [i64] * 7
-        getattr(library, name).restype = None
-    for name in ("sum_buckets_f32", "sum_buckets_f32_bf16", "sum_buckets_bf16"):
-        getattr(library, name).argtypes = [ptr, ptr] + [i64] * 4
-        getattr(library, name).restype = None
+    signatures = {"expand_buckets_2": 7, "expand_buckets_4": 7, "sum_buckets_f32": 4, "sum_buckets_f32_bf16": 4,
+                  "sum_buckets_bf16": 4}
+    for name, sizes in signatures.items():
+        try:
+            function = getattr(library, name)
+        except AttributeError as error:  # a library that loads but is not this one (a damaged file)
+            raise OSError(f"{path}: {error}") from error
+        function.argtypes = [ptr, ptr] + [i64] * sizes
+        function.restype = None
     return library
