@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -251,3 +252,18 @@ def test_a_library_without_the_kernels_does_not_load(tmp_path):
     subprocess.run([*_relative_cpu.compiler(), "-shared", "-fPIC", str(source), "-o", str(library)], check=True)
     with pytest.raises(OSError, match="expand_buckets_2"):
         _relative_cpu._open(library)
+
+
+def test_a_new_build_removes_builds_older_than_30_days(tmp_path):
+    if _relative_cpu.compiler() is None:
+        pytest.skip("no C compiler")
+    old, recent, other = (tmp_path / name for name in ("relative_cpu-0old.so", "relative_cpu-1recent.so", "notes.txt"))
+    for path in (old, recent, other):
+        path.write_text("x")
+    month = time.time() - 31 * 24 * 3600
+    os.utime(old, (month, month))
+    os.utime(other, (month, month))
+    built = _relative_cpu.build(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([built.name, recent.name, other.name])
+    os.utime(recent, (month, month))
+    assert _relative_cpu.build(tmp_path) == built and recent.exists()  # only a new build cleans up

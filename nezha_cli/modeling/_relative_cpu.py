@@ -4,9 +4,9 @@ through ctypes.
 ``_relative_cpu.c`` is built with the C compiler the machine has (``$CC``, else ``gcc``; about a quarter of a
 second) into ``$XDG_CACHE_HOME/nezha-cli/kernels`` (``~/.cache/...``), under a name that hashes the source, the
 compiler, the flags and the CPU's features (``-march=native``: a cache shared by different machines keeps one build
-per kind). Nothing is compiled at install time, so an install needs no compiler: without one, or on a platform
-where PyTorch's CPU threads are not GCC's OpenMP (the library shares that thread pool), :func:`load` returns None
-and the PyTorch ops serve.
+per kind; a new build removes the builds made more than 30 days before it). Nothing is compiled at install time,
+so an install needs no compiler: without one, or on a platform where PyTorch's CPU threads are not GCC's OpenMP
+(the library shares that thread pool), :func:`load` returns None and the PyTorch ops serve.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -80,7 +81,26 @@ def build(directory: Path | None = None) -> Path:
     finally:
         if os.path.exists(partial):
             os.unlink(partial)
+    _remove_stale_builds(directory, keep=target)
     return target
+
+
+STALE_SECONDS = 30 * 24 * 3600
+
+
+def _remove_stale_builds(directory: Path, keep: Path) -> None:
+    """Remove the other builds in ``directory`` made more than 30 days ago (an older source or compiler; another
+    kind of CPU sharing the cache rebuilds its own in a quarter of a second), when a new one has just been built.
+
+    A process that was about to load one of them builds a private copy instead (see :func:`load`).
+    """
+    cutoff = time.time() - STALE_SECONDS
+    for path in directory.glob("relative_cpu-*.so"):
+        try:
+            if path != keep and path.stat().st_mtime < cutoff:
+                path.unlink()
+        except OSError:
+            pass  # gone already, or not ours to remove
 
 
 def _mapped_openmp_runtimes() -> set[str]:
