@@ -156,11 +156,11 @@ def _open(path: Path) -> ctypes.CDLL | None:
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
     signatures = {"expand_buckets_2": 7, "expand_buckets_4": 7, "sum_buckets_f32": 4, "sum_buckets_f32_bf16": 4,
                   "sum_buckets_bf16": 4}
-    for name, sizes in signatures.items():
+    for name, int_args in signatures.items():
         try:
             function = getattr(library, name)
         except AttributeError as error:  # a library that loads but is not this one (a damaged file)
             raise OSError(f"{path}: {error}") from error
-        function.argtypes = [ptr, ptr] + [i64] * sizes
+        function.argtypes = [ptr, ptr] + [i64] * int_args
         function.restype = None
     return library
