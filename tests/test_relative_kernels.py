@@ -98,6 +98,13 @@ def test_kernels_match_the_pytorch_ops_in_the_triton_interpreter():
     assert "kernels ok" in result.stdout
 
 
+def _compiler_or_skip() -> list[str]:
+    cc = _relative_cpu.compiler()
+    if cc is None:
+        pytest.skip("no C compiler")
+    return cc
+
+
 def _cpu_kernels_or_skip():
     reason = _relative_cpu.unsupported()
     if reason is not None:
@@ -174,8 +181,7 @@ def test_the_compiler_is_cc_split_like_a_shell_or_gcc(monkeypatch):
 
 
 def test_cpu_kernels_build_once_into_the_cache(tmp_path):
-    if _relative_cpu.compiler() is None:
-        pytest.skip("no C compiler")
+    _compiler_or_skip()
     first = _relative_cpu.build(tmp_path)
     assert first.parent == tmp_path and first.name.startswith("relative_cpu-")
     modified = first.stat().st_mtime_ns
@@ -244,19 +250,17 @@ def test_a_cache_that_cannot_load_libraries_builds_a_private_copy(monkeypatch, t
 
 
 def test_a_library_without_the_kernels_does_not_load(tmp_path):
-    if _relative_cpu.compiler() is None:
-        pytest.skip("no C compiler")
+    cc = _compiler_or_skip()
     source = tmp_path / "other.c"
     source.write_text("int other(void) { return 1; }\n")
     library = tmp_path / "other.so"
-    subprocess.run([*_relative_cpu.compiler(), "-shared", "-fPIC", str(source), "-o", str(library)], check=True)
+    subprocess.run([*cc, "-shared", "-fPIC", str(source), "-o", str(library)], check=True)
     with pytest.raises(OSError, match="expand_buckets_2"):
         _relative_cpu._open(library)
 
 
 def test_a_new_build_removes_builds_older_than_30_days(tmp_path):
-    if _relative_cpu.compiler() is None:
-        pytest.skip("no C compiler")
+    _compiler_or_skip()
     old, recent, other = (tmp_path / name for name in ("relative_cpu-0old.so", "relative_cpu-1recent.so", "notes.txt"))
     for path in (old, recent, other):
         path.write_text("x")
