@@ -7,20 +7,23 @@ replaced when the user asked for it.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from nezha_cli.errors import NezhaError, OutputExistsError
 
 
-def check_output_path(path: Path, overwrite: bool) -> None:
-    """Fail early (before any work) when ``path`` exists and may not be replaced, or cannot be created."""
+def check_output_path(path: Path, overwrite: bool, inputs: Iterable[Path | str | None] = ()) -> None:
+    """Fail early (before any work) when ``path`` exists and may not be replaced, cannot be created, or is (or
+    holds) one of the command's ``inputs``, which replacing it would delete."""
     path = Path(path)
+    check_not_replacing(path, inputs)
     if path.exists() and not overwrite:
         raise OutputExistsError(f"{path}: output already exists; pass --overwrite to replace it or choose another path")
     parent = path.resolve().parent
@@ -32,28 +35,54 @@ def check_output_path(path: Path, overwrite: bool) -> None:
         raise NezhaError(f"{parent}: output directory is not writable; choose another -o/--output")
 
 
+def check_not_replacing(path: Path, inputs: Iterable[Path | str | None]) -> None:
+    """Refuse an output that is one of the inputs or a directory above one: writing it replaces them."""
+    target = Path(path).resolve()
+    for source in inputs:
+        if source is None:
+            continue
+        resolved = Path(source).resolve()
+        if resolved == target or target in resolved.parents:
+            raise NezhaError(f"{path}: the output would replace the input {source}; choose another output path")
+
+
+@functools.cache
+def _umask() -> int:
+    # The umask can only be read by setting it; read once, when the first output is written.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_output_dir(path: Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary directory that becomes ``path`` when the block finishes without error."""
-    path = Path(path)
     check_output_path(path, overwrite)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.resolve().parent))
+    # Resolved: "-o ." and "-o .." have no name to put the temporary beside.
+    path = Path(path).resolve()
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
+        # mkdtemp makes the directory private (0700); the output gets the permissions of any new directory.
+        os.chmod(tmp, 0o777 & ~_umask())
         yield tmp
+        if path.exists():
+            # Move the old output aside first so that a crash between the two renames loses nothing.
+            old = path.with_name(f".{path.name}.old-{os.getpid()}")
+            os.replace(path, old)
+            try:
+                os.replace(tmp, path)
+            except OSError:
+                os.replace(old, path)
+                raise
+            if old.is_dir():
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                old.unlink(missing_ok=True)
+        else:
+            os.replace(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if path.exists():
-        # Move the old output aside first so that a crash between the two renames loses nothing.
-        old = path.with_name(f".{path.name}.old-{os.getpid()}")
-        os.replace(path, old)
-        os.replace(tmp, path)
-        if old.is_dir():
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            old.unlink(missing_ok=True)
-    else:
-        os.replace(tmp, path)
 
 
 @contextlib.contextmanager
@@ -64,6 +93,8 @@ def atomic_output_file(path: Path, overwrite: bool = True, mode: str = "w", enco
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.resolve().parent)
     try:
         with os.fdopen(fd, mode, encoding=None if "b" in mode else encoding) as f:
+            # mkstemp makes the file private (0600); the output gets the permissions of any new file.
+            os.fchmod(f.fileno(), 0o666 & ~_umask())
             yield f
         os.replace(tmp, path)
     except BaseException:
@@ -83,7 +114,8 @@ def read_json(path: Path, what: str = "JSON file") -> Any:
     """Read JSON with an error that names the file and the position of the problem."""
     path = Path(path)
     try:
-        with open(path, encoding="utf-8") as f:
+        # utf-8-sig: editors on Windows start UTF-8 files with a byte order mark, which json refuses.
+        with open(path, encoding="utf-8-sig") as f:
             return json.load(f)
     except FileNotFoundError:
         raise NezhaError(f"{path}: {what} not found") from None

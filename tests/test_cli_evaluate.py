@@ -113,6 +113,9 @@ def test_usage_errors(tmp_path, gold):
     assert result.exit_code == 2 and "with --file, leave it out" in result.output
     assert_one_line_error(run("evaluate", "squad", "--dataset", gold, "--predictions", predictions),
                           "unknown task 'squad'")
+    same = tmp_path / "out.json"
+    result = run("evaluate", "chnsenti", "--model", model, "--file", gold, "--output", same, "--predictions-out", same)
+    assert result.exit_code == 2 and "name the same file" in result.output and not same.exists()
 
 
 def test_model_without_the_task_head_is_refused(tmp_path):

@@ -36,6 +36,13 @@ def test_bad_input_is_one_line_exit_2_and_no_output(tmp_path):
     existing.mkdir()
     crf = model_dir(tmp_path, "NezhaForTokenClassification", use_crf=True)
     out = tmp_path / "out"
+    empty_vocab = tmp_path / "empty-vocab.txt"
+    empty_vocab.write_text("")
+    big_vocab = tmp_path / "big-vocab.txt"
+    tokens = (good / "vocab.txt").read_text(encoding="utf-8").splitlines()
+    big_vocab.write_text("\n".join(tokens + [f"extra{i}" for i in range(json.loads(
+        (good / "config.json").read_text())["vocab_size"] - len(tokens) + 1)]) + "\n", encoding="utf-8")
+    before = sorted(p.name for p in good.iterdir())
     cases = [
         *[(["--model", crf, "--format", fmt, "-o", out], "a tagger with a CRF") for fmt in ("hf", "torch-export")],
         (["--model", no_config, "--format", "hf", "-o", out], "no config.json"),
@@ -45,13 +52,22 @@ def test_bad_input_is_one_line_exit_2_and_no_output(tmp_path):
         (["--model", good, "--format", "hf", "-o", existing], "output already exists"),
         (["--model", good, "--format", "hf", "-o", out, "--quantize", "int8"], "apply to --format onnx only"),
         (["--model", good, "--format", "onnx", "-o", out, "--quantize", "int4"], "unknown --quantize 'int4'"),
-        (["--model", good, "--format", "onnx", "-o", out, "--opset", "13"], "opset 17 or later"),
+        (["--model", good, "--format", "onnx", "-o", out, "--opset", "17"], "opset 18 or later"),
+        (["--model", good, "--format", "hf", "-o", out, "--opset", "18"], "--opset applies to --format onnx only"),
+        (["--model", good, "--format", "hf", "-o", out, "--tolerance", "1e-3"], "--tolerance applies to"),
+        (["--model", good, "--format", "torch-export", "-o", out, "--tolerance", "nan"], "give a difference >= 0"),
+        (["--model", good, "--format", "torch-export", "-o", out, "--tolerance", "-1"], "give a difference >= 0"),
+        (["--model", good, "--format", "hf", "-o", good, "--overwrite"], "would replace the input"),
+        (["--model", good, "--format", "hf", "-o", tmp_path, "--overwrite"], "would replace the input"),
+        (["--model", good, "--format", "hf", "-o", out, "--vocab", empty_vocab], "vocab file is empty"),
+        (["--model", good, "--format", "hf", "-o", out, "--vocab", big_vocab], "more than the model's vocab_size"),
         (["--model", good, "--format", "onnx", "-o", out, "--metrics", good / "config.json"], "--format hf only"),
     ]
     for args, expected in cases:
         assert_one_line_error(invoke(*args), expected)
     assert not out.exists()
     assert list(existing.iterdir()) == []
+    assert sorted(p.name for p in good.iterdir()) == before  # -o over the model itself deleted nothing
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary directories left
 
 

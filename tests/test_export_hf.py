@@ -98,3 +98,23 @@ def test_hf_export_refuses_incomplete_models(tmp_path):
     with pytest.raises(CheckpointError, match="qa_outputs"):
         export_model(no_vocab, tmp_path / "out", "hf")
     assert not (tmp_path / "out").exists()
+
+
+def test_model_card_reports_the_evaluation_the_model_was_kept_from(tmp_path):
+    run = tmp_path / "run"
+    model_dir(run, "NezhaForSequenceClassification").rename(run / "final")
+    log = [{"step": 10, "loss": 0.7}, {"step": 10, "epoch": 1, "eval_accuracy": 0.81},
+           {"step": 20, "epoch": 2, "eval_accuracy": 0.78}]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
+    export_model(run / "final", tmp_path / "last", "hf")
+    card = (tmp_path / "last" / "README.md").read_text()
+    # No trainer state to say which evaluation OUT/final is: the last one, without step/epoch as scores.
+    assert "last evaluation during training (step 20)" in card and "| eval_accuracy | 0.7800 |" in card
+    assert "| epoch |" not in card and "| step |" not in card
+    state = run / "checkpoints" / "step-00000020"
+    state.mkdir(parents=True)
+    (state / "trainer_state.json").write_text(json.dumps({"global_step": 20, "best_step": 10}))
+    export_model(run / "final", tmp_path / "best", "hf")
+    card = (tmp_path / "best" / "README.md").read_text()
+    assert "best evaluation during training, the one this model was kept from (step 10)" in card
+    assert "| eval_accuracy | 0.8100 |" in card and "0.7800" not in card

@@ -54,6 +54,7 @@ def test_reads_transformers_style_config():
         ({"hidden_size": 30, "num_attention_heads": 2}, "must be even"),
         ({"hidden_dropout_prob": 1.5}, "hidden_dropout_prob"),
         ({"num_hidden_layers": 0}, "num_hidden_layers"),
+        ({"architectures": "NezhaForSequenceClassification"}, "architectures=.*must be a list of class names"),
     ],
 )
 def test_validation_messages(fields, message):

@@ -235,3 +235,36 @@ def test_generic_multiple_choice(tmp_path):
     with pytest.raises(DataError, match="label 7 is neither a choice index"):
         get_task("multiple-choice", choices_column="a,b").read(
             write(tmp_path / "bad.jsonl", '{"question": "?", "a": "x", "b": "y", "label": 7}\n'))
+
+
+def test_csv_cells_are_read_as_written(tmp_path):
+    # pandas would read 01/002 as the numbers 1/2 and the ids as 1/2: labels and ids changed without a word.
+    path = write(tmp_path / "train.csv", "id,text,label\n0001,好的,01\n0002,不好,002\n")
+    examples = get_task("classification").read(path)
+    assert [(e.guid, e.label) for e in examples] == [("0001", "01"), ("0002", "002")]
+    tsv = write(tmp_path / "train.tsv", "\ufefftext\tlabel\n\"好\"的\t01\n")
+    assert [(e.text_a, e.label) for e in get_task("classification").read(tsv)] == [('"好"的', "01")]
+    with pytest.raises(DataError, match=r"row 1 has no 'label'"):
+        get_task("classification").read(write(tmp_path / "empty_label.csv", "text,label\n好,\n"))
+
+
+def test_table_files_that_cannot_be_read(tmp_path):
+    with pytest.raises(DataError, match=r"header\.csv: no rows below the header \(empty split\)"):
+        get_task("classification").read(write(tmp_path / "header.csv", "text,label\n"))
+    bad = write(tmp_path / "bad.jsonl", '{"text": "a", "label": 1}\n{"text": "b", label: 2}\n')
+    with pytest.raises(DataError, match=r"bad\.jsonl:2: not valid JSON \(Expecting property name"):
+        get_task("classification").read(bad)
+
+
+def test_multiple_choice_rows_need_all_their_choices(tmp_path):
+    rows = [{"question": "?", "a": "x", "b": "y", "c": "z", "label": 0},
+            {"question": "?", "a": "x", "b": "y", "label": 1}]
+    path = write(tmp_path / "mc.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(DataError, match=r"mc\.jsonl: row 2: an empty choice"):
+        get_task("multiple-choice", choices_column="a,b,c").read(path)
+    lists = write(tmp_path / "lists.jsonl", '{"choices": ["x", "y"], "label": 0}\n{"choices": ["x"], "label": 0}\n')
+    with pytest.raises(DataError, match=r"lists\.jsonl: row 2: 1 choices, row 1 has 2"):
+        get_task("multiple-choice").read(lists)
+    csv_file = write(tmp_path / "mc.csv", "question,a,b,label\n1-1=?,2,0,0\n")
+    # A string label is the text of a choice first (here choice 1), as in JSON; a JSON number is an index.
+    assert get_task("multiple-choice", choices_column="a,b").read(csv_file)[0].label == 1

@@ -16,7 +16,7 @@ def _write(name: str, path: Path, overwrite: bool, lexicon: Path | None = None) 
 
     if lexicon is not None and name != "pd1998-ner":
         raise ConfigError("--lexicon tags names in pd1998-ner; leave it out for the default corpus")
-    check_output_path(path, overwrite)  # before the minutes of work, not after
+    check_output_path(path, overwrite, inputs=[lexicon])  # before the minutes of work, not after
     if name == "default":
         from nezha_cli.text.corpora import write_default_corpus
 

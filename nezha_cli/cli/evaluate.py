@@ -85,6 +85,8 @@ def evaluate(ctx: click.Context, task_name: str, model_dir: Path | None, data_di
     from nezha_cli.io import check_output_path, write_json
     from nezha_cli.tasks import get_task_class
 
+    if output is not None and predictions_out is not None and output.resolve() == predictions_out.resolve():
+        raise click.UsageError("--output and --predictions-out name the same file; give them different paths")
     for path in (output, predictions_out):
         if path is not None:
             check_output_path(path, overwrite)

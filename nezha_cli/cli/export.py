@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import click
@@ -29,7 +30,7 @@ def _parity_table(report):
 @click.option("--quantize", metavar="int8", default=None,
               help="onnx: also write model.int8.onnx (onnxruntime dynamic int8 quantization).")
 @click.option("--fp16", is_flag=True, help="onnx: also write model.fp16.onnx (float16 inside, float32 outputs).")
-@click.option("--opset", type=int, default=18, show_default=True, help="onnx: ONNX opset (17 or later).")
+@click.option("--opset", type=int, default=18, show_default=True, help="onnx: ONNX opset (18 or later).")
 @click.option("--tolerance", type=float, default=1e-4, show_default=True,
               help="onnx/torch-export: largest |difference| from PyTorch accepted at lengths 7 and 600.")
 @click.option("--metrics", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -68,6 +69,15 @@ def export(ctx: click.Context, model_dir: Path, fmt: str, output: Path, quantize
         raise ConfigError(f"unknown export format {fmt!r}; choose one of {', '.join(EXPORT_FORMATS)}")
     if fmt != "hf" and (metrics is not None or write_bin):
         raise ConfigError("--metrics and --bin apply to --format hf only")
+    given = {name for name in ("opset", "tolerance")
+             if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT}
+    if fmt != "onnx" and "opset" in given:
+        raise ConfigError("--opset applies to --format onnx only")
+    if fmt == "hf" and "tolerance" in given:
+        raise ConfigError("--tolerance applies to --format onnx and torch-export only (hf writes the weights as "
+                          "they are)")
+    if not (math.isfinite(tolerance) and tolerance >= 0):
+        raise ConfigError(f"--tolerance {tolerance}: give a difference >= 0, such as 1e-4")
     options: dict = {"overwrite": overwrite, "vocab": vocab}
     if fmt == "hf":
         options.update(metrics=metrics, write_bin=write_bin)

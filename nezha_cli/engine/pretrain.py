@@ -24,6 +24,7 @@ from nezha_cli.engine.pretraining_data import VOCAB_NAME, check_model_vocab, loa
 from nezha_cli.engine.recipes import Recipe
 from nezha_cli.engine.trainer import StepOutput, Trainer, TrainResult, check_output_dir
 from nezha_cli.errors import OutputExistsError
+from nezha_cli.io import check_not_replacing
 from nezha_cli.modeling import NezhaConfig, NezhaForPreTraining
 
 logger = logging.getLogger(__name__)
@@ -181,6 +182,7 @@ def pretrain(recipe: Recipe, output_dir: Path | None = None, data: Path | None =
     args = recipe.training_arguments(Path(output_dir), resume=resume, overwrite=overwrite, progress=progress)
     created = not args.output_dir.exists()
     if state.is_main_process:
+        check_not_replacing(args.output_dir, [init_from, data])
         check_output_dir(args)  # before any data preparation, which can take a while
 
     model_vocab = Path(init_from) / VOCAB_NAME if init_from is not None else None

@@ -82,6 +82,20 @@ def write_crf(model: NezhaPreTrainedModel, directory: Path) -> str | None:
             "nezha_cli.tasks.token_classification.decode_tags does")
 
 
+def check_vocab(model_dir: Path, vocab: Path | None, model: NezhaPreTrainedModel) -> None:
+    """Fail before the export on a vocab the exported model cannot use: unreadable, without BERT's special tokens,
+    or with ids past the model's embeddings (a tokenizer that produces them crashes the model)."""
+    from nezha_cli.text.vocab import Vocab
+
+    source = Path(vocab) if vocab is not None else Path(model_dir) / VOCAB_NAME
+    if vocab is None and not source.is_file():
+        return
+    tokens = len(Vocab.from_file(source))
+    if tokens > model.config.vocab_size:
+        raise CheckpointError(f"{source}: {tokens} tokens, more than the model's vocab_size={model.config.vocab_size}; "
+                              "pass the vocab.txt the model was trained with")
+
+
 def copy_vocab(model_dir: Path, destination: Path, vocab: Path | None = None) -> Path | None:
     """Copy ``vocab`` (or the model directory's vocab.txt) next to the export; None when there is none."""
     source = Path(vocab) if vocab is not None else Path(model_dir) / VOCAB_NAME

@@ -521,7 +521,7 @@ def import_checkpoint(source: Path | str, output_dir: Path | str, fmt: str, *, c
         raise ConfigError(f"unknown checkpoint format {fmt!r}; --from takes one of {', '.join(IMPORT_FORMATS)}")
     if architecture is not None and architecture not in MODEL_CLASSES:
         raise ConfigError(f"unknown architecture {architecture!r}; choose one of {', '.join(MODEL_CLASSES)}")
-    check_output_path(output_dir, overwrite)
+    check_output_path(output_dir, overwrite, inputs=[source, config_file, vocab_file])
     src = open_source(Path(source), fmt)
     report = ImportReport(source=str(src.path), format=fmt, skipped=list(src.extra_skipped))
     config_path = Path(config_file) if config_file is not None else src.config_path

@@ -19,8 +19,9 @@ import torch
 import yaml
 
 from nezha_cli import __version__
+from nezha_cli.engine.checkpoints import STATE_NAME, latest_checkpoint
 from nezha_cli.errors import CheckpointError, DataError
-from nezha_cli.export.base import ExportReport, copy_vocab, load_for_export, write_report
+from nezha_cli.export.base import ExportReport, check_vocab, copy_vocab, load_for_export, write_report
 from nezha_cli.io import atomic_output_dir, check_output_path, read_json
 from nezha_cli.modeling import NezhaPreTrainedModel
 from nezha_cli.modeling.checkpoint import WEIGHTS_NAME, model_state_dict
@@ -67,19 +68,28 @@ def _numbers(data: Any) -> dict[str, float]:
     return {k: v for k, v in data.items() if isinstance(v, int | float) and not isinstance(v, bool)}
 
 
+def evaluation_record(log: Path, step: int | None = None) -> tuple[Any, dict[str, float]] | None:
+    """(step, scores) of the record with ``eval_*`` keys of a ``metrics.jsonl`` at ``step``, else of the last one;
+    None when there is none. ``step`` and ``epoch`` are not scores and are left out."""
+    chosen = None
+    for line in Path(log).read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and any(k.startswith("eval_") for k in record):
+            if step is None or record.get("step") == step:
+                chosen = (record.get("step", "?"),
+                          {k: v for k, v in _numbers(record).items() if k not in ("step", "epoch")})
+    return chosen
+
+
 def read_metrics_file(path: Path) -> dict[str, float]:
-    """Numbers of a metrics JSON object, or of the last record with ``eval_*`` keys of a ``metrics.jsonl``."""
+    """Numbers of a metrics JSON object, or of the last evaluation in a ``metrics.jsonl``."""
     path = Path(path)
     if path.suffix == ".jsonl":
-        last: dict[str, float] = {}
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(record, dict) and any(k.startswith("eval_") for k in record):
-                last = _numbers(record)
-        return last
+        record = evaluation_record(path)
+        return record[1] if record else {}
     numbers = _numbers(read_json(path, what="metrics file"))
     if not numbers:
         raise DataError(f"{path}: no numeric metrics (expected a JSON object such as {{\"accuracy\": 0.95}})")
@@ -99,10 +109,27 @@ def find_metrics(model_dir: Path, metrics: Path | None) -> list[tuple[str, dict[
                 continue
     log = model_dir / METRICS_LOG
     if log.is_file():
-        last = read_metrics_file(log)
-        if last:
-            found.append((f"last evaluation during training (step {last.get('step', '?')})", last))
+        best = _best_step(model_dir)
+        record = evaluation_record(log, best) if best is not None else None
+        which = "best evaluation during training, the one this model was kept from"
+        if record is None:
+            record = evaluation_record(log)
+            which = "last evaluation during training"
+        if record is not None and record[1]:
+            found.append((f"{which} (step {record[0]})", record[1]))
     return found
+
+
+def _best_step(model_dir: Path) -> int | None:
+    """The step of the evaluation that OUT/final was kept from, from the run's newest trainer state."""
+    checkpoint = latest_checkpoint(model_dir.parent)
+    if checkpoint is None:
+        return None
+    try:
+        step = json.loads((checkpoint / STATE_NAME).read_text(encoding="utf-8")).get("best_step")
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return None
+    return step if isinstance(step, int) else None
 
 
 def find_recipe(model_dir: Path) -> str | None:
@@ -161,8 +188,9 @@ def export_hf(model_dir: Path | str, output_dir: Path | str, *, metrics: Path | 
               vocab: Path | None = None, write_bin: bool = False, overwrite: bool = False,
               progress=None) -> ExportReport:
     model_dir, output_dir = Path(model_dir), Path(output_dir)
-    check_output_path(output_dir, overwrite)
+    check_output_path(output_dir, overwrite, inputs=[model_dir, vocab, metrics])
     model = load_for_export(model_dir)
+    check_vocab(model_dir, vocab, model)
     if vocab is None and not (model_dir / "vocab.txt").is_file():
         raise CheckpointError(f"{model_dir}: no vocab.txt; pass --vocab with the vocab the model was trained with "
                               "(a transformers directory needs it for its tokenizer)")

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from nezha_cli.errors import ConfigError, NezhaError
-from nezha_cli.export.base import ExportReport, copy_vocab, load_for_export, write_crf, write_report
+from nezha_cli.export.base import ExportReport, check_vocab, copy_vocab, load_for_export, write_crf, write_report
 from nezha_cli.export.program import (
     CHECK_LENGTHS,
     INPUT_NAMES,
@@ -35,7 +35,8 @@ ONNX_NAME = "model.onnx"
 INT8_NAME = "model.int8.onnx"
 FP16_NAME = "model.fp16.onnx"
 DEFAULT_OPSET = 18
-MIN_OPSET = 17  # LayerNormalization is a single op from 17 on
+# torch's exporter builds opset-18 graphs; its conversion down to 17 fails on NEZHA's (checked after export).
+MIN_OPSET = 18
 QUANTIZE_SCHEMES = ("int8",)
 
 
@@ -60,6 +61,19 @@ def write_onnx(model: NezhaPreTrainedModel, path: Path, opset: int = DEFAULT_OPS
                                          output_names=list(output_names(model)), dynamic_shapes=dynamic_shapes(model),
                                          opset_version=opset, dynamo=True, verbose=False)
         onnx_program.save(str(path))
+    written = graph_opset(path)
+    if written != opset:
+        # The exporter builds opset 18 and converts other opsets afterwards; where that fails it keeps 18.
+        raise ConfigError(f"--opset {opset}: the exporter could not convert this model's graph and wrote opset "
+                          f"{written}; use --opset {written} (the default) or later")
+
+
+def graph_opset(path: Path) -> int:
+    """The default-domain (ai.onnx) opset of the graph in ``path``."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return next(entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx"))
 
 
 def session(path: Path, threads: int | None = None):
@@ -153,9 +167,15 @@ def export_onnx(model_dir: Path | str, output_dir: Path | str, *, quantize: str 
     if opset < MIN_OPSET:
         raise ConfigError(f"--opset {opset}: NEZHA exports need opset {MIN_OPSET} or later")
     require_onnx()
+    import onnx
+
+    if opset > onnx.defs.onnx_opset_version():
+        raise ConfigError(f"--opset {opset}: the installed onnx {onnx.__version__} knows opsets up to "
+                          f"{onnx.defs.onnx_opset_version()}")
     output_dir = Path(output_dir)
-    check_output_path(output_dir, overwrite)
+    check_output_path(output_dir, overwrite, inputs=[model_dir, vocab])
     model = load_for_export(model_dir, crf_file=True)
+    check_vocab(model_dir, vocab, model)
     steps = 2 + (quantize is not None) + fp16
     task = progress.add_task("export onnx", total=steps) if progress is not None else None
 

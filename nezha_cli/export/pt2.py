@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from nezha_cli.errors import NezhaError
-from nezha_cli.export.base import ExportReport, copy_vocab, load_for_export, write_report
+from nezha_cli.export.base import ExportReport, check_vocab, copy_vocab, load_for_export, write_report
 from nezha_cli.export.program import CHECK_LENGTHS, INPUT_NAMES, check_parity, export_program, output_names
 from nezha_cli.io import atomic_output_dir, check_output_path
 
@@ -23,8 +23,9 @@ def export_torch_program(model_dir: Path | str, output_dir: Path | str, *, toler
                          check_lengths: tuple[int, ...] = CHECK_LENGTHS, vocab: Path | None = None,
                          overwrite: bool = False, progress=None) -> ExportReport:
     output_dir = Path(output_dir)
-    check_output_path(output_dir, overwrite)
+    check_output_path(output_dir, overwrite, inputs=[model_dir, vocab])
     model = load_for_export(model_dir)
+    check_vocab(model_dir, vocab, model)
     task = progress.add_task("export torch.export program", total=2) if progress is not None else None
     report = ExportReport(format="torch-export", model_dir=str(model_dir), output_dir=str(output_dir),
                           architecture=type(model).__name__, inputs=list(INPUT_NAMES),

@@ -102,6 +102,10 @@ class NezhaConfig:
             )
         if not (0 <= self.pad_token_id < self.vocab_size):
             raise ConfigError(f"config field pad_token_id={self.pad_token_id}: must be in [0, vocab_size)")
+        if self.architectures is not None and not (isinstance(self.architectures, list)
+                                                   and all(isinstance(a, str) for a in self.architectures)):
+            raise ConfigError(f"config field architectures={self.architectures!r}: must be a list of class names, "
+                              'such as ["NezhaForSequenceClassification"]')
         if not isinstance(self.use_crf, bool):
             raise ConfigError(f"config field use_crf={self.use_crf!r}: must be true or false")
         if self.problem_type not in (None, "regression", "single_label_classification", "multi_label_classification"):

@@ -408,7 +408,7 @@ def create_pretraining_data(
                           "re-run `nezha tokenize` without it, or pass --no-whole-word-mask")
     masking = MaskingConfig(masked_lm_prob, max_predictions_per_seq, whole_word_mask)
     vocab = Vocab.from_file(data_dir / VOCAB_NAME)
-    check_output_path(output_dir, overwrite)
+    check_output_path(output_dir, overwrite, inputs=[data_dir])
     task = _Task(config, masking, vocab.special_ids, has_word_ids and whole_word_mask)
 
     with atomic_output_dir(output_dir, overwrite=overwrite) as tmp:

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from nezha_cli.errors import CheckpointError, ConfigError, DataError, OutputExistsError
-from nezha_cli.io import write_json
+from nezha_cli.io import check_not_replacing, write_json
 from nezha_cli.modeling.crf import model_crf
 from nezha_cli.tasks.base import Task
 from nezha_cli.tasks.inference import forward_outputs, in_feature_order, length_order, numeric_metrics, split_outputs
@@ -159,6 +159,7 @@ def finetune(task: Task, model_dir: Path, output_dir: Path, files: DataFiles,
     max_seq_length = options.max_seq_length or defaults.max_seq_length
     batch_size = options.batch_size or defaults.batch_size
     check_output_dir(output_dir, options.resume, options.overwrite)
+    check_not_replacing(output_dir, [model_dir, *files.train, files.dev, files.test, options.vocab])
     crf_overrides(task, options.crf)  # before the data is read
     if not model_dir.is_dir():
         raise CheckpointError(f"{model_dir}: model directory not found")

@@ -85,12 +85,14 @@ class GenericClassificationTask(SequenceClassificationTask):
         examples = []
         for index, row in enumerate(rows):
             value = row.get(label) if has_labels else None
-            if value is not None:
+            if value is not None and value != "":
                 value = str(value)
                 if labels is not None:
                     check_label(path, f"row {index + 1}", value, labels)
             elif require_labels:
                 raise DataError(f"{path}: row {index + 1} has no {label!r}")
+            else:
+                value = None
             examples.append(ClassificationExample(
                 guid=_guid(row, id_column, path, index), text_a=_text(row[text], path, index, text),
                 text_b=_text(row[pair], path, index, pair) if pair else None, label=value,
@@ -240,7 +242,14 @@ class GenericMultipleChoiceTask(MultipleChoiceTask):
                                     "name several choice columns: --choices-column a,b,c)")
             else:
                 choices = [row[c] for c in choice_columns]
+            if any(c is None or c == "" for c in choices):
+                raise DataError(f"{path}: row {index + 1}: an empty choice; every row needs all its choices (fill "
+                                "them in, or leave the rows with fewer choices out)")
             choices = [str(c) for c in choices]
+            if examples and len(choices) != len(examples[0].choices):
+                raise DataError(f"{path}: row {index + 1}: {len(choices)} choices, row 1 has "
+                                f"{len(examples[0].choices)}; a batch needs the same number: pad the choice lists "
+                                "or split the data")
             label = self._label(row.get(self.label_column), choices, path, index)
             if label is None and require_labels:
                 raise DataError(f"{path}: row {index + 1} has no {self.label_column!r}")

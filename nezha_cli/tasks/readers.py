@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import csv
+import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,7 +139,11 @@ def read_conll(path: Path) -> list[tuple[int, list[str], list[str]]]:
 
 
 def load_table(path: Path, delimiter: str | None = None) -> tuple[list[str], list[dict[str, Any]]]:
-    """Rows of a CSV/TSV/JSON/JSONL file through ``datasets`` (its column names, rows as dicts)."""
+    """Rows of a CSV/TSV/JSON/JSONL file through ``datasets`` (its column names, rows as dicts).
+
+    CSV/TSV cells are read as the strings in the file: left to pandas, labels such as 01 and 002 and ids such as
+    000123 would become the numbers 1, 2 and 123.
+    """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found")
@@ -150,15 +156,55 @@ def load_table(path: Path, delimiter: str | None = None) -> tuple[list[str], lis
     elif suffix in (".csv", ".tsv", ".txt"):
         sep = delimiter or ("\t" if suffix in (".tsv", ".txt") else ",")
         # QUOTE_NONE for TSV: quotes are ordinary characters in Chinese text.
-        builder, kwargs = "csv", {"sep": sep, **({"quoting": 3} if sep == "\t" else {}), "keep_default_na": False}
+        quoting = csv.QUOTE_NONE if sep == "\t" else csv.QUOTE_MINIMAL
+        header = _csv_header(path, sep, quoting)
+        builder, kwargs = "csv", {"sep": sep, "quoting": quoting, "keep_default_na": False}
+        if len(set(header)) == len(header):
+            kwargs["features"] = datasets.Features({name: datasets.Value("string") for name in header})
     else:
         raise DataError(f"{path}: unknown file type {suffix or '(none)'}; use .csv, .tsv, .json or .jsonl")
+    verbosity = datasets.logging.get_verbosity()
+    # datasets logs the parser's message before it raises; the DataError below carries what the user needs.
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)
     try:
         dataset = datasets.load_dataset(builder, data_files=str(path), split="train", **kwargs)
     except Exception as exc:  # datasets wraps pandas/pyarrow parse errors in several types
+        if builder == "json":
+            _raise_json_error(path)
+        if builder == "csv" and "corresponds to no data" in str(exc):
+            raise DataError(f"{path}: no rows below the header (empty split); check the file") from None
         raise DataError(f"{path}: cannot read as {builder.upper()} ({type(exc).__name__}: "
                         f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+    finally:
+        datasets.logging.set_verbosity(verbosity)
     return list(dataset.column_names), dataset.to_list()
+
+
+def _csv_header(path: Path, sep: str, quoting: int) -> list[str]:
+    for _, line in read_lines(path):
+        if line.strip():
+            return next(csv.reader([line], delimiter=sep, quoting=quoting))
+    raise DataError(f"{path}: the file is empty (empty split); check the file")
+
+
+def _raise_json_error(path: Path) -> None:
+    """Find what datasets' JSON reader failed on (it names neither line nor problem) and say it; returns when the
+    file parses here, for the caller's general message."""
+    text = "".join(line + "\n" for _, line in read_lines(path))
+    try:
+        json.loads(text)
+        return
+    except json.JSONDecodeError:
+        pass
+    # Not one JSON document: JSON Lines, one object per line.
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}:{number}: not valid JSON ({exc.msg} at column {exc.colno}); fix the line "
+                            "(one JSON object per line in .jsonl)") from None
 
 
 def require_column(path: Path, columns: Sequence[str], name: str, option: str) -> None:

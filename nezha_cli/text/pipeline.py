@@ -151,7 +151,8 @@ def tokenize_corpus(
         raise ConfigError("pass either --vocab or --build-vocab, not both")
     if user_dict is not None and not Path(user_dict).is_file():
         raise DataError(f"{user_dict}: --user-dict not found")
-    check_output_path(output_dir, overwrite)
+    files = [s.name for s in sources if s.kind in ("text", "jsonl", "dataset")]
+    check_output_path(output_dir, overwrite, inputs=[*files, vocab, user_dict])
     if build_vocab is None:
         vocab_path = Path(vocab) if vocab is not None else bert_chinese_vocab_path()
         given_vocab = Vocab.from_file(vocab_path)  # fail on a bad vocab before reading the corpus

@@ -1,0 +1,77 @@
+"""Atomic outputs (nezha_cli.io): permissions and JSON reading."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from nezha_cli import io
+from nezha_cli.errors import NezhaError
+
+
+@pytest.fixture
+def umask_027():
+    io._umask.cache_clear()
+    old = os.umask(0o027)
+    yield
+    os.umask(old)
+    io._umask.cache_clear()
+
+
+def test_outputs_get_the_permissions_of_new_files(tmp_path, umask_027):
+    # mkdtemp/mkstemp make private temporaries; a model directory written for a serving user must not stay 0700.
+    with io.atomic_output_dir(tmp_path / "model") as tmp:
+        (tmp / "config.json").write_text("{}")
+    io.write_json(tmp_path / "metrics.json", {"f1": 1.0})
+    assert stat.S_IMODE((tmp_path / "model").stat().st_mode) == 0o750
+    assert stat.S_IMODE((tmp_path / "metrics.json").stat().st_mode) == 0o640
+
+
+def test_read_json_accepts_a_byte_order_mark_and_names_errors(tmp_path):
+    path = tmp_path / "preds.json"
+    path.write_bytes("\ufeff{\"q1\": \"答案\"}".encode())
+    assert io.read_json(path) == {"q1": "答案"}
+    path.write_text('{"q1": }', encoding="utf-8")
+    with pytest.raises(NezhaError, match=r"preds\.json: predictions file is not valid JSON \(Expecting value"):
+        io.read_json(path, what="predictions file")
+
+
+def test_the_current_directory_can_be_the_output(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "old.txt").write_text("x")
+    monkeypatch.chdir(out)
+    with io.atomic_output_dir(Path("."), overwrite=True) as tmp:
+        (tmp / "new.txt").write_text("y")
+    assert [p.name for p in out.iterdir()] == ["new.txt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_a_failed_rename_keeps_the_old_output_and_no_temporary(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "old.txt").write_text("x")
+    replace = os.replace
+
+    def failing_replace(src, dst):
+        if Path(src).name.startswith(".out.tmp-"):
+            raise OSError(16, "Device or resource busy")
+        replace(src, dst)
+
+    monkeypatch.setattr(io.os, "replace", failing_replace)
+    with pytest.raises(OSError), io.atomic_output_dir(out, overwrite=True) as tmp:
+        (tmp / "new.txt").write_text("y")
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+    assert [p.name for p in out.iterdir()] == ["old.txt"]
+
+
+def test_an_output_may_not_replace_an_input(tmp_path):
+    model = tmp_path / "run" / "final"
+    model.mkdir(parents=True)
+    for output in (model, tmp_path / "run", tmp_path):
+        with pytest.raises(NezhaError, match="would replace the input"):
+            io.check_output_path(output, overwrite=True, inputs=[None, model])
+    io.check_output_path(tmp_path / "run" / "export", overwrite=True, inputs=[model])
