@@ -10,7 +10,9 @@ import contextlib
 import functools
 import json
 import os
+import re
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -27,6 +29,9 @@ def check_output_path(path: Path, overwrite: bool, inputs: Iterable[Path | str |
     if path.exists() and not overwrite:
         raise OutputExistsError(f"{path}: output already exists; pass --overwrite to replace it or choose another path")
     parent = path.resolve().parent
+    existing = next(p for p in (parent, *parent.parents) if p.exists())
+    if not existing.is_dir():
+        raise NezhaError(f"{existing}: a file, where the output path needs a directory; choose another output path")
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -54,13 +59,53 @@ def _umask() -> int:
     return mask
 
 
+def give_default_mode(path: Path) -> None:
+    """Give a file the mode of any new file (0666 less the umask): safetensors writes its files 0600."""
+    os.chmod(path, 0o666 & ~_umask())
+
+
+def _temporary_prefix(path: Path) -> str:
+    """The name prefix of ``path``'s temporaries: host and pid say whose they are (see :func:`_remove_stale`)."""
+    return f".{path.name}.tmp-{socket.gethostname()}-{os.getpid()}-"
+
+
+def _remove_stale(path: Path) -> None:
+    """Remove the temporaries of ``path`` that processes of this host, now gone, left behind.
+
+    A process killed outright (SIGKILL, the OOM killer, SIGTERM during a parallel step) cannot remove its
+    temporary, which can hold gigabytes of half-written output. Those of live processes, and those of other hosts
+    (a shared file system), are left alone.
+    """
+    pattern = re.compile(re.escape(f".{path.name}.tmp-{socket.gethostname()}-") + r"(\d+)-")
+    for sibling in path.parent.iterdir():
+        match = pattern.match(sibling.name)
+        if match is None or _process_exists(int(match.group(1))):
+            continue
+        if sibling.is_dir() and not sibling.is_symlink():
+            shutil.rmtree(sibling, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                sibling.unlink()
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: another user's process
+        return True
+    return True
+
+
 @contextlib.contextmanager
 def atomic_output_dir(path: Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary directory that becomes ``path`` when the block finishes without error."""
     check_output_path(path, overwrite)
     # Resolved: "-o ." and "-o .." have no name to put the temporary beside.
     path = Path(path).resolve()
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    _remove_stale(path)
+    tmp = Path(tempfile.mkdtemp(prefix=_temporary_prefix(path), dir=path.parent))
     try:
         # mkdtemp makes the directory private (0700); the output gets the permissions of any new directory.
         os.chmod(tmp, 0o777 & ~_umask())
@@ -90,7 +135,8 @@ def atomic_output_file(path: Path, overwrite: bool = True, mode: str = "w", enco
     """Open a temporary file that replaces ``path`` when the block finishes without error."""
     path = Path(path)
     check_output_path(path, overwrite)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.resolve().parent)
+    _remove_stale(path.resolve())
+    fd, tmp = tempfile.mkstemp(prefix=_temporary_prefix(path), dir=path.resolve().parent)
     try:
         with os.fdopen(fd, mode, encoding=None if "b" in mode else encoding) as f:
             # mkstemp makes the file private (0600); the output gets the permissions of any new file.

@@ -330,6 +330,12 @@ def test_model_and_output_problems(tmp_path, senti):
     (out / "keep.txt").write_text("mine", encoding="utf-8")
     result = run("finetune", "--task", "chnsenti", "--model", model, "--data-dir", senti, "-o", out, *FAST)
     assert_one_line_error(result, "output directory is not empty", "--resume", "--overwrite")
+    result = run("finetune", "--task", "chnsenti", "--model", model, "--data-dir", senti, "-o", out, "--resume",
+                 "--overwrite", *FAST)
+    assert result.exit_code == 2 and "give one of them" in result.output
+    result = run("finetune", "--task", "chnsenti", "--model", model, "--data-dir", senti, "-o", model.parent,
+                 "--overwrite", *FAST)
+    assert_one_line_error(result, "would replace the input")
     assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
 
 

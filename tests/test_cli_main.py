@@ -1,7 +1,10 @@
 import errno
 import logging
+import random
+import signal
 import subprocess
 import sys
+import time
 
 import click
 import pytest
@@ -58,9 +61,9 @@ def test_debug_shows_the_exception(failing_command):
 
 
 @pytest.mark.parametrize("error,hint", [
-    (OSError(errno.ENOSPC, "No space left on device", "out/.tmp-1"), "free some space"),
-    (PermissionError(errno.EACCES, "Permission denied", "out/.tmp-1"), "check the permissions"),
-    (FileNotFoundError(errno.ENOENT, "No such file or directory", "out/.tmp-1"), "check the path"),
+    (OSError(errno.ENOSPC, "No space left on device", "out/.model.tmp-host-1-x"), "free some space"),
+    (PermissionError(errno.EACCES, "Permission denied", "out/.model.tmp-host-1-x"), "check the permissions"),
+    (FileNotFoundError(errno.ENOENT, "No such file or directory", "out/.model.tmp-host-1-x"), "check the path"),
 ])
 def test_operating_system_errors_are_one_line_and_exit_code_2(error, hint):
     @click.command("write")
@@ -71,7 +74,8 @@ def test_operating_system_errors_are_one_line_and_exit_code_2(error, hint):
     try:
         result = CliRunner().invoke(cli, ["write"])
         assert result.exit_code == 2 and "Traceback" not in result.output
-        assert result.output.startswith(f"Error: out/.tmp-1: {error.strerror}; ")
+        # The temporary that the output is written to is named as the output.
+        assert result.output.startswith(f"Error: out/model: {error.strerror}; ")
         assert hint in result.output and len(result.output.strip().splitlines()) == 1
         assert isinstance(CliRunner().invoke(cli, ["--debug", "write"]).exception, OSError)
     finally:
@@ -100,3 +104,33 @@ def test_only_the_first_process_logs_progress_notes(monkeypatch, rank, quiet, de
         monkeypatch.setenv("RANK", rank)
     _configure_logging(debug=debug, quiet=quiet)
     assert logging.getLogger("nezha_cli").level == level
+
+
+def test_sigterm_cleans_up_like_ctrl_c(tmp_path):
+    # timeout, docker stop and Slurm stop a job with SIGTERM: the output's temporary goes, and the exit code says it.
+    rng = random.Random(0)
+    chars = [chr(c) for c in range(0x4E00, 0x4E00 + 3000)]
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join("".join(rng.choices(chars, k=60)) for _ in range(40000)) + "\n", encoding="utf-8")
+    proc = subprocess.Popen([sys.executable, "-m", "nezha_cli", "-q", "tokenize", str(corpus), "-o",
+                             str(tmp_path / "out"), "--num-proc", "1"], stderr=subprocess.PIPE, text=True)
+    try:
+        while proc.poll() is None and not any(p.name.startswith(".out.tmp-") for p in tmp_path.iterdir()):
+            time.sleep(0.05)
+        assert proc.poll() is None, "tokenize finished before it could be stopped"
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM and err.strip() == "Terminated.", err
+    assert [p.name for p in tmp_path.iterdir()] == ["corpus.txt"]
+
+
+def test_a_closed_pipe_ends_quietly():
+    # `nezha recipes show tiny | head -1`: no "Error: Broken pipe".
+    proc = subprocess.Popen([sys.executable, "-m", "nezha_cli", "recipes", "show", "tiny"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    proc.wait(timeout=120)
+    assert "Error" not in err and "Traceback" not in err, err

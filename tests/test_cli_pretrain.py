@@ -68,12 +68,30 @@ def test_missing_data(tmp_path):
                           "--data not found")
 
 
+def test_raw_text_errors_point_to_nezha_tokenize(tmp_path):
+    # The reading options that the error names are `nezha tokenize`'s: say so, and how to use them.
+    gbk = tmp_path / "gbk.txt"
+    gbk.write_bytes("人民日报社论。\n".encode("gbk"))
+    assert_one_line_error(run("pretrain", "--data", str(gbk), "-o", str(tmp_path / "o"), "--cache-dir",
+                              str(tmp_path / "cache"), "data.build_vocab=100"),
+                          "pass --encoding (e.g. gb18030) or --errors skip (options of `nezha tokenize`")
+    assert not (tmp_path / "o").exists()
+
+
+def test_resume_and_overwrite_together_are_refused(tmp_path):
+    result = run("pretrain", "-o", str(tmp_path / "o"), "--resume", "--overwrite")
+    assert result.exit_code == 2 and "give one of them" in result.output
+
+
 def test_foreign_data_directory(tmp_path):
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "manifest.json").write_text(json.dumps({"kind": "something-else"}))
     assert_one_line_error(run("pretrain", "--data", str(foreign), "-o", str(tmp_path / "o")),
                           "kind is 'something-else'")
+    (foreign / "manifest.json").write_text("{")
+    assert_one_line_error(run("pretrain", "--data", str(foreign), "-o", str(tmp_path / "o")),
+                          "manifest.json: not valid JSON")
     # Without a manifest a directory is raw text, as `nezha tokenize` reads it: a binary file is named.
     (foreign / "manifest.json").unlink()
     (foreign / "model.safetensors").write_bytes(b"\x00\x01" * 100)

@@ -96,6 +96,20 @@ def test_missing_input(tmp_path):
     assert_no_output(tmp_path)
 
 
+def test_outputs_that_would_destroy_or_feed_back_into_the_input(corpus_file, tmp_path):
+    corpus_dir = tmp_path / "corpus"
+    corpus_dir.mkdir()
+    (corpus_dir / "a.txt").write_text(corpus_file.read_text(encoding="utf-8"), encoding="utf-8")
+    assert_one_line_error(run(str(corpus_dir), "-o", str(corpus_dir / "out")), "inside the input directory")
+    assert_one_line_error(run(str(corpus_dir), "-o", str(corpus_dir), "--overwrite"), "would replace the input")
+    assert_one_line_error(run(str(corpus_dir / "a.txt"), "-o", str(corpus_dir / "a.txt" / "out")),
+                          "a.txt: a file, where the output path needs a directory")
+    assert_one_line_error(run(str(corpus_dir / "a.txt"), "--user-dict", str(corpus_dir), "-o", str(tmp_path / "o")),
+                          "--user-dict is a directory")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["corpus", corpus_file.name])
+    assert [p.name for p in corpus_dir.iterdir()] == ["a.txt"]
+
+
 def test_existing_output(corpus_file, tmp_path):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "keep.txt").write_text("mine")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from pretrain_fixtures import write_masked_data
 
-from nezha_cli.engine.corpus import data_kind, default_cache_dir, first_documents, prepare_text
+from nezha_cli.engine.corpus import data_kind, default_cache_dir, first_documents, prepare_text, resolve_data
 from nezha_cli.engine.recipes import DataOptions
 from nezha_cli.errors import ConfigError, DataError
 
@@ -38,6 +38,20 @@ def test_data_kind(tmp_path):
     (tokenized / "manifest.json").write_text(json.dumps({"kind": "nezha-model"}))
     with pytest.raises(DataError, match="kind is 'nezha-model'"):
         data_kind(tokenized)
+
+
+def test_a_masked_data_directory_keeps_its_own_settings(tmp_path, caplog):
+    masked = write_masked_data(tmp_path / "masked", n=8)
+    manifest = json.loads((masked / "manifest.json").read_text())
+    # What the recipe says and the data do not agree on is said (recipe.yaml records the recipe's settings).
+    with caplog.at_level("INFO", logger="nezha_cli"):
+        assert resolve_data(masked, DataOptions(masked_lm_prob=0.2), seed=1, cache_dir=tmp_path / "c") == masked
+    assert ("masked_lm_prob=0.2 (the data's: 0.15), max_predictions_per_seq=20 (the data's: 3) do not apply"
+            in caplog.text)
+    caplog.clear()
+    with caplog.at_level("INFO", logger="nezha_cli"):
+        resolve_data(masked, DataOptions(**manifest["options"]), seed=1, cache_dir=tmp_path / "c")
+    assert "do not apply" not in caplog.text
 
 
 def test_first_documents(tmp_path):

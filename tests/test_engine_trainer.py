@@ -22,7 +22,7 @@ from nezha_cli.engine.checkpoints import list_checkpoints
 from nezha_cli.engine.metrics_log import read_metrics
 from nezha_cli.engine.pretrain import mlm_evaluator, pretraining_step
 from nezha_cli.engine.pretraining_data import load_pretraining_data, make_collators
-from nezha_cli.errors import ConfigError, OutputExistsError
+from nezha_cli.errors import CheckpointError, ConfigError, OutputExistsError
 from nezha_cli.modeling import NezhaConfig, NezhaForPreTraining
 from nezha_cli.pretraining.collator import PretrainingCollator
 
@@ -132,6 +132,25 @@ def test_resume_is_bit_identical_in_process(data_dir, dynamic_dir, tmp_path, acc
     strip = [{k: v for k, v in r.items() if k not in drop} for r in read_metrics(tmp_path / "full" / "metrics.jsonl")]
     strip2 = [{k: v for k, v in r.items() if k not in drop} for r in read_metrics(tmp_path / "cut" / "metrics.jsonl")]
     assert strip == strip2
+
+
+def test_resume_skips_a_damaged_checkpoint(data_dir, tmp_path, caplog):
+    kw = dict(max_steps=15, per_device_batch_size=8, save_steps=4)
+    full = train(data_dir, tmp_path / "full", **kw)
+    with pytest.raises(Crash):
+        train(data_dir, tmp_path / "cut", step_fn=crashing_step(10), **kw)
+    older, newest = list_checkpoints(tmp_path / "cut")[-2:]
+    # A copy cut short (or a disk that filled up): safetensors cannot read the weights' header.
+    with open(newest / "model.safetensors", "r+b") as f:
+        f.truncate(100)
+    resumed = train(data_dir, tmp_path / "cut", resume=True, **kw)
+    assert resumed.resumed_from == older
+    assert f"{newest}: cannot restore the checkpoint (SafetensorError" in caplog.text
+    assert_bit_identical(weights(full.final_dir), weights(resumed.final_dir))
+    for checkpoint in list_checkpoints(tmp_path / "cut"):
+        (checkpoint / "model.safetensors").write_bytes(b"")
+    with pytest.raises(CheckpointError, match="cannot restore the checkpoint"):
+        train(data_dir, tmp_path / "cut", resume=True, **kw)
 
 
 _KILL_SCRIPT = textwrap.dedent("""

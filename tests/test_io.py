@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import socket
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -75,3 +78,23 @@ def test_an_output_may_not_replace_an_input(tmp_path):
         with pytest.raises(NezhaError, match="would replace the input"):
             io.check_output_path(output, overwrite=True, inputs=[None, model])
     io.check_output_path(tmp_path / "run" / "export", overwrite=True, inputs=[model])
+
+
+def test_temporaries_of_processes_that_are_gone_are_removed(tmp_path):
+    # A run killed outright leaves its temporary; the next run to the same output removes it, and only it.
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    host = socket.gethostname()
+    stale = tmp_path / f".out.tmp-{host}-{gone.pid}-abc"
+    stale.mkdir()
+    (stale / "shard-00000.arrow").write_text("half written")
+    stale_file = tmp_path / f".out.tmp-{host}-{gone.pid}-def"
+    stale_file.write_text("")
+    kept = [tmp_path / f".out.tmp-{host}-{os.getpid()}-abc",  # a live process's
+            tmp_path / f".out.tmp-{host}x-{gone.pid}-abc",  # another host's (a shared file system)
+            tmp_path / f".other.tmp-{host}-{gone.pid}-abc"]  # another output's
+    for path in kept:
+        path.mkdir()
+    with io.atomic_output_dir(tmp_path / "out") as tmp:
+        (tmp / "done").write_text("")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([p.name for p in kept] + ["out"])

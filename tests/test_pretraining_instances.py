@@ -209,6 +209,17 @@ def test_options(tokenized, tmp_path):
         create_pretraining_data(tokenized, tmp_path / "x", max_seq_length=4, show_progress=False)
 
 
+def test_lines_longer_than_an_instance_are_warned_about(tokenized, tmp_path, bert_vocab, caplog):
+    # A paragraph (or a whole document) per line: all past max_seq_length - 3 tokens is cut off, as in BERT.
+    create_pretraining_data(tokenized, tmp_path / "sentences", max_seq_length=128, num_proc=1, show_progress=False)
+    assert "lines longer than max_seq_length" not in caplog.text
+    corpus = tmp_path / "one-line.txt"
+    corpus.write_text("人民日报社论。" * 200 + "\n\n短句。\n", encoding="utf-8")
+    tok = tokenize_corpus([corpus], tmp_path / "tok", vocab=bert_vocab, num_proc=1, show_progress=False)
+    create_pretraining_data(tok, tmp_path / "cut", max_seq_length=64, num_proc=1, show_progress=False)
+    assert "tok: 95% of the tokens are in lines longer than max_seq_length - 3 = 61 tokens" in caplog.text
+
+
 def test_no_wwm_data(tmp_path, corpus_file):
     tok = tokenize_corpus([corpus_file], tmp_path / "tok", whole_word_mask=False, num_proc=1, show_progress=False)
     with pytest.raises(ConfigError, match="--no-wwm"):

@@ -94,6 +94,10 @@ def test_recipes_cli(tmp_path):
     assert again.exit_code == 2 and "--overwrite" in again.output
     unknown = runner.invoke(cli, ["recipes", "show", "nope"])
     assert unknown.exit_code == 2 and "Traceback" not in unknown.output
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("training: [1, 2\n")
+    refused = runner.invoke(cli, ["recipes", "copy", str(broken), str(tmp_path / "copy.yaml")])
+    assert refused.exit_code == 2 and "broken.yaml" in refused.output and not (tmp_path / "copy.yaml").exists()
 
 
 @pytest.mark.slow

@@ -214,6 +214,15 @@ def test_generic_ner_json_lists_and_conll(tmp_path):
     assert conll[0].tags == ["B-ORG", "O"]
     with pytest.raises(DataError, match="tags must be names"):
         task.read(write(tmp_path / "ids.jsonl", '{"tokens": ["a"], "ner_tags": [3]}\n'))
+    # Ids: the id column, else the row number, which a row without tokens (left out) does not shift.
+    rows = [{"tokens": ["a"], "tags": ["O"]}, {"tokens": [], "tags": []}, {"tokens": ["b"], "tags": ["B-X"]}]
+    numbered = write(tmp_path / "rows.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    assert [e.guid for e in task.read(numbered)] == ["rows-0", "rows-2"]
+    named = write(tmp_path / "named.jsonl",
+                  "".join(json.dumps({**r, "sid": f"s{i}"}) + "\n" for i, r in enumerate(rows)))
+    assert [e.guid for e in get_task("ner", id_column="sid").read(named)] == ["s0", "s2"]
+    with pytest.raises(DataError, match=r"rows\.jsonl:row 3: label 'B-X' is not in the label set"):
+        task.read(numbered, labels=["O"])
 
 
 def test_generic_qa_flat_rows(tmp_path):

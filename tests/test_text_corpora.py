@@ -11,6 +11,7 @@ import sys
 import pytest
 
 from nezha_cli.errors import ConfigError, DataError
+from nezha_cli.text import corpora
 from nezha_cli.text.corpora import (
     DOCUMENT_BREAK,
     CorpusReader,
@@ -123,9 +124,17 @@ def test_dataset_name_fails_clearly_without_network(monkeypatch):
         raise ConnectionError("Couldn't reach 'someone/corpus' on the Hub (LocalEntryNotFoundError)")
 
     monkeypatch.setattr(datasets, "load_dataset", unreachable)
+    monkeypatch.setattr(corpora, "_reachable", lambda host, port: True)
     with pytest.raises(DataError, match=r"someone/corpus: not a file or directory, and loading it as a Hugging "
                                         r"Face dataset failed \(Couldn't reach"):
         read("someone/corpus")
+    # Without a connection to the Hub, at once (datasets would retry for half a minute), and the same way for a
+    # mistyped path that looks like a dataset name.
+    monkeypatch.setattr(corpora, "_reachable", lambda host, port: False)
+    monkeypatch.setenv("HF_ENDPOINT", "https://hub.example.org")
+    with pytest.raises(DataError, match=r"data/corpus: not a file or directory, and the Hugging Face Hub "
+                                        r"\(hub.example.org\) cannot be reached"):
+        read("data/corpus")
 
 
 def test_missing_inputs(tmp_path):

@@ -12,6 +12,8 @@ import errno
 import importlib
 import logging
 import os
+import re
+import signal
 import sys
 
 import click
@@ -67,24 +69,50 @@ class LazyGroup(click.Group):
             if ctx.obj and ctx.obj.get("debug"):
                 raise
             raise UserError(str(exc)) from None
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
             if ctx.obj and ctx.obj.get("debug"):
                 raise
             from nezha_cli.engine.launch import report_error
 
-            if not report_error("Interrupted."):
-                click.echo("Interrupted.", err=True)
-            ctx.exit(130)
+            line = "Terminated." if isinstance(exc, Terminated) else "Interrupted."
+            if not report_error(line):
+                click.echo(line, err=True)
+            ctx.exit(128 + signal.SIGTERM if isinstance(exc, Terminated) else 130)
         except OSError as exc:
             # The system refused a read or write the checks before the work could not foresee (disk full,
             # permissions, a path that vanished): one line too, the atomic outputs leave nothing half-written.
-            if ctx.obj and ctx.obj.get("debug"):
+            # A closed pipe (`nezha recipes show tiny | head -1`) is click's to handle: it exits quietly.
+            if (ctx.obj and ctx.obj.get("debug")) or exc.errno == errno.EPIPE:
                 raise
             raise UserError(os_error_message(exc)) from None
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (timeout, docker stop, Slurm), raised where the program is, so that it cleans up as on Ctrl-C."""
+
+
+_MAIN_PID = os.getpid()
+
+
+def _raise_terminated(signum, frame) -> None:
+    if os.getpid() != _MAIN_PID:
+        # A forked worker (tokenizer pools, data loaders) inherits the handler; its parent stops it with SIGTERM,
+        # which should end it as before, without a traceback of its own.
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
+    raise Terminated()
+
+
 def os_error_message(exc: OSError) -> str:
-    where = f"{exc.filename}: " if exc.filename else ""
+    filename = exc.filename
+    if filename:
+        # The temporary an output is written to (.NAME.tmp-...) means nothing to the user: name the output.
+        directory, name = os.path.split(os.fspath(filename))
+        temporary = re.match(r"\.(.+)\.tmp-", name)
+        if temporary:
+            filename = os.path.join(directory, temporary.group(1))
+    where = f"{filename}: " if filename else ""
     reason = exc.strerror or str(exc)
     if exc.errno == errno.ENOSPC:
         hint = "free some space or write elsewhere (-o/--output, --cache-dir)"
@@ -143,6 +171,9 @@ def _configure_logging(debug: bool, quiet: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    global _MAIN_PID
+    _MAIN_PID = os.getpid()
+    signal.signal(signal.SIGTERM, _raise_terminated)
     cli.main(args=argv, prog_name="nezha")
 
 

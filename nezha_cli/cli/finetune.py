@@ -138,6 +138,8 @@ def finetune(ctx: click.Context, task_name: str, model_dir: Path, data_dir: Path
       nezha finetune --task pd-ner --model M --train-file silver.tsv --train-file train.tsv \\
           --validation-file dev.tsv -o runs/ner --crf
     """
+    if kwargs.get("resume") and kwargs.get("overwrite"):
+        raise click.UsageError("--resume continues the run in OUT and --overwrite deletes it: give one of them")
     from nezha_cli.engine.launch import in_launched_process, launch_processes
 
     if num_processes > 1 and not in_launched_process():

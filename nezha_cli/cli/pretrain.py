@@ -68,6 +68,8 @@ def pretrain(ctx: click.Context, overrides: tuple[str, ...], recipe: str, data: 
     from nezha_cli.engine.launch import in_launched_process, launch_processes
     from nezha_cli.engine.recipes import load_recipe
 
+    if resume and overwrite:
+        raise click.UsageError("--resume continues the run in OUT and --overwrite deletes it: give one of them")
     loaded = load_recipe(recipe, overrides)
     obj = ctx.obj or {}
     if num_processes > 1 and not in_launched_process():

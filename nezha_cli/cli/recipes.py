@@ -42,10 +42,11 @@ def show(recipe: str, overrides: tuple[str, ...]) -> None:
 @click.option("--overwrite", is_flag=True, help="Replace an existing file.")
 def copy(recipe: str, destination: Path, overwrite: bool) -> None:
     """Copy RECIPE to DESTINATION (a file or directory) for editing; use it with --recipe FILE."""
-    from nezha_cli.engine.recipes import resolve_recipe
+    from nezha_cli.engine.recipes import load_recipe, resolve_recipe
     from nezha_cli.io import check_output_path
 
     source = resolve_recipe(recipe)
+    load_recipe(source)  # a file that is not a valid recipe is refused here, not at its first use
     target = destination / source.name if destination.is_dir() else destination
     check_output_path(target, overwrite)
     shutil.copyfile(source, target)

@@ -15,8 +15,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from nezha_cli.errors import CheckpointError
-from nezha_cli.io import read_json, write_json
+from nezha_cli.errors import CheckpointError, NezhaError
+from nezha_cli.io import give_default_mode, read_json, write_json
+
+logger = logging.getLogger(__name__)
 
 CHECKPOINTS_DIR = "checkpoints"
 BEST_DIR = "best"
@@ -79,6 +81,8 @@ def save_checkpoint(accelerator, output_dir: Path, step: int, state: dict[str, A
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         write_json(tmp / STATE_NAME, state)
+        for path in tmp.rglob("*.safetensors"):
+            give_default_mode(path)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -93,7 +97,26 @@ def load_checkpoint(accelerator, path: Path) -> dict[str, Any]:
     state = read_json(Path(path) / STATE_NAME, what="trainer state")
     try:
         accelerator.load_state(str(path))
-    except (FileNotFoundError, RuntimeError, KeyError, ValueError) as exc:
-        raise CheckpointError(f"{path}: cannot restore the checkpoint ({type(exc).__name__}: {exc}); "
+    except Exception as exc:  # safetensors, torch.load and accelerate each raise their own types
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise CheckpointError(f"{path}: cannot restore the checkpoint ({type(exc).__name__}: {message}); "
                               "was it written with the same model and optimizer?") from None
     return state
+
+
+def load_newest_checkpoint(accelerator, output_dir: Path) -> tuple[dict[str, Any], Path] | None:
+    """Restore the newest checkpoint in ``output_dir`` that loads, as (state, path); None when there is none.
+
+    A damaged one (a disk that filled up, a copy cut short) is skipped with a warning, so that a resume loses the
+    steps since the checkpoint before it rather than stopping; when none loads, the newest one's error is raised.
+    """
+    first_error = None
+    for path in reversed(list_checkpoints(output_dir)):
+        try:
+            return load_checkpoint(accelerator, path), path
+        except NezhaError as exc:  # CheckpointError, or an unreadable trainer state
+            first_error = first_error or exc
+            logger.warning("%s; trying the checkpoint before it", exc)
+    if first_error is not None:
+        raise first_error
+    return None

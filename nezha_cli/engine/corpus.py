@@ -52,7 +52,10 @@ def data_kind(path: Path) -> str:
         return "text"
     try:
         kind = json.loads(manifest_path.read_text(encoding="utf-8")).get("kind")
-    except (ValueError, AttributeError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise DataError(f"{manifest_path}: not valid JSON ({exc}); --data must be a `nezha mask` or `nezha "
+                        "tokenize` output (rerun the step that wrote it), or raw text") from None
+    except AttributeError:
         kind = None
     if kind == MASKED_KIND:
         return "masked"
@@ -71,10 +74,25 @@ def resolve_data(data: Path | None, options: DataOptions, seed: int, *, cache_di
         return prepare_default_corpus(options, seed, cache, model_vocab, show_progress)
     kind = data_kind(Path(data))
     if kind == "masked":
+        _note_unused_settings(Path(data), options)
         return Path(data)
     if kind == "tokenized":
         return mask_tokenized(Path(data), options, seed, cache, show_progress)
     return prepare_text([Path(data)], options, seed, cache, model_vocab, show_progress)
+
+
+# The recipe's data settings that a `nezha mask` output has already fixed (its manifest records them).
+MASK_SETTINGS = ("max_seq_length", "short_seq_prob", "dupe_factor", "masked_lm_prob", "max_predictions_per_seq",
+                 "whole_word_mask")
+
+
+def _note_unused_settings(masked: Path, options: DataOptions) -> None:
+    used = json.loads((masked / MANIFEST_NAME).read_text(encoding="utf-8")).get("options", {})
+    differ = [f"{name}={getattr(options, name)!r} (the data's: {used[name]!r})" for name in MASK_SETTINGS
+              if name in used and used[name] != getattr(options, name)]
+    if differ:
+        logger.info("%s is a `nezha mask` output, whose settings hold: the recipe's %s do not apply (pass the "
+                    "`nezha tokenize` output to --data to mask it with them)", masked, ", ".join(differ))
 
 
 def prepare_default_corpus(options: DataOptions, seed: int, cache: Path, model_vocab: Path | None = None,
@@ -95,6 +113,10 @@ def prepare_default_corpus(options: DataOptions, seed: int, cache: Path, model_v
     return prepare_text([corpus], options, seed, cache, model_vocab, show_progress)
 
 
+# Reading options of `nezha tokenize` that the errors of raw-text reading point to.
+TOKENIZE_ONLY_OPTIONS = ("--encoding", "--errors", "--text-field", "--max-line-bytes", "--split")
+
+
 def prepare_text(inputs: list[Path], options: DataOptions, seed: int, cache: Path, model_vocab: Path | None = None,
                  show_progress: bool = True) -> Path:
     """Tokenize (cached) and mask (cached) raw text; returns the `nezha mask` output."""
@@ -113,8 +135,15 @@ def prepare_text(inputs: list[Path], options: DataOptions, seed: int, cache: Pat
         tokenized.parent.mkdir(parents=True, exist_ok=True)
         logger.info("tokenizing %s into %s (cached for later runs)", ", ".join(map(str, inputs)), tokenized)
         # overwrite: a run that raced this one may have written the same entry meanwhile.
-        tokenize_corpus([str(p) for p in inputs], tokenized, vocab=vocab, build_vocab=build_vocab,
-                        whole_word_mask=options.whole_word_mask, overwrite=True, show_progress=show_progress)
+        try:
+            tokenize_corpus([str(p) for p in inputs], tokenized, vocab=vocab, build_vocab=build_vocab,
+                            whole_word_mask=options.whole_word_mask, overwrite=True, show_progress=show_progress)
+        except DataError as exc:
+            option = next((o for o in TOKENIZE_ONLY_OPTIONS if o in str(exc)), None)
+            if option is None:
+                raise
+            raise DataError(f"{exc} (options of `nezha tokenize`: pretrain reads raw --data with the defaults; run "
+                            f"`nezha tokenize FILES {option} ... -o DIR`, then pass DIR to --data)") from None
     return mask_tokenized(tokenized, options, seed, cache, show_progress)
 
 

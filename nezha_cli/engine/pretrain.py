@@ -214,8 +214,8 @@ def pretrain(recipe: Recipe, output_dir: Path | None = None, data: Path | None =
         trainer = Trainer(model, args, pdata.train, collate, pretraining_step, evaluate=evaluate,
                           save_model=save_with_vocab(pdata.vocab_path, recipe_text),
                           output_files={RECIPE_NAME: recipe_text})
+        return trainer.train()
     except BaseException:
         if created and state.is_main_process and args.output_dir.is_dir() and not any(args.output_dir.iterdir()):
             args.output_dir.rmdir()  # a refused setting leaves no empty OUT behind
         raise
-    return trainer.train()

@@ -26,7 +26,7 @@ from nezha_cli.engine.checkpoints import (
     BEST_DIR,
     CHECKPOINTS_DIR,
     latest_checkpoint,
-    load_checkpoint,
+    load_newest_checkpoint,
     remove_incomplete,
     save_checkpoint,
 )
@@ -257,8 +257,9 @@ class Trainer:
         self.state = {"global_step": 0, "epoch": 0, "step_in_epoch": 0, "overflow_steps": 0,
                       "nonfinite_steps": 0, "consecutive_nonfinite": 0, "best_metric": None, "best_step": None,
                       "last_eval_step": None, "total_steps": total_steps, "global_batch_size": global_batch}
-        if resume_from is not None:
-            saved = load_checkpoint(acc, resume_from)
+        loaded = load_newest_checkpoint(acc, args.output_dir) if resume_from is not None else None
+        if loaded is not None:
+            saved, resume_from = loaded
             if saved.get("global_batch_size") != global_batch:
                 raise ConfigError(f"{resume_from}: written with global_batch_size={saved.get('global_batch_size')}, "
                                   f"now {global_batch}; resume with the same batch size")

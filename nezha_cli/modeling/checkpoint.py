@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from nezha_cli.errors import CheckpointError
+from nezha_cli.io import give_default_mode
 from nezha_cli.modeling.configuration import CONFIG_NAME, NezhaConfig
 
 logger = logging.getLogger(__name__)
@@ -64,6 +65,7 @@ def save_state_dict(state_dict: dict[str, torch.Tensor], path: Path, metadata: d
 
     tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
     save_file(tensors, str(path), metadata={"format": "pt", **(metadata or {})})
+    give_default_mode(path)
 
 
 def load_state_dict(path: Path) -> dict[str, torch.Tensor]:

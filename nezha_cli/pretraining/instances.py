@@ -49,7 +49,10 @@ logger = logging.getLogger(__name__)
 
 MASKED_KIND = "nezha-masked"
 BLOCK_TOKENS = 1 << 18
-STAT_KEYS = ("instances", "tokens", "random_next", "masked", "random", "unchanged", "words_masked", "partial_words")
+STAT_KEYS = ("instances", "tokens", "random_next", "masked", "random", "unchanged", "words_masked", "partial_words",
+             "input_tokens", "overlong_tokens")
+# Above this share of the input's tokens in lines that no instance can hold, `nezha mask` warns.
+OVERLONG_WARNING = 0.2
 
 
 @dataclass(frozen=True)
@@ -248,7 +251,10 @@ def build_block(block: Block, task: _Task | None = None) -> dict[str, Any]:
         "lengths": lengths,
     }
     stats = dict.fromkeys(STAT_KEYS, 0)
-    stats.update(instances=len(raw), tokens=total, random_next=int(labels.sum()))
+    stats.update(instances=len(raw), tokens=total, random_next=int(labels.sum()),
+                 # A line is a segment: what it holds past max_seq_length - 3 tokens is cut off, as in BERT.
+                 input_tokens=int(block.lengths.sum()),
+                 overlong_tokens=int(np.maximum(block.lengths - (config.max_seq_length - 3), 0).sum()))
     if not config.dynamic:
         _mask_block(result, task, block.index, stats)
     result["stats"] = stats
@@ -417,6 +423,11 @@ def create_pretraining_data(
                                  manifest.get("counts", {}).get("tokens"))
         if stats["instances"] == 0:
             raise DataError(f"{data_dir}: no instances: the tokenized data has no tokens")
+        if stats["overlong_tokens"] > OVERLONG_WARNING * stats["input_tokens"]:
+            logger.warning("%s: %.0f%% of the tokens are in lines longer than max_seq_length - 3 = %d tokens, past "
+                           "which an instance cuts them off; split the text into sentences (BERT's layout: one "
+                           "sentence per line, a blank line between documents) or raise --max-seq-length", data_dir,
+                           100 * stats["overlong_tokens"] / stats["input_tokens"], config.max_seq_length - 3)
         out_manifest = {
             "kind": MASKED_KIND,
             "dynamic": dynamic,

@@ -121,11 +121,15 @@ class GenericNerTask(TokenClassificationTask):
                    for split, names in GENERIC_SPLIT_FILES.items()}
     label_list = None
 
-    def __init__(self, tokens_column: str | None = None, tags_column: str | None = None) -> None:
+    def __init__(self, tokens_column: str | None = None, tags_column: str | None = None,
+                 id_column: str | None = None) -> None:
         self.tokens_column = tokens_column
         self.tags_column = tags_column
+        self.id_column = id_column
 
-    def read_sentences(self, path: Path, require_labels: bool) -> list[tuple[int, list[str], list[str] | None]]:
+    def read_sentences(self, path: Path, require_labels: bool) -> list[tuple]:
+        """(line, tokens, tags) per CoNLL sentence; (row, tokens, tags, id) per table row (rows without tokens are
+        left out, the others keep their id or row number)."""
         path = Path(path)
         if path.suffix.lower() not in TABLE_SUFFIXES or (path.suffix.lower() == ".tsv" and looks_like_conll(path)):
             if not looks_like_conll(path):
@@ -138,6 +142,7 @@ class GenericNerTask(TokenClassificationTask):
         tags_column = _column(self.tags_column, columns, ("ner_tags", "tags", "label", "labels"))
         if require_labels:
             require_column(path, columns, tags_column, "--tags-column")
+        id_column = _column(self.id_column, columns, ("id", "idx", "guid"))
         sentences = []
         for index, row in enumerate(rows):
             tokens = [str(t) for t in _as_list(row[tokens_column], path, index, tokens_column)]
@@ -149,7 +154,7 @@ class GenericNerTask(TokenClassificationTask):
                 if len(tags) != len(tokens):
                     raise DataError(f"{path}: row {index + 1}: {len(tokens)} tokens but {len(tags)} tags")
             if tokens:
-                sentences.append((index + 1, tokens, tags))
+                sentences.append((f"row {index + 1}", tokens, tags, _guid(row, id_column, path, index)))
         return sentences
 
 

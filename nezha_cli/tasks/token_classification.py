@@ -178,11 +178,14 @@ class TokenClassificationTask(Task):
         path = Path(path)
         allowed = list(labels) if labels is not None else self.label_list
         examples = []
-        for line, tokens, tags in self.read_sentences(path, require_labels):
+        for sentence in self.read_sentences(path, require_labels):
+            line, tokens, tags = sentence[:3]
             if tags is not None and allowed is not None:
                 for tag in tags:
                     check_label(path, line, tag, allowed)
-            examples.append(NerExample(guid=f"{path.stem}-{len(examples)}", tokens=tokens, tags=tags))
+            # Table rows bring their id (or row number); CoNLL/TSV sentences are numbered.
+            guid = sentence[3] if len(sentence) > 3 else f"{path.stem}-{len(examples)}"
+            examples.append(NerExample(guid=guid, tokens=tokens, tags=tags))
         check_not_empty(examples, path)
         return examples
 

@@ -16,7 +16,9 @@ import json
 import lzma
 import os
 import re
+import socket
 import sys
+import urllib.parse
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from importlib.util import find_spec
@@ -335,12 +337,31 @@ def _offline() -> bool:
                for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"))
 
 
+def _hub_address() -> tuple[str, int]:
+    endpoint = urllib.parse.urlsplit(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    return endpoint.hostname or "huggingface.co", endpoint.port or (80 if endpoint.scheme == "http" else 443)
+
+
+def _reachable(host: str, port: int, timeout: float = 3.0) -> bool:
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
 def _load_hub_dataset(name: str, split: str):
     hint = ("dataset names need network access: pass a local file, directory or datasets.save_to_disk directory "
             "instead")
     if _offline():
         raise DataError(f"{name}: not a file or directory, and a Hugging Face dataset cannot be loaded offline "
                         f"(HF_HUB_OFFLINE is set); {hint}")
+    host, port = _hub_address()
+    if not _reachable(host, port):
+        # Checked first: without a network, datasets retries for half a minute (a mistyped path looks like a
+        # dataset name: data/corpus) and floods the terminal with its retry messages.
+        raise DataError(f"{name}: not a file or directory, and the Hugging Face Hub ({host}) cannot be reached; "
+                        f"{hint}")
     import datasets
 
     try:

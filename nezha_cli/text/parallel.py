@@ -11,6 +11,7 @@ import multiprocessing
 import os
 import signal
 import sys
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
@@ -71,6 +72,12 @@ def ordered_map(
         return
     context = multiprocessing.get_context(_start_method())
     max_pending = max_pending or 4 * num_proc
+    # SIGTERM (which `timeout` and Slurm send to the whole process group) ends the workers wherever they are,
+    # possibly holding the lock of the queue their results go through; a parent that went on to clean up would
+    # then wait for that lock forever in Pool.terminate. While the pool lives, SIGTERM ends this process too, as
+    # by default; what it leaves behind the next run to the same output removes (nezha_cli.io).
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, signal.SIG_DFL) if in_main_thread else None
     pool = context.Pool(num_proc, initializer=_worker_init, initargs=(initializer, initargs))
     try:
         pending: deque = deque()
@@ -86,3 +93,5 @@ def ordered_map(
         pool.join()
     finally:
         pool.terminate()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)

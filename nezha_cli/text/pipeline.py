@@ -150,7 +150,13 @@ def tokenize_corpus(
     if vocab is not None and build_vocab is not None:
         raise ConfigError("pass either --vocab or --build-vocab, not both")
     if user_dict is not None and not Path(user_dict).is_file():
-        raise DataError(f"{user_dict}: --user-dict not found")
+        what = "is a directory; it takes a file (jieba's format: one word per line)" if Path(user_dict).is_dir() \
+            else "not found"
+        raise DataError(f"{user_dict}: --user-dict {what}")
+    for item in inputs:
+        if Path(item).is_dir() and Path(item).resolve() in Path(output_dir).resolve().parents:
+            raise DataError(f"{output_dir}: inside the input directory {item}, all of whose files are read: the "
+                            "next run would read this output as text; choose an output outside it")
     files = [s.name for s in sources if s.kind in ("text", "jsonl", "dataset")]
     check_output_path(output_dir, overwrite, inputs=[*files, vocab, user_dict])
     if build_vocab is None:
