@@ -263,6 +263,12 @@ def test_table_files_that_cannot_be_read(tmp_path):
     bad = write(tmp_path / "bad.jsonl", '{"text": "a", "label": 1}\n{"text": "b", label: 2}\n')
     with pytest.raises(DataError, match=r"bad\.jsonl:2: not valid JSON \(Expecting property name"):
         get_task("classification").read(bad)
+    document = write(tmp_path / "bad.json", '[\n {"text": "a", "label": 1},\n {"text": "b" "label": 2}\n]\n')
+    with pytest.raises(DataError, match=r"bad\.json:3: not valid JSON \(Expecting ',' delimiter at column 15\); "
+                                        r"fix the file"):
+        get_task("classification").read(document)
+    with pytest.raises(DataError, match=r"empty\.jsonl: the file is empty \(empty split\)"):
+        get_task("classification").read(write(tmp_path / "empty.jsonl", ""))
 
 
 def test_multiple_choice_rows_need_all_their_choices(tmp_path):

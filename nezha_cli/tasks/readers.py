@@ -194,12 +194,18 @@ def _raise_json_error(path: Path) -> None:
     try:
         json.loads(text)
         return
+    except json.JSONDecodeError as exc:
+        document_error = exc
+    lines = [(number, line) for number, line in enumerate(text.splitlines(), start=1) if line.strip()]
+    if not lines:
+        raise DataError(f"{path}: the file is empty (empty split); check the file")
+    try:
+        json.loads(lines[0][1])
     except json.JSONDecodeError:
-        pass
-    # Not one JSON document: JSON Lines, one object per line.
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
+        # Not JSON Lines either (its first line is no JSON value): one document, with the error where it is.
+        raise DataError(f"{path}:{document_error.lineno}: not valid JSON ({document_error.msg} at column "
+                        f"{document_error.colno}); fix the file") from None
+    for number, line in lines:
         try:
             json.loads(line)
         except json.JSONDecodeError as exc:
