@@ -116,6 +116,16 @@ def test_usage_errors(tmp_path, gold):
     same = tmp_path / "out.json"
     result = run("evaluate", "chnsenti", "--model", model, "--file", gold, "--output", same, "--predictions-out", same)
     assert result.exit_code == 2 and "name the same file" in result.output and not same.exists()
+    # --overwrite does not reach the files read: the data, the predictions scored, the model's own files.
+    for output in (gold, predictions, model / "config.json"):
+        before = output.read_bytes()
+        if output.parent == model:
+            result = run("evaluate", "chnsenti", "--model", model, "--file", gold, "--output", output, "--overwrite")
+        else:
+            result = run("evaluate", "cmrc", "--dataset", gold, "--predictions", predictions, "--output", output,
+                         "--overwrite")
+        assert_one_line_error(result, "would replace the input")
+        assert output.read_bytes() == before
 
 
 def test_model_without_the_task_head_is_refused(tmp_path):

@@ -87,9 +87,14 @@ def evaluate(ctx: click.Context, task_name: str, model_dir: Path | None, data_di
 
     if output is not None and predictions_out is not None and output.resolve() == predictions_out.resolve():
         raise click.UsageError("--output and --predictions-out name the same file; give them different paths")
+    # The files read (the model's and the data directory's too), which --overwrite must not write over.
+    inputs = [p for p in (file, dataset, predictions) if p is not None]
+    for directory in (model_dir, data_dir):
+        if directory is not None and directory.is_dir():
+            inputs += [directory, *directory.iterdir()]
     for path in (output, predictions_out):
         if path is not None:
-            check_output_path(path, overwrite)
+            check_output_path(path, overwrite, inputs=inputs)
     task_cls = get_task_class(task_name)
     if dataset is not None or predictions is not None:
         if task_cls.name != "cmrc":

@@ -108,7 +108,8 @@ def load_newest_checkpoint(accelerator, output_dir: Path) -> tuple[dict[str, Any
     """Restore the newest checkpoint in ``output_dir`` that loads, as (state, path); None when there is none.
 
     A damaged one (a disk that filled up, a copy cut short) is skipped with a warning, so that a resume loses the
-    steps since the checkpoint before it rather than stopping; when none loads, the newest one's error is raised.
+    steps since the checkpoint before it rather than stopping; when none loads, the error says so and why the newest
+    did not.
     """
     first_error = None
     for path in reversed(list_checkpoints(output_dir)):
@@ -118,5 +119,6 @@ def load_newest_checkpoint(accelerator, output_dir: Path) -> tuple[dict[str, Any
             first_error = first_error or exc
             logger.warning("%s; trying the checkpoint before it", exc)
     if first_error is not None:
-        raise first_error
+        raise CheckpointError(f"no checkpoint in {Path(output_dir) / CHECKPOINTS_DIR} can be restored; the newest: "
+                              f"{first_error}")
     return None

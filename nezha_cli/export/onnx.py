@@ -64,8 +64,8 @@ def write_onnx(model: NezhaPreTrainedModel, path: Path, opset: int = DEFAULT_OPS
     written = graph_opset(path)
     if written != opset:
         # The exporter builds opset 18 and converts other opsets afterwards; where that fails it keeps 18.
-        raise ConfigError(f"--opset {opset}: the exporter could not convert this model's graph and wrote opset "
-                          f"{written}; use --opset {written} (the default) or later")
+        raise ConfigError(f"--opset {opset}: the exporter could not convert this model's graph to it (it wrote "
+                          f"opset {written}); use --opset {written}")
 
 
 def graph_opset(path: Path) -> int:
