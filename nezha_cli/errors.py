@@ -23,3 +23,7 @@ class DataError(NezhaError):
 
 class OutputExistsError(NezhaError):
     """An output path exists and --overwrite was not given."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (timeout, docker stop, Slurm), raised where the program is, so that it cleans up as on Ctrl-C."""

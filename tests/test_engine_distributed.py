@@ -14,6 +14,7 @@ from pretrain_fixtures import TINY_MODEL, write_masked_data
 
 from nezha_cli.engine.launch import launch_command, launch_processes
 from nezha_cli.engine.metrics_log import read_metrics
+from nezha_cli.errors import Terminated
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -69,3 +70,39 @@ def test_a_failed_launch_says_it_in_one_line(tmp_path, capfd):
     errors = [line for line in err.splitlines() if line.startswith("Error:")]
     assert len(errors) == 1 and "is not a multiple of per_device_batch_size=4 x 2 process(es)" in errors[0], err
     assert not (tmp_path / "o").exists()
+
+
+def test_sigterm_to_the_launching_process_reaches_the_processes(monkeypatch):
+    # `kill PID` of the nezha that launched torchrun: without passing it on, torchrun and its processes ran on.
+    class FakeTorchrun:
+        def __init__(self, *args, **kwargs):
+            self.calls = []
+
+        def wait(self):
+            self.calls.append("wait")
+            if len(self.calls) == 1:
+                raise Terminated()
+            return 143
+
+        def terminate(self):
+            self.calls.append("terminate")
+
+    started = []
+    monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: started.append(FakeTorchrun()) or started[-1])
+    assert launch_processes(2, ["pretrain"]) == 143
+    assert started[0].calls == ["wait", "terminate", "wait"]
+
+
+def test_torchrun_reports_the_signal_that_stopped_it(monkeypatch):
+    import signal
+
+    from torch.distributed import run as torch_run
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+
+    from nezha_cli.engine import torchrun
+
+    def stopped(args):
+        raise SignalException("Process got signal: 15", sigval=signal.SIGTERM)
+
+    monkeypatch.setattr(torch_run, "run", stopped)
+    assert torchrun.main(["--standalone", "--nproc-per-node=2", "-m", "nezha_cli", "pretrain"]) == 143

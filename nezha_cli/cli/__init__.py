@@ -19,7 +19,7 @@ import sys
 import click
 
 from nezha_cli import __version__
-from nezha_cli.errors import NezhaError
+from nezha_cli.errors import NezhaError, Terminated
 
 # name -> "module:attribute". Order is the order of the pipeline, which is how --help lists them.
 COMMANDS: dict[str, str] = {
@@ -85,10 +85,6 @@ class LazyGroup(click.Group):
             if (ctx.obj and ctx.obj.get("debug")) or exc.errno == errno.EPIPE:
                 raise
             raise UserError(os_error_message(exc)) from None
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (timeout, docker stop, Slurm), raised where the program is, so that it cleans up as on Ctrl-C."""
 
 
 _MAIN_PID = os.getpid()

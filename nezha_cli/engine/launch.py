@@ -17,7 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from nezha_cli.errors import ConfigError
+from nezha_cli.errors import ConfigError, Terminated
 
 _DISTRIBUTED_ENV = ("LOCAL_RANK", "ACCELERATE_DYNAMO_BACKEND", "ACCELERATE_MIXED_PRECISION")
 # Set by launch_processes: where each process writes its one-line error (rank-N.txt) instead of stderr.
@@ -48,6 +48,10 @@ def launch_processes(num_processes: int, args: list[str], env: dict[str, str] | 
             try:
                 code = process.wait()
                 break
+            except Terminated:
+                # SIGTERM sent to this process alone (`kill PID`): pass it on, or torchrun and the processes would
+                # run on without it; then wait for them to stop.
+                process.terminate()
             except KeyboardInterrupt:
                 # Ctrl-C reached torchrun and the processes too; wait for them to stop (--resume continues).
                 continue

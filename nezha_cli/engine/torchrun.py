@@ -29,7 +29,11 @@ def main(argv: list[str] | None = None) -> int:
     except ChildFailedError as exc:
         _, failure = exc.get_first_failure()
         return failure.exitcode if failure.exitcode and failure.exitcode > 0 else 1
-    except (KeyboardInterrupt, SignalException):
+    except SignalException as exc:
+        # SIGTERM (or another signal) reached torchrun, which stopped the processes: 128 + the signal, as a shell
+        # reports a process the signal ended.
+        return 128 + int(exc.sigval)
+    except KeyboardInterrupt:
         return 130  # Ctrl-C: the processes have stopped and said so; --resume continues from a checkpoint
     return 0
 
