@@ -134,3 +134,25 @@ def test_a_closed_pipe_ends_quietly():
     err = proc.stderr.read().decode()
     proc.wait(timeout=120)
     assert "Error" not in err and "Traceback" not in err, err
+
+
+def test_a_process_whose_peer_reported_an_error_exits_without_a_traceback(tmp_path, monkeypatch):
+    # --num-processes: the main process stopped on a bad -o and left its line; the other one then fails in the
+    # barrier it waits at, and its traceback (gloo's "Connection closed by peer") would say nothing more.
+    from nezha_cli.engine.launch import ERROR_DIR_ENV
+
+    @click.command("barrier")
+    def barrier():
+        raise RuntimeError("[gloo/transport/tcp/pair.cc:553] Connection closed by peer")
+
+    monkeypatch.setenv(ERROR_DIR_ENV, str(tmp_path))
+    monkeypatch.setenv("RANK", "1")
+    cli.add_command(barrier)
+    try:
+        alone = CliRunner().invoke(cli, ["barrier"])
+        assert isinstance(alone.exception, RuntimeError)  # a failure of its own is not hidden
+        (tmp_path / "rank-0.txt").write_text("Error: out: cannot write the output directory\n")
+        result = CliRunner().invoke(cli, ["barrier"])
+        assert result.exit_code == 2 and result.output == ""
+    finally:
+        cli.commands.pop("barrier")

@@ -228,6 +228,10 @@ def test_global_batch_must_divide(data_dir, tmp_path):
     with pytest.raises(ConfigError, match="global_batch_size=10 is not a multiple of per_device_batch_size=4"):
         make_args(tmp_path, global_batch_size=10).batch_layout(1)
     assert make_args(tmp_path, global_batch_size=32, per_device_batch_size=4).batch_layout(2) == (4, 4)
+    # Worded for both commands: finetune calls it --batch-size.
+    with pytest.raises(ConfigError, match=r"the global batch of 9 \(pretrain: global_batch_size; finetune: "
+                                          r"--batch-size\) does not divide into 2 process\(es\)"):
+        make_args(tmp_path, global_batch_size=9, per_device_batch_size=None).batch_layout(2)
     assert make_args(tmp_path, global_batch_size=32, per_device_batch_size=None,
                      gradient_accumulation_steps=2).batch_layout(4) == (4, 2)
 

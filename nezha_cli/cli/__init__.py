@@ -85,6 +85,14 @@ class LazyGroup(click.Group):
             if (ctx.obj and ctx.obj.get("debug")) or exc.errno == errno.EPIPE:
                 raise
             raise UserError(os_error_message(exc)) from None
+        except Exception:
+            # Under --num-processes, a process whose peer stopped on an error fails in the barrier it waits at;
+            # the peer's one line says what happened, this traceback would not.
+            from nezha_cli.engine.launch import another_process_reported_error
+
+            if not (ctx.obj and ctx.obj.get("debug")) and another_process_reported_error():
+                ctx.exit(2)
+            raise
 
 
 _MAIN_PID = os.getpid()

@@ -135,8 +135,8 @@ class TrainingArguments:
         accumulation = self.gradient_accumulation_steps or 1
         if g % (accumulation * num_processes):
             raise ConfigError(
-                f"global_batch_size={g} does not divide into {num_processes} process(es) x "
-                f"{accumulation} accumulation step(s); change one of them"
+                f"the global batch of {g} (pretrain: global_batch_size; finetune: --batch-size) does not divide "
+                f"into {num_processes} process(es) x {accumulation} accumulation step(s); change one of them"
             )
         return g // (accumulation * num_processes), accumulation
 

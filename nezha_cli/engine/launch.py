@@ -70,3 +70,13 @@ def report_error(line: str) -> bool:
     path = Path(folder) / f"rank-{os.environ.get('RANK', '0')}.txt"
     path.write_text(line + "\n", encoding="utf-8")
     return True
+
+
+def another_process_reported_error() -> bool:
+    """In a process started by :func:`launch_processes`: whether another process has left an error line. Its
+    failure then explains this one's (a barrier or collective whose peer is gone), whose traceback says nothing."""
+    folder = os.environ.get(ERROR_DIR_ENV)
+    if not folder or not os.path.isdir(folder):
+        return False
+    own = f"rank-{os.environ.get('RANK', '0')}.txt"
+    return any(path.name != own for path in Path(folder).glob("rank-*.txt"))
