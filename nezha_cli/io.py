@@ -59,9 +59,10 @@ def _umask() -> int:
     return mask
 
 
-def give_default_mode(path: Path) -> None:
-    """Give a file the mode of any new file (0666 less the umask): safetensors writes its files 0600."""
-    os.chmod(path, 0o666 & ~_umask())
+def give_default_mode(path: Path | str, directory: bool = False) -> None:
+    """Give a file (or directory) the mode of any new one, 0666 (0777) less the umask: mkstemp, mkdtemp and
+    safetensors make theirs private (0600 / 0700)."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
 
 
 def _temporary_prefix(path: Path) -> str:
@@ -107,8 +108,7 @@ def atomic_output_dir(path: Path, overwrite: bool = False) -> Iterator[Path]:
     _remove_stale(path)
     tmp = Path(tempfile.mkdtemp(prefix=_temporary_prefix(path), dir=path.parent))
     try:
-        # mkdtemp makes the directory private (0700); the output gets the permissions of any new directory.
-        os.chmod(tmp, 0o777 & ~_umask())
+        give_default_mode(tmp, directory=True)
         yield tmp
         if path.exists():
             # Move the old output aside first so that a crash between the two renames loses nothing.
@@ -138,9 +138,8 @@ def atomic_output_file(path: Path, overwrite: bool = True, mode: str = "w", enco
     _remove_stale(path.resolve())
     fd, tmp = tempfile.mkstemp(prefix=_temporary_prefix(path), dir=path.resolve().parent)
     try:
+        give_default_mode(tmp)
         with os.fdopen(fd, mode, encoding=None if "b" in mode else encoding) as f:
-            # mkstemp makes the file private (0600); the output gets the permissions of any new file.
-            os.fchmod(f.fileno(), 0o666 & ~_umask())
             yield f
         os.replace(tmp, path)
     except BaseException:

@@ -9,6 +9,7 @@ shows the traceback instead.
 from __future__ import annotations
 
 import errno
+import functools
 import importlib
 import logging
 import os
@@ -95,11 +96,14 @@ class LazyGroup(click.Group):
             raise
 
 
-_MAIN_PID = os.getpid()
+def check_resume_or_overwrite(resume: bool, overwrite: bool) -> None:
+    """The training commands take one of --resume and --overwrite, not both."""
+    if resume and overwrite:
+        raise click.UsageError("--resume continues the run in OUT and --overwrite deletes it: give one of them")
 
 
-def _raise_terminated(signum, frame) -> None:
-    if os.getpid() != _MAIN_PID:
+def _raise_terminated(main_pid: int, signum, frame) -> None:
+    if os.getpid() != main_pid:
         # A forked worker (tokenizer pools, data loaders) inherits the handler; its parent stops it with SIGTERM,
         # which should end it as before, without a traceback of its own.
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -175,9 +179,7 @@ def _configure_logging(debug: bool, quiet: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    global _MAIN_PID
-    _MAIN_PID = os.getpid()
-    signal.signal(signal.SIGTERM, _raise_terminated)
+    signal.signal(signal.SIGTERM, functools.partial(_raise_terminated, os.getpid()))
     cli.main(args=argv, prog_name="nezha")
 
 

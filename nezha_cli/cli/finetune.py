@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from nezha_cli.cli import check_resume_or_overwrite
 from nezha_cli.engine.args import MIXED_PRECISIONS, OPTIMIZERS
 
 # Column options of the generic tasks (the paper's tasks have fixed layouts), shared with `nezha evaluate`.
@@ -138,8 +139,7 @@ def finetune(ctx: click.Context, task_name: str, model_dir: Path, data_dir: Path
       nezha finetune --task pd-ner --model M --train-file silver.tsv --train-file train.tsv \\
           --validation-file dev.tsv -o runs/ner --crf
     """
-    if kwargs.get("resume") and kwargs.get("overwrite"):
-        raise click.UsageError("--resume continues the run in OUT and --overwrite deletes it: give one of them")
+    check_resume_or_overwrite(kwargs.get("resume", False), kwargs.get("overwrite", False))
     from nezha_cli.engine.launch import in_launched_process, launch_processes
 
     if num_processes > 1 and not in_launched_process():

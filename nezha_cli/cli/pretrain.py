@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from nezha_cli.cli import check_resume_or_overwrite
+
 MIXED_PRECISION_CHOICES = ("auto", "no", "fp16", "bf16")
 
 
@@ -68,8 +70,7 @@ def pretrain(ctx: click.Context, overrides: tuple[str, ...], recipe: str, data: 
     from nezha_cli.engine.launch import in_launched_process, launch_processes
     from nezha_cli.engine.recipes import load_recipe
 
-    if resume and overwrite:
-        raise click.UsageError("--resume continues the run in OUT and --overwrite deletes it: give one of them")
+    check_resume_or_overwrite(resume, overwrite)
     loaded = load_recipe(recipe, overrides)
     obj = ctx.obj or {}
     if num_processes > 1 and not in_launched_process():

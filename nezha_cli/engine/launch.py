@@ -62,12 +62,19 @@ def launch_processes(num_processes: int, args: list[str], env: dict[str, str] | 
     return code
 
 
-def report_error(line: str) -> bool:
-    """In a process started by :func:`launch_processes`, leave ``line`` for it to print; False elsewhere."""
+def _own_error_file() -> Path | None:
+    """This process's error file in :func:`launch_processes`' folder; None outside such a process."""
     folder = os.environ.get(ERROR_DIR_ENV)
     if not folder or not os.path.isdir(folder):
+        return None
+    return Path(folder) / f"rank-{os.environ.get('RANK', '0')}.txt"
+
+
+def report_error(line: str) -> bool:
+    """In a process started by :func:`launch_processes`, leave ``line`` for it to print; False elsewhere."""
+    path = _own_error_file()
+    if path is None:
         return False
-    path = Path(folder) / f"rank-{os.environ.get('RANK', '0')}.txt"
     path.write_text(line + "\n", encoding="utf-8")
     return True
 
@@ -75,8 +82,5 @@ def report_error(line: str) -> bool:
 def another_process_reported_error() -> bool:
     """In a process started by :func:`launch_processes`: whether another process has left an error line. Its
     failure then explains this one's (a barrier or collective whose peer is gone), whose traceback says nothing."""
-    folder = os.environ.get(ERROR_DIR_ENV)
-    if not folder or not os.path.isdir(folder):
-        return False
-    own = f"rank-{os.environ.get('RANK', '0')}.txt"
-    return any(path.name != own for path in Path(folder).glob("rank-*.txt"))
+    own = _own_error_file()
+    return own is not None and any(path != own for path in own.parent.glob("rank-*.txt"))

@@ -85,15 +85,12 @@ def write_crf(model: NezhaPreTrainedModel, directory: Path) -> str | None:
 def check_vocab(model_dir: Path, vocab: Path | None, model: NezhaPreTrainedModel) -> None:
     """Fail before the export on a vocab the exported model cannot use: unreadable, without BERT's special tokens,
     or with ids past the model's embeddings (a tokenizer that produces them crashes the model)."""
-    from nezha_cli.text.vocab import Vocab
+    from nezha_cli.text.vocab import Vocab, check_vocab_fits
 
     source = Path(vocab) if vocab is not None else Path(model_dir) / VOCAB_NAME
     if vocab is None and not source.is_file():
         return
-    tokens = len(Vocab.from_file(source))
-    if tokens > model.config.vocab_size:
-        raise CheckpointError(f"{source}: {tokens} tokens, more than the model's vocab_size={model.config.vocab_size}; "
-                              "pass the vocab.txt the model was trained with")
+    check_vocab_fits(source, len(Vocab.from_file(source)), model.config.vocab_size)
 
 
 def copy_vocab(model_dir: Path, destination: Path, vocab: Path | None = None) -> Path | None:

@@ -465,12 +465,11 @@ def _check_vocab(vocab_path: Path | None, config: NezhaConfig, report: ImportRep
     if vocab_path is None:
         report.notes.append("no vocab.txt found next to the checkpoint (pass --vocab); the model directory has none")
         return
-    from nezha_cli.text.vocab import load_vocab_tokens
+    from nezha_cli.text.vocab import check_vocab_fits, load_vocab_tokens
 
     tokens = load_vocab_tokens(vocab_path)
-    if len(tokens) > config.vocab_size:
-        raise CheckpointError(f"{vocab_path}: {len(tokens)} tokens, more than the checkpoint's vocab_size="
-                              f"{config.vocab_size}; pass the vocab.txt released with the checkpoint")
+    check_vocab_fits(vocab_path, len(tokens), config.vocab_size, owner="checkpoint",
+                     hint="pass the vocab.txt released with the checkpoint")
     report.vocab = f"{vocab_path} ({len(tokens)} tokens)"
 
 

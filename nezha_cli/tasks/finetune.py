@@ -24,6 +24,7 @@ from nezha_cli.modeling.crf import model_crf
 from nezha_cli.tasks.base import Task
 from nezha_cli.tasks.inference import forward_outputs, in_feature_order, length_order, numeric_metrics, split_outputs
 from nezha_cli.tasks.tokenization import VOCAB_NAME, load_tokenizer
+from nezha_cli.text.vocab import check_vocab_fits
 
 logger = logging.getLogger(__name__)
 
@@ -184,9 +185,8 @@ def finetune(task: Task, model_dir: Path, output_dir: Path, files: DataFiles,
     dev_features = (task.build_features(dev_examples, tokenizer, max_seq_length, label2id, training=False)
                     if dev_examples else None)
     model = load_task_model(task, model_dir, labels, options.from_scratch, options.seed, options.crf)
-    if len(tokenizer.vocab) > model.config.vocab_size:
-        raise CheckpointError(f"{vocab}: {len(tokenizer.vocab)} tokens, more than the model's vocab_size="
-                              f"{model.config.vocab_size}; use the vocab the model was pretrained with")
+    check_vocab_fits(vocab, len(tokenizer.vocab), model.config.vocab_size,
+                     hint="use the vocab the model was pretrained with")
     # Recorded so that `nezha evaluate` feeds the model inputs like those it was trained on.
     model.config.extra.update(finetuning_task=task.name, finetuning_max_seq_length=max_seq_length)
     logger.info("%s: %d training examples (%d features), %d dev examples; labels: %s", task.name,

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nezha_cli.errors import ConfigError, DataError
+from nezha_cli.errors import CheckpointError, ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +99,13 @@ class Vocab:
 
     def save(self, path: Path | str) -> Path:
         return write_vocab(self.tokens, path)
+
+
+def check_vocab_fits(path: Path | str, num_tokens: int, vocab_size: int, owner: str = "model",
+                     hint: str = "pass the vocab.txt the model was trained with") -> None:
+    """Refuse a vocab with more tokens than the embeddings have rows: its last ids would crash the model."""
+    if num_tokens > vocab_size:
+        raise CheckpointError(f"{path}: {num_tokens} tokens, more than the {owner}'s vocab_size={vocab_size}; {hint}")
 
 
 def load_vocab_tokens(path: Path | str) -> list[str]:
