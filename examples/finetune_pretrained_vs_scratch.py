@@ -23,9 +23,11 @@ minutes reported are those of both stages.
 
 With --pd1998-mix R, PD-NER runs in one stage on the embedded corpus and the training set repeated R times (one
 training set: `nezha finetune --train-file pd1998-ner.tsv --train-file train.tsv ...`), 4 epochs at lr 1e-3,
-batch 32, --group-by-length; with --crf as well, and --pd1998-lexicon (the corpus written with `--lexicon
-train.tsv`, which also tags the training set's names where the POS tags leave them untagged), the best recipe
-measured so far (see the README).
+batch 32, --group-by-length; with --crf, --word-features (jieba's word boundaries and part-of-speech classes as
+input features), --pd1998-lexicon (the corpus written with `--lexicon train.tsv`, which also tags the training
+set's names where the POS tags leave them untagged) and --pd1998-jieba-organisations (written with
+`--jieba-organisations`: jieba's multi-word organisation names tagged as one), the best recipe measured so far
+(see the README).
 """
 
 from __future__ import annotations
@@ -148,9 +150,15 @@ def main() -> None:
                              "(4 epochs, lr 1e-3, batch 32, --group-by-length). 0: off")
     parser.add_argument("--crf", action="store_true",
                         help="pd-ner: a CRF over the tags (`nezha finetune --crf`), in every stage")
+    parser.add_argument("--word-features", action="store_true",
+                        help="pd-ner: jieba word features (`nezha finetune --word-features jieba-pos`), in every "
+                             "stage")
     parser.add_argument("--pd1998-lexicon", action="store_true",
                         help="pd-ner: write the embedded corpus with `--lexicon` set to the training set (names the "
                              "training set tags are tagged in the corpus too)")
+    parser.add_argument("--pd1998-jieba-organisations", action="store_true",
+                        help="pd-ner: write the embedded corpus with `--jieba-organisations` (runs of words that "
+                             "jieba's dictionary lists as one organisation are tagged as one)")
     parser.add_argument("extra", nargs="*", help="more `nezha finetune` options, after --")
     args = parser.parse_args()
     if args.pd1998_epochs > 0 and args.pd1998_mix > 0:
@@ -165,16 +173,22 @@ def main() -> None:
         for key in ("epochs", "learning_rate", "max_seq_length"):
             if getattr(args, key) is not None:
                 settings[key] = getattr(args, key)
-        crf = {"crf": True} if task == "pd-ner" and args.crf else {}
-        settings.update(crf)
+        # Options of the tagger itself, the same in every stage.
+        tagger = {"crf": True} if task == "pd-ner" and args.crf else {}
+        if task == "pd-ner" and args.word_features:
+            tagger["word_features"] = "jieba-pos"
+        settings.update(tagger)
         train = limited_copy(args.data / folder / "train.tsv", args.out / "data" / task / "train.tsv",
                              args.train_limit)
         dev = limited_copy(args.data / folder / "dev.tsv", args.out / "data" / task / "dev.tsv", args.dev_limit)
         if two_stages or mixed:
-            lexicon = ["--lexicon", str(train)] if args.pd1998_lexicon else []
-            pd1998 = args.out / "data" / ("pd1998-ner-lexicon.tsv" if lexicon else "pd1998-ner.tsv")
+            options = ["--lexicon", str(train)] if args.pd1998_lexicon else []
+            options += ["--jieba-organisations"] if args.pd1998_jieba_organisations else []
+            # One file per set of options, written once and reused by later runs in the same OUT.
+            suffix = ("-lexicon" if args.pd1998_lexicon else "") + ("-jieba" if args.pd1998_jieba_organisations else "")
+            pd1998 = args.out / "data" / f"pd1998-ner{suffix}.tsv"
             if not pd1998.is_file():
-                command = [sys.executable, "-m", "nezha_cli", "corpus", "pd1998-ner", *lexicon, "-o", str(pd1998)]
+                command = [sys.executable, "-m", "nezha_cli", "corpus", "pd1998-ner", *options, "-o", str(pd1998)]
                 print("$", " ".join(command), flush=True)
                 if subprocess.run(command).returncode != 0:
                     sys.exit("nezha corpus pd1998-ner failed; see above")
@@ -186,7 +200,7 @@ def main() -> None:
                 model, first = args.pretrained, None
                 if two_stages:
                     # Both inits get the same first stage; the scratch one starts it from random weights.
-                    stage = {**PD1998_STAGE, "epochs": args.pd1998_epochs, **crf}
+                    stage = {**PD1998_STAGE, "epochs": args.pd1998_epochs, **tagger}
                     first = finetune(task, args.pretrained, [pd1998], dev,
                                      args.out / f"{task}-{init}-seed{seed}-pd1998", stage, scratch=init == "scratch",
                                      extra=extra)

@@ -35,6 +35,7 @@ def test_bad_input_is_one_line_exit_2_and_no_output(tmp_path):
     existing = tmp_path / "existing"
     existing.mkdir()
     crf = model_dir(tmp_path, "NezhaForTokenClassification", use_crf=True)
+    word_features = model_dir(tmp_path / "wf", "NezhaForTokenClassification", word_features="jieba-pos")
     out = tmp_path / "out"
     empty_vocab = tmp_path / "empty-vocab.txt"
     empty_vocab.write_text("")
@@ -45,6 +46,8 @@ def test_bad_input_is_one_line_exit_2_and_no_output(tmp_path):
     before = sorted(p.name for p in good.iterdir())
     cases = [
         *[(["--model", crf, "--format", fmt, "-o", out], "a tagger with a CRF") for fmt in ("hf", "torch-export")],
+        *[(["--model", word_features, "--format", fmt, "-o", out], "a tagger with word features (jieba-pos")
+          for fmt in ("hf", "torch-export", "onnx")],
         (["--model", no_config, "--format", "hf", "-o", out], "no config.json"),
         (["--model", no_weights, "--format", "hf", "-o", out], "no model.safetensors or pytorch_model.bin"),
         (["--model", tmp_path / "missing", "--format", "hf", "-o", out], "model directory not found"),

@@ -401,6 +401,28 @@ def test_crf_head_trains_decodes_and_evaluates_alike(tmp_path, senti):
              fragments=("--crf: task chnsenti has no tags",))
 
 
+def test_word_features_train_save_and_evaluate_alike(tmp_path, senti):
+    out, gold, model = finetune_crf_tagger(tmp_path, "--epochs", "2", "--word-features", "jieba-pos", *FAST)
+    final = out / "final"
+    config = json.loads((final / "config.json").read_text(encoding="utf-8"))
+    assert config["word_features"] == "jieba-pos" and config["use_crf"] is True
+    from nezha_cli.text.word_features import jieba_version, num_word_features
+
+    assert config["word_features_jieba_version"] == jieba_version()
+    from safetensors.torch import load_file
+
+    table = load_file(final / "model.safetensors")["word_feature_embeddings.weight"]
+    assert table.shape == (num_word_features("jieba-pos"), 32) and table[0].abs().max() == 0
+    logged = [r["eval_f1"] for r in read_metrics(out) if "eval_f1" in r]
+    metrics = tmp_path / "m.json"
+    ok(run("evaluate", "pd-ner", "--model", final, "--file", gold, "--output", metrics))
+    # `nezha evaluate` computes the same features again: the same F1 as the dev evaluation during training.
+    assert json.loads(metrics.read_text(encoding="utf-8"))["f1"] == pytest.approx(max(logged))
+
+    _refused(tmp_path / "refused", "--task", "chnsenti", "--model", model, "--data-dir", senti,
+             "--word-features", "jieba-pos", fragments=("--word-features: task chnsenti is not a tagging task",))
+
+
 def test_relaunch_args_repeat_multiple_options():
     from nezha_cli.cli.finetune import finetune, relaunch_args
 

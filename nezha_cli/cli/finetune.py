@@ -8,6 +8,7 @@ import click
 
 from nezha_cli.cli import check_resume_or_overwrite
 from nezha_cli.engine.args import MIXED_PRECISIONS, OPTIMIZERS
+from nezha_cli.text.word_features import SCHEMES as WORD_FEATURE_SCHEMES
 
 # Column options of the generic tasks (the paper's tasks have fixed layouts), shared with `nezha evaluate`.
 COLUMN_OPTIONS = (
@@ -115,6 +116,10 @@ def relaunch_args(ctx: click.Context) -> list[str]:
                    "likelihood, Viterbi decoding), as UER-py's --crf_target; kept in OUT/final.")
 @click.option("--crf-learning-rate", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Peak learning rate of the CRF's transitions, which start at zero [default: 1e-2].")
+@click.option("--word-features", type=click.Choice(WORD_FEATURE_SCHEMES), default=None,
+              help="Tagging tasks: add to each character's embedding a learnt vector for its place in its jieba "
+                   "word (B/M/E/S) and that word's part-of-speech class (person, place, organisation, noun, ...); "
+                   "kept in OUT/final, computed again by `nezha evaluate`.")
 @click.option("--vocab", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="vocab.txt when the model directory has none.")
 @click.option("--resume", is_flag=True, help="Continue the run in OUT from its newest checkpoint.")
@@ -137,7 +142,7 @@ def finetune(ctx: click.Context, task_name: str, model_dir: Path, data_dir: Path
       nezha finetune --task classification --model M --train-file train.csv --validation-file dev.csv \\
           --text-column review --label-column stars -o runs/reviews
       nezha finetune --task pd-ner --model M --train-file silver.tsv --train-file train.tsv \\
-          --validation-file dev.tsv -o runs/ner --crf
+          --validation-file dev.tsv -o runs/ner --crf --word-features jieba-pos
     """
     check_resume_or_overwrite(kwargs.get("resume", False), kwargs.get("overwrite", False))
     from nezha_cli.engine.launch import in_launched_process, launch_processes

@@ -64,6 +64,10 @@ def load_for_export(model_dir: Path | str, crf_file: bool = False) -> NezhaPreTr
         raise CheckpointError(f"{model_dir}: a tagger with a CRF (fine-tuned with --crf), which this format cannot "
                               "carry (it would tag without the CRF); export it with --format onnx (the CRF's "
                               f"transitions go to {CRF_NAME}) or use `nezha evaluate` with this directory")
+    if model.config.word_features is not None:
+        raise CheckpointError(f"{model_dir}: a tagger with word features ({model.config.word_features}, fine-tuned "
+                              "with --word-features), whose input also needs jieba's tags, which no export format "
+                              "carries yet; use `nezha evaluate` with this directory, or fine-tune without them")
     return model.eval()
 
 

@@ -30,7 +30,7 @@ _DERIVED_SUFFIXES = ("relative_positions_encoding.positions_encoding", "embeddin
 
 # Parameters that belong to task heads rather than the NEZHA body; missing ones are expected when fine-tuning
 # (also how `nezha export` tells a head from the body in imported checkpoints).
-HEAD_PREFIXES = ("cls.", "classifier.", "qa_outputs.", "crf.")
+HEAD_PREFIXES = ("cls.", "classifier.", "qa_outputs.", "crf.", "word_feature_embeddings.")
 
 
 @dataclass

@@ -52,6 +52,8 @@ class NezhaConfig:
     architectures: list[str] | None = None
     # NezhaForTokenClassification with a CRF over its tags (not in transformers' config; written only when set).
     use_crf: bool = False
+    # NezhaForTokenClassification with word feature embeddings (nezha_cli.text.word_features; written when set).
+    word_features: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -108,6 +110,12 @@ class NezhaConfig:
                               'such as ["NezhaForSequenceClassification"]')
         if not isinstance(self.use_crf, bool):
             raise ConfigError(f"config field use_crf={self.use_crf!r}: must be true or false")
+        if self.word_features is not None:
+            from nezha_cli.text.word_features import SCHEMES
+
+            if self.word_features not in SCHEMES:
+                raise ConfigError(f"config field word_features={self.word_features!r}: unknown scheme; this "
+                                  f"release knows {', '.join(SCHEMES)}")
         if self.problem_type not in (None, "regression", "single_label_classification", "multi_label_classification"):
             raise ConfigError(f"config field problem_type={self.problem_type!r}: unknown problem type")
 
@@ -138,7 +146,7 @@ class NezhaConfig:
             if f.name in ("extra", "num_labels", "id2label"):
                 continue
             value = getattr(self, f.name)
-            if (f.name == "architectures" and value is None) or (f.name == "use_crf" and not value):
+            if (f.name in ("architectures", "word_features") and value is None) or (f.name == "use_crf" and not value):
                 continue
             out[f.name] = value
         # transformers reads the label count from id2label; JSON object keys are strings.

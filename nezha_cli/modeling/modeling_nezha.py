@@ -732,10 +732,26 @@ class NezhaForTokenClassification(NezhaPreTrainedModel):
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         # With use_crf the logits are a CRF's emission scores: the loss is the CRF's and so is the decoding.
         self.crf = ConditionalRandomField(config.num_labels) if config.use_crf else None
+        # With word_features, one learnt vector per word feature id (nezha_cli.text.word_features) is added to
+        # the token embeddings; id 0 ([CLS], [SEP], padding) adds nothing.
+        self.word_feature_embeddings = None
+        if config.word_features is not None:
+            from nezha_cli.text.word_features import PAD_ID, num_word_features
+
+            self.word_feature_embeddings = nn.Embedding(num_word_features(config.word_features), config.hidden_size,
+                                                        padding_idx=PAD_ID)
         self.post_init()
 
-    def forward(self, input_ids=None, labels=None, **kwargs):
-        outputs = self.nezha(input_ids, **_body_kwargs(kwargs))
+    def forward(self, input_ids=None, labels=None, word_feature_ids=None, **kwargs):
+        body_kwargs = _body_kwargs(kwargs)
+        if self.word_feature_embeddings is not None:
+            if word_feature_ids is None or input_ids is None:
+                raise ValueError(f"this tagger was fine-tuned with word features ({self.config.word_features}): "
+                                 "pass input_ids and word_feature_ids")
+            body_kwargs["inputs_embeds"] = (self.nezha.embeddings.word_embeddings(input_ids)
+                                            + self.word_feature_embeddings(word_feature_ids))
+            input_ids = None
+        outputs = self.nezha(input_ids, **body_kwargs)
         logits = self.classifier(self.dropout(outputs.last_hidden_state))
         loss = None
         if labels is not None and self.crf is not None:

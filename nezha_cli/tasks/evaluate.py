@@ -60,6 +60,13 @@ def load_finetuned(task: Task, model_dir: Path):
     trained_for = config.extra.get("finetuning_task")
     if trained_for and trained_for != task.name:
         logger.warning("%s: fine-tuned for task %s, evaluated as %s", model_dir, trained_for, task.name)
+    if config.word_features is not None:
+        from nezha_cli.text.word_features import jieba_version
+
+        trained_with = config.extra.get("word_features_jieba_version")
+        if trained_with and trained_with != jieba_version():
+            logger.warning("%s: fine-tuned with the word features of jieba %s, evaluated with jieba %s: the "
+                           "features may differ", model_dir, trained_with, jieba_version())
     model = MODEL_CLASSES[task.model_class_name].from_pretrained(model_dir, config=config, strict=True)
     return model, labels
 
@@ -67,7 +74,9 @@ def load_finetuned(task: Task, model_dir: Path):
 def predict_examples(task: Task, model, labels: Sequence[str], examples: Sequence, tokenizer, max_seq_length: int,
                      batch_size: int, device: str | torch.device | None = None, progress=None) -> list:
     label2id = {name: i for i, name in enumerate(labels)}
-    features = task.build_features(examples, tokenizer, max_seq_length, label2id, training=False)
+    word_features = model.config.word_features
+    features = task.build_features(examples, tokenizer, max_seq_length, label2id, training=False,
+                                   **({"word_features": word_features} if word_features else {}))
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     outputs = predict(task, model, features, batch_size, device=device, progress=progress)
     return task.postprocess(examples, features, outputs, dict(enumerate(labels)), **task.decoding(model))

@@ -93,6 +93,7 @@ class FinetuneOptions:
     from_scratch: bool = False
     crf: bool = False  # a CRF over the tags (token-classification tasks)
     crf_learning_rate: float | None = None  # None: CRF_LEARNING_RATE
+    word_features: str | None = None  # a scheme of nezha_cli.text.word_features (token-classification tasks)
     vocab: Path | None = None
     eval_batch_size: int = 64
     group_by_length: bool = False
@@ -131,10 +132,23 @@ def crf_overrides(task: Task, crf: bool) -> dict[str, Any]:
     return {"use_crf": True}
 
 
+def word_feature_overrides(task: Task, scheme: str | None) -> dict[str, Any]:
+    """The config field that gives the task's tagger word feature embeddings, or nothing."""
+    if scheme is None:
+        return {}
+    from nezha_cli.text.word_features import check_scheme
+
+    check_scheme(scheme)
+    if task.model_class_name != "NezhaForTokenClassification":
+        raise ConfigError(f"--word-features: task {task.name} is not a tagging task; word features are for "
+                          "character taggers (pd-ner, ner)")
+    return {"word_features": scheme}
+
+
 def load_task_model(task: Task, model_dir: Path, labels: list[str], from_scratch: bool = False, seed: int = 42,
-                    crf: bool = False):
+                    crf: bool = False, word_features: str | None = None):
     """The task's model class on the body in ``model_dir`` (head sized for ``labels``, with a CRF over the tags
-    when ``crf``), or randomly initialised.
+    when ``crf``, word feature embeddings with ``word_features``), or randomly initialised.
 
     The new weights (the head; everything with ``from_scratch``) are drawn from ``seed``, not from whatever state
     the global RNG is in, so that a run is reproducible and ``--resume`` continues the same run.
@@ -143,7 +157,8 @@ def load_task_model(task: Task, model_dir: Path, labels: list[str], from_scratch
 
     model_dir = Path(model_dir)
     cls = MODEL_CLASSES[task.model_class_name]
-    overrides = {**task.model_overrides(labels), **crf_overrides(task, crf)}
+    overrides = {**task.model_overrides(labels), **crf_overrides(task, crf),
+                 **word_feature_overrides(task, word_features)}
     torch.manual_seed(seed)
     if from_scratch:
         return cls(dataclasses.replace(NezhaConfig.from_pretrained(model_dir), **overrides))
@@ -162,6 +177,7 @@ def finetune(task: Task, model_dir: Path, output_dir: Path, files: DataFiles,
     check_output_dir(output_dir, options.resume, options.overwrite)
     check_not_replacing(output_dir, [model_dir, *files.train, files.dev, files.test, options.vocab])
     crf_overrides(task, options.crf)  # before the data is read
+    feature_options = word_feature_overrides(task, options.word_features)
     if not model_dir.is_dir():
         raise CheckpointError(f"{model_dir}: model directory not found")
 
@@ -178,17 +194,23 @@ def finetune(task: Task, model_dir: Path, output_dir: Path, files: DataFiles,
     vocab = options.vocab or model_dir / VOCAB_NAME
     tokenizer = load_tokenizer(model_dir, options.vocab)
     label2id = {name: i for i, name in enumerate(labels)}
-    train_features = task.build_features(train_examples, tokenizer, max_seq_length, label2id, training=True)
+    train_features = task.build_features(train_examples, tokenizer, max_seq_length, label2id, training=True,
+                                         **feature_options)
     if len(train_features) < batch_size:
         raise DataError(f"{files.train_name}: {len(train_features)} training features, fewer than one batch of "
                         f"{batch_size}; use more data or a smaller --batch-size")
-    dev_features = (task.build_features(dev_examples, tokenizer, max_seq_length, label2id, training=False)
-                    if dev_examples else None)
-    model = load_task_model(task, model_dir, labels, options.from_scratch, options.seed, options.crf)
+    dev_features = (task.build_features(dev_examples, tokenizer, max_seq_length, label2id, training=False,
+                                        **feature_options) if dev_examples else None)
+    model = load_task_model(task, model_dir, labels, options.from_scratch, options.seed, options.crf,
+                            options.word_features)
     check_vocab_fits(vocab, len(tokenizer.vocab), model.config.vocab_size,
                      hint="use the vocab the model was pretrained with")
     # Recorded so that `nezha evaluate` feeds the model inputs like those it was trained on.
     model.config.extra.update(finetuning_task=task.name, finetuning_max_seq_length=max_seq_length)
+    if options.word_features is not None:
+        from nezha_cli.text.word_features import jieba_version
+
+        model.config.extra.update(word_features_jieba_version=jieba_version())
     logger.info("%s: %d training examples (%d features), %d dev examples; labels: %s", task.name,
                 len(train_examples), len(train_features), len(dev_examples or ()), ", ".join(labels) or "(spans)")
 

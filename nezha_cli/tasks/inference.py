@@ -14,7 +14,7 @@ import torch
 
 from nezha_cli.engine.trainer import input_length
 
-MODEL_INPUTS = ("input_ids", "token_type_ids", "attention_mask")
+MODEL_INPUTS = ("input_ids", "token_type_ids", "attention_mask", "word_feature_ids")
 
 
 def forward_outputs(task, model: torch.nn.Module, batch: dict[str, torch.Tensor],

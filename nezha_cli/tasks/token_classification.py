@@ -30,6 +30,7 @@ from nezha_cli.tasks.base import NerExample, Task, check_not_empty, pad_batch
 from nezha_cli.tasks.metrics import entity_scores
 from nezha_cli.tasks.readers import check_label, looks_like_conll, read_conll, read_tsv, split_header
 from nezha_cli.tasks.tokenization import tokens_with_offsets
+from nezha_cli.text.word_features import PAD_ID, WordFeaturizer
 
 TOKENS_NAMES = ("text_a", "tokens", "text", "chars")
 TAGS_NAMES = ("label", "labels", "tags", "ner_tags")
@@ -220,10 +221,13 @@ class TokenClassificationTask(Task):
 
     # -- features ---------------------------------------------------------------------------------------------
     def build_features(self, examples: Sequence, tokenizer, max_seq_length: int, label2id: dict[str, int],
-                       training: bool) -> list[dict[str, Any]]:
+                       training: bool, word_features: str | None = None) -> list[dict[str, Any]]:
+        """Windows of at most ``max_seq_length`` tokens; with ``word_features`` (a scheme of
+        :mod:`nezha_cli.text.word_features`) also each token's ``word_feature_ids``."""
         max_tokens = max_seq_length - 2
         if max_tokens < 2:
             raise DataError(f"max_seq_length={max_seq_length} leaves no room for tokens; use at least 4")
+        featurizer = WordFeaturizer(word_features) if word_features is not None else None
         features = []
         for index, example in enumerate(examples):
             ids, spans = align_tokens(example.tokens, tokenizer)
@@ -232,6 +236,10 @@ class TokenClassificationTask(Task):
             token_labels = None
             if example.tags is not None:
                 token_labels = [label2id[example.tags[first]] if first >= 0 else IGNORE_INDEX for first, _ in spans]
+            word_ids = None
+            if featurizer is not None:
+                per_unit = featurizer(example.tokens)
+                word_ids = [per_unit[first] if first >= 0 else PAD_ID for first, _ in spans]
             for start, end in windows(len(ids), max_tokens):
                 feature: dict[str, Any] = {
                     "input_ids": [tokenizer.cls_token_id, *ids[start:end], tokenizer.sep_token_id],
@@ -240,6 +248,8 @@ class TokenClassificationTask(Task):
                     "example_index": index,
                     "window": (start, end),
                 }
+                if word_ids is not None:
+                    feature["word_feature_ids"] = [PAD_ID, *word_ids[start:end], PAD_ID]
                 if token_labels is not None:
                     feature["labels"] = [IGNORE_INDEX, *token_labels[start:end], IGNORE_INDEX]
                 if not training:
@@ -249,7 +259,8 @@ class TokenClassificationTask(Task):
         return features
 
     def collate(self, features: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        return pad_batch(features, {"input_ids": 0, "token_type_ids": 0, "attention_mask": 0, "labels": IGNORE_INDEX})
+        return pad_batch(features, {"input_ids": 0, "token_type_ids": 0, "attention_mask": 0, "labels": IGNORE_INDEX,
+                                    "word_feature_ids": PAD_ID})
 
     # -- predictions ------------------------------------------------------------------------------------------
     def decoding(self, model: torch.nn.Module) -> dict[str, Any]:
