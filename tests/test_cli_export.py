@@ -46,8 +46,7 @@ def test_bad_input_is_one_line_exit_2_and_no_output(tmp_path):
     before = sorted(p.name for p in good.iterdir())
     cases = [
         *[(["--model", crf, "--format", fmt, "-o", out], "a tagger with a CRF") for fmt in ("hf", "torch-export")],
-        *[(["--model", word_features, "--format", fmt, "-o", out], "a tagger with word features (jieba-pos")
-          for fmt in ("hf", "torch-export", "onnx")],
+        (["--model", word_features, "--format", "hf", "-o", out], "a tagger with word features (jieba-pos"),
         (["--model", no_config, "--format", "hf", "-o", out], "no config.json"),
         (["--model", no_weights, "--format", "hf", "-o", out], "no model.safetensors or pytorch_model.bin"),
         (["--model", tmp_path / "missing", "--format", "hf", "-o", out], "model directory not found"),
@@ -101,6 +100,26 @@ def test_torch_export_program_runs_past_512_tokens(tmp_path):
         start, end = program(x["input_ids"], x["attention_mask"], x["token_type_ids"])
         expected = load_model(source).eval()(**x)
     assert np.allclose(start, expected.start_logits, atol=1e-5) and np.allclose(end, expected.end_logits, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_torch_export_of_a_word_feature_tagger_takes_the_feature_ids(tmp_path):
+    source = model_dir(tmp_path, "NezhaForTokenClassification", word_features="jieba-pos")
+    result = invoke("--model", source, "--format", "torch-export", "-o", tmp_path / "pt2", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["inputs"] == ["input_ids", "attention_mask", "token_type_ids", "word_feature_ids"]
+    assert any("WordFeaturizer('jieba-pos')" in note for note in report["notes"])
+    assert json.loads((tmp_path / "pt2" / "config.json").read_text())["word_features"] == "jieba-pos"
+    program = torch.export.load(tmp_path / "pt2" / "model.pt2").module()
+    x = batch(20)
+    features = torch.randint(1, 37, x["input_ids"].shape, generator=torch.Generator().manual_seed(1))
+    model = load_model(source).eval()
+    with torch.no_grad():
+        (logits,) = program(x["input_ids"], x["attention_mask"], x["token_type_ids"], features)
+        expected = model(**x, word_feature_ids=features).logits
+        other = model(**x, word_feature_ids=features.flip(-1)).logits
+    assert np.allclose(logits, expected, atol=1e-5) and not np.allclose(logits, other, atol=1e-3)
 
 
 def test_a_failed_parity_check_writes_nothing(tmp_path, monkeypatch):

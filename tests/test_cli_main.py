@@ -26,6 +26,20 @@ def failing_command():
     cli.commands.pop("boom")
 
 
+def test_every_option_of_every_command_is_in_the_readme():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    ctx = click.Context(cli)
+    undocumented = []
+    for name in cli.list_commands(ctx):
+        for param in cli.get_command(ctx, name).params:
+            names = [o for o in (*param.opts, *param.secondary_opts) if o.startswith("--")]
+            if names and not any(o in readme for o in names):
+                undocumented.append(f"{name} {names[0]}")
+    assert undocumented == []
+
+
 def test_help_lists_the_pipeline():
     result = CliRunner().invoke(cli, ["--help"])
     assert result.exit_code == 0

@@ -128,6 +128,22 @@ def test_crf_tagger_exports_its_transitions_beside_the_graph(tmp_path):
     assert decode_tags(logits, id2label, exported) == expected
 
 
+def test_word_feature_tagger_exports_with_a_feature_input(tmp_path):
+    from nezha_cli.text.word_features import num_word_features
+
+    source = model_dir(tmp_path, "NezhaForTokenClassification", word_features="jieba-pos")
+    report = export_model(source, tmp_path / "ner", "onnx", check_lengths=(7, 600))
+    assert all(p.max_abs_diff <= 1e-4 for p in report.parity)
+    graph = onnx.load(str(tmp_path / "ner" / "model.onnx")).graph
+    assert [i.name for i in graph.input] == ["input_ids", "attention_mask", "token_type_ids", "word_feature_ids"]
+    x = inputs(13)
+    x["word_feature_ids"] = torch.randint(1, num_word_features("jieba-pos"), (1, 13),
+                                          generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        expected = load_model(source).eval()(**x).logits.numpy()
+    assert np.abs(run(tmp_path / "ner" / "model.onnx", x)[0] - expected).max() <= 1e-4
+
+
 def test_large_constant_check_flags_a_relative_table(tmp_path):
     from onnx import TensorProto, helper, numpy_helper
 

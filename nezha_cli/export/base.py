@@ -44,11 +44,13 @@ class ExportReport:
         return data
 
 
-def load_for_export(model_dir: Path | str, crf_file: bool = False) -> NezhaPreTrainedModel:
+def load_for_export(model_dir: Path | str, crf_file: bool = False,
+                    word_feature_input: bool = True) -> NezhaPreTrainedModel:
     """The model of ``model_dir``; anything that would be exported at random initial values is an error.
 
     A tagger with a CRF (``nezha finetune --crf``) decodes outside its network; ``crf_file``: the format writes
-    :data:`CRF_NAME` beside it, else such a model is refused."""
+    :data:`CRF_NAME` beside it, else such a model is refused. A tagger with word features (``--word-features``)
+    takes a further input; ``word_feature_input``: the format's graph has one, else such a model is refused."""
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise CheckpointError(f"{model_dir}: model directory not found")
@@ -64,11 +66,22 @@ def load_for_export(model_dir: Path | str, crf_file: bool = False) -> NezhaPreTr
         raise CheckpointError(f"{model_dir}: a tagger with a CRF (fine-tuned with --crf), which this format cannot "
                               "carry (it would tag without the CRF); export it with --format onnx (the CRF's "
                               f"transitions go to {CRF_NAME}) or use `nezha evaluate` with this directory")
-    if model.config.word_features is not None:
+    if model.config.word_features is not None and not word_feature_input:
         raise CheckpointError(f"{model_dir}: a tagger with word features ({model.config.word_features}, fine-tuned "
-                              "with --word-features), whose input also needs jieba's tags, which no export format "
-                              "carries yet; use `nezha evaluate` with this directory, or fine-tune without them")
+                              "with --word-features), an input that transformers' Nezha classes do not take; "
+                              "export it with --format onnx or torch-export (input word_feature_ids)")
     return model.eval()
+
+
+def word_features_note(model: NezhaPreTrainedModel) -> str | None:
+    """How to compute the ``word_feature_ids`` input of a tagger with word features, for the export report."""
+    scheme = model.config.word_features
+    if scheme is None:
+        return None
+    trained_with = model.config.extra.get("word_features_jieba_version", "unknown")
+    return (f"input word_feature_ids: one id per token, from nezha_cli.text.word_features.WordFeaturizer"
+            f"({scheme!r}) over the sentence's characters (a token takes its first character's id; 0 for [CLS], "
+            f"[SEP] and padding); fine-tuned with jieba {trained_with}")
 
 
 def write_crf(model: NezhaPreTrainedModel, directory: Path) -> str | None:

@@ -189,7 +189,7 @@ def export_hf(model_dir: Path | str, output_dir: Path | str, *, metrics: Path | 
               progress=None) -> ExportReport:
     model_dir, output_dir = Path(model_dir), Path(output_dir)
     check_output_path(output_dir, overwrite, inputs=[model_dir, vocab, metrics])
-    model = load_for_export(model_dir)
+    model = load_for_export(model_dir, word_feature_input=False)
     check_vocab(model_dir, vocab, model)
     if vocab is None and not (model_dir / "vocab.txt").is_file():
         raise CheckpointError(f"{model_dir}: no vocab.txt; pass --vocab with the vocab the model was trained with "

@@ -16,14 +16,22 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from nezha_cli.errors import ConfigError, NezhaError
-from nezha_cli.export.base import ExportReport, check_vocab, copy_vocab, load_for_export, write_crf, write_report
+from nezha_cli.export.base import (
+    ExportReport,
+    check_vocab,
+    copy_vocab,
+    load_for_export,
+    word_features_note,
+    write_crf,
+    write_report,
+)
 from nezha_cli.export.program import (
     CHECK_LENGTHS,
-    INPUT_NAMES,
     TRACE_LENGTH,
     InferenceModule,
     check_parity,
     dynamic_shapes,
+    input_names,
     output_names,
     quiet_exporter,
     sample_inputs,
@@ -57,7 +65,8 @@ def write_onnx(model: NezhaPreTrainedModel, path: Path, opset: int = DEFAULT_OPS
     example = sample_inputs(model, TRACE_LENGTH)
     # Exporting the module (not a saved ExportedProgram) keeps the axis names (batch, sequence) in the graph.
     with torch.no_grad(), quiet_exporter():
-        onnx_program = torch.onnx.export(module, tuple(example[n] for n in INPUT_NAMES), input_names=INPUT_NAMES,
+        names = input_names(model)
+        onnx_program = torch.onnx.export(module, tuple(example[n] for n in names), input_names=list(names),
                                          output_names=list(output_names(model)), dynamic_shapes=dynamic_shapes(model),
                                          opset_version=opset, dynamo=True, verbose=False)
         onnx_program.save(str(path))
@@ -184,7 +193,7 @@ def export_onnx(model_dir: Path | str, output_dir: Path | str, *, quantize: str 
             progress.update(task, advance=1, description=description)
 
     report = ExportReport(format="onnx", model_dir=str(model_dir), output_dir=str(output_dir),
-                          architecture=type(model).__name__, inputs=list(INPUT_NAMES),
+                          architecture=type(model).__name__, inputs=list(input_names(model)),
                           outputs=list(output_names(model)), tolerance=tolerance)
     with atomic_output_dir(output_dir, overwrite=overwrite) as tmp:
         fp32 = tmp / ONNX_NAME
@@ -220,6 +229,9 @@ def export_onnx(model_dir: Path | str, output_dir: Path | str, *, quantize: str 
         crf_note = write_crf(model, tmp)
         if crf_note is not None:
             report.notes.append(crf_note)
+        features_note = word_features_note(model)
+        if features_note is not None:
+            report.notes.append(features_note)
         if copy_vocab(Path(model_dir), tmp, vocab) is None:
             report.notes.append(f"{model_dir} has no vocab.txt; tokenize inputs with the model's vocab")
         write_report(tmp, report)

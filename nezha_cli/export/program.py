@@ -1,9 +1,10 @@
 """The inference graph that every export format shares: inputs, outputs, dynamic axes, and parity checks.
 
-A model is exported with three inputs (``input_ids``, ``attention_mask``, ``token_type_ids``), dynamic batch and
-sequence axes (plus ``num_choices`` for multiple choice), and its head's outputs in transformers' order, the main
-one first. ``torch.export`` traces it once; the relative attention is the bucket form (index tensors built from
-``arange(L)`` at run time), so the graph holds no [L, L, head_size] table and runs at lengths it was not traced at.
+A model is exported with three inputs (``input_ids``, ``attention_mask``, ``token_type_ids``; a tagger fine-tuned
+with ``--word-features`` also takes ``word_feature_ids``), dynamic batch and sequence axes (plus ``num_choices``
+for multiple choice), and its head's outputs in transformers' order, the main one first. ``torch.export`` traces
+it once; the relative attention is the bucket form (index tensors built from ``arange(L)`` at run time), so the
+graph holds no [L, L, head_size] table and runs at lengths it was not traced at.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from torch import nn
 from nezha_cli.modeling import NezhaPreTrainedModel
 
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
+WORD_FEATURE_INPUT = "word_feature_ids"
 
 # The outputs of each head, main output first (as transformers orders them).
 HEAD_OUTPUTS: dict[str, tuple[str, ...]] = {
@@ -48,9 +50,19 @@ class InferenceModule(nn.Module):
         self.model = model
         self.output_names = output_names(model)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor):
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor,
+                word_feature_ids: torch.Tensor | None = None):
+        extra = {WORD_FEATURE_INPUT: word_feature_ids} if word_feature_ids is not None else {}
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, **extra)
         return tuple(getattr(out, name) for name in self.output_names)
+
+
+def input_names(model: NezhaPreTrainedModel) -> tuple[str, ...]:
+    """The graph's inputs, in order: :data:`INPUT_NAMES`, then ``word_feature_ids`` for a tagger with word
+    features (``--word-features``)."""
+    if model.config.word_features is not None:
+        return (*INPUT_NAMES, WORD_FEATURE_INPUT)
+    return INPUT_NAMES
 
 
 def output_names(model: NezhaPreTrainedModel) -> tuple[str, ...]:
@@ -76,7 +88,13 @@ def sample_inputs(model: NezhaPreTrainedModel, length: int, batch: int = 2, seed
     token_type_ids = torch.zeros(shape, dtype=torch.long)
     if config.type_vocab_size > 1:
         token_type_ids[..., length // 2:] = 1
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
+    inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
+    if config.word_features is not None:
+        from nezha_cli.text.word_features import num_word_features
+
+        ids = torch.randint(1, num_word_features(config.word_features), shape, generator=generator)
+        inputs[WORD_FEATURE_INPUT] = ids * attention_mask  # 0 on padding, as the features are built
+    return inputs
 
 
 def dynamic_shapes(model: NezhaPreTrainedModel) -> dict[str, dict[int, torch.export.Dim]]:
@@ -86,7 +104,7 @@ def dynamic_shapes(model: NezhaPreTrainedModel) -> dict[str, dict[int, torch.exp
         axes = {0: batch, 1: torch.export.Dim("num_choices"), 2: sequence}
     else:
         axes = {0: batch, 1: sequence}
-    return {name: axes for name in INPUT_NAMES}
+    return {name: axes for name in input_names(model)}
 
 
 @contextlib.contextmanager
@@ -110,7 +128,7 @@ def export_program(model: NezhaPreTrainedModel) -> torch.export.ExportedProgram:
     module = InferenceModule(model.eval()).eval()
     example = sample_inputs(model, TRACE_LENGTH)
     with torch.no_grad(), quiet_exporter():
-        return torch.export.export(module, tuple(example[n] for n in INPUT_NAMES),
+        return torch.export.export(module, tuple(example[n] for n in input_names(model)),
                                    dynamic_shapes=dynamic_shapes(model))
 
 
@@ -134,7 +152,7 @@ class Parity:
 def reference_outputs(model: NezhaPreTrainedModel, inputs: dict[str, torch.Tensor]) -> list[np.ndarray]:
     module = InferenceModule(model.eval()).eval()
     with torch.no_grad():
-        return [t.float().numpy() for t in module(*(inputs[n] for n in INPUT_NAMES))]
+        return [t.float().numpy() for t in module(*(inputs[n] for n in input_names(model)))]
 
 
 def compare(artifact: str, length: int, reference: list[np.ndarray], outputs: list[np.ndarray]) -> Parity:

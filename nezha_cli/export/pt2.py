@@ -1,7 +1,7 @@
 """``nezha export --format torch-export``: the ``torch.export`` program (``OUT/model.pt2``).
 
 Load it with ``torch.export.load("OUT/model.pt2").module()`` and call it with ``input_ids, attention_mask,
-token_type_ids``; it returns the same outputs as the ONNX graph. It is the graph the ONNX export starts from, so
+token_type_ids`` (and ``word_feature_ids`` for a tagger with word features); it returns the same outputs as the ONNX graph. It is the graph the ONNX export starts from, so
 it is checked the same way (reloaded, then compared with PyTorch eager at a short length and past 512 tokens).
 """
 
@@ -12,8 +12,15 @@ from pathlib import Path
 import torch
 
 from nezha_cli.errors import NezhaError
-from nezha_cli.export.base import ExportReport, check_vocab, copy_vocab, load_for_export, write_report
-from nezha_cli.export.program import CHECK_LENGTHS, INPUT_NAMES, check_parity, export_program, output_names
+from nezha_cli.export.base import (
+    ExportReport,
+    check_vocab,
+    copy_vocab,
+    load_for_export,
+    word_features_note,
+    write_report,
+)
+from nezha_cli.export.program import CHECK_LENGTHS, check_parity, export_program, input_names, output_names
 from nezha_cli.io import atomic_output_dir, check_output_path
 
 PROGRAM_NAME = "model.pt2"
@@ -28,7 +35,7 @@ def export_torch_program(model_dir: Path | str, output_dir: Path | str, *, toler
     check_vocab(model_dir, vocab, model)
     task = progress.add_task("export torch.export program", total=2) if progress is not None else None
     report = ExportReport(format="torch-export", model_dir=str(model_dir), output_dir=str(output_dir),
-                          architecture=type(model).__name__, inputs=list(INPUT_NAMES),
+                          architecture=type(model).__name__, inputs=list(input_names(model)),
                           outputs=list(output_names(model)), tolerance=tolerance)
     with atomic_output_dir(output_dir, overwrite=overwrite) as tmp:
         torch.export.save(export_program(model), tmp / PROGRAM_NAME)
@@ -38,7 +45,7 @@ def export_torch_program(model_dir: Path | str, output_dir: Path | str, *, toler
 
         def run(feeds):
             with torch.no_grad():
-                return [t.numpy() for t in module(*(torch.from_numpy(feeds[n]) for n in INPUT_NAMES))]
+                return [t.numpy() for t in module(*(torch.from_numpy(feeds[n]) for n in input_names(model)))]
 
         report.parity = check_parity(model, PROGRAM_NAME, run, check_lengths)
         worst = max(report.parity, key=lambda p: p.max_abs_diff, default=None)
@@ -48,6 +55,9 @@ def export_torch_program(model_dir: Path | str, output_dir: Path | str, *, toler
         if task is not None:
             progress.advance(task)
         model.config.save_pretrained(tmp)
+        features_note = word_features_note(model)
+        if features_note is not None:
+            report.notes.append(features_note)
         if copy_vocab(Path(model_dir), tmp, vocab) is None:
             report.notes.append(f"{model_dir} has no vocab.txt; tokenize inputs with the model's vocab")
         write_report(tmp, report)
