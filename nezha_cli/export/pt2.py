@@ -1,8 +1,9 @@
 """``nezha export --format torch-export``: the ``torch.export`` program (``OUT/model.pt2``).
 
 Load it with ``torch.export.load("OUT/model.pt2").module()`` and call it with ``input_ids, attention_mask,
-token_type_ids`` (and ``word_feature_ids`` for a tagger with word features); it returns the same outputs as the ONNX graph. It is the graph the ONNX export starts from, so
-it is checked the same way (reloaded, then compared with PyTorch eager at a short length and past 512 tokens).
+token_type_ids`` (and ``word_feature_ids`` for a tagger with word features); it returns the same outputs as the
+ONNX graph. It is the graph the ONNX export starts from, so it is checked the same way (reloaded, then compared
+with PyTorch eager at a short length and past 512 tokens).
 """
 
 from __future__ import annotations
