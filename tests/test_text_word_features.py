@@ -34,6 +34,15 @@ def test_each_character_gets_its_place_in_the_word_and_the_word_class():
     assert all(0 < i < num_word_features("jieba-pos") for i in ids)
 
 
+def test_segmenter_pos_cut_gives_the_text_back_with_tags():
+    from nezha_cli.text.segmenter import JiebaSegmenter
+
+    text = "新华社北京1月5日电 江泽民会见了联合国秘书长安南。"
+    words = JiebaSegmenter().pos_cut(text)
+    assert "".join(w for w, _ in words) == text
+    assert ("江泽民", "nr") in words and all(isinstance(t, str) and t for _, t in words)
+
+
 def test_feature_ids_cover_the_table_and_single_character_words():
     assert feature_id("nr", 0, 1) == 1 + 4 + S
     assert feature_id("v", 0, 1) == 1 + S  # tags outside the classes share class 0

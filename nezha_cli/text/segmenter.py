@@ -1,4 +1,5 @@
-"""jieba word segmentation, the word boundaries of NEZHA's whole word masking."""
+"""jieba word segmentation, the word boundaries of NEZHA's whole word masking (and, with part-of-speech tags, the
+word features of taggers: :mod:`nezha_cli.text.word_features`)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ class JiebaSegmenter:
         self.user_dict = Path(user_dict) if user_dict is not None else None
         self.hmm = hmm
         self._tokenizer = jieba.Tokenizer()
+        self._pos_tokenizer = None
         self._initialized = False
 
     def initialize(self) -> JiebaSegmenter:
@@ -45,6 +47,16 @@ class JiebaSegmenter:
         """The words of ``text``; joined they give ``text`` back."""
         self.initialize()
         return self._tokenizer.lcut(text, HMM=self.hmm)
+
+    def pos_cut(self, text: str) -> list[tuple[str, str]]:
+        """The words of ``text`` with their part-of-speech tags (jieba.posseg: the dictionary's tags, HMM for
+        unknown words); joined, the words give ``text`` back."""
+        self.initialize()
+        if self._pos_tokenizer is None:
+            import jieba.posseg
+
+            self._pos_tokenizer = jieba.posseg.POSTokenizer(self._tokenizer)
+        return [(pair.word, pair.flag) for pair in self._pos_tokenizer.lcut(text, HMM=self.hmm)]
 
     def cut_lines(self, lines: Sequence[str]) -> list[list[str]]:
         """:meth:`cut` of each line (lines must not contain newlines), in one jieba call.

@@ -15,7 +15,6 @@ jieba release (the config records the scheme, ``word_features``, and the jieba v
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 
 SCHEMES = ("jieba-pos",)
@@ -69,19 +68,16 @@ class WordFeaturizer:
     def __init__(self, scheme: str = "jieba-pos"):
         check_scheme(scheme)
         self.scheme = scheme
-        self._tagger = None
+        self._segmenter = None
         self._cache: dict[tuple[str, ...], list[int]] = {}
 
-    def _pos_tagger(self):
-        if self._tagger is None:
-            import jieba
-            import jieba.posseg
+    def _pos_cut(self, text: str) -> list[tuple[str, str]]:
+        if self._segmenter is None:
+            from nezha_cli.text.segmenter import JiebaSegmenter
 
-            jieba.setLogLevel(logging.WARNING)  # the dictionary loading is reported at INFO/DEBUG
-            # A private tokenizer: the user dictionary that `nezha mask --user-dict` may load into its own
-            # segmenter must not change a tagger's features.
-            self._tagger = jieba.posseg.POSTokenizer(jieba.Tokenizer())
-        return self._tagger
+            # Its own segmenter, without a user dictionary: the features must not depend on one.
+            self._segmenter = JiebaSegmenter()
+        return self._segmenter.pos_cut(text)
 
     def __call__(self, units: Sequence[str]) -> list[int]:
         """One id per unit: that of the unit's first character (a unit of several characters, such as a run of
@@ -91,7 +87,7 @@ class WordFeaturizer:
         if cached is not None:
             return cached
         per_char: list[int] = []
-        for word, tag in self._pos_tagger().lcut("".join(units)):
+        for word, tag in self._pos_cut("".join(units)):
             per_char.extend(feature_id(tag, i, len(word)) for i in range(len(word)))
         ids, offset = [], 0
         for unit in units:
