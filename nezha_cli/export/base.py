@@ -78,7 +78,9 @@ def word_features_note(model: NezhaPreTrainedModel) -> str | None:
     scheme = model.config.word_features
     if scheme is None:
         return None
-    trained_with = model.config.extra.get("word_features_jieba_version", "unknown")
+    from nezha_cli.text.word_features import JIEBA_VERSION_KEY
+
+    trained_with = model.config.extra.get(JIEBA_VERSION_KEY, "unknown")
     return (f"input word_feature_ids: one id per token, from nezha_cli.text.word_features.WordFeaturizer"
             f"({scheme!r}) over the sentence's characters (a token takes its first character's id; 0 for [CLS], "
             f"[SEP] and padding); fine-tuned with jieba {trained_with}")

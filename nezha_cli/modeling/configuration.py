@@ -111,11 +111,9 @@ class NezhaConfig:
         if not isinstance(self.use_crf, bool):
             raise ConfigError(f"config field use_crf={self.use_crf!r}: must be true or false")
         if self.word_features is not None:
-            from nezha_cli.text.word_features import SCHEMES
+            from nezha_cli.text.word_features import check_scheme
 
-            if self.word_features not in SCHEMES:
-                raise ConfigError(f"config field word_features={self.word_features!r}: unknown scheme; this "
-                                  f"release knows {', '.join(SCHEMES)}")
+            check_scheme(self.word_features, what="config field word_features")
         if self.problem_type not in (None, "regression", "single_label_classification", "multi_label_classification"):
             raise ConfigError(f"config field problem_type={self.problem_type!r}: unknown problem type")
 

@@ -61,9 +61,9 @@ def load_finetuned(task: Task, model_dir: Path):
     if trained_for and trained_for != task.name:
         logger.warning("%s: fine-tuned for task %s, evaluated as %s", model_dir, trained_for, task.name)
     if config.word_features is not None:
-        from nezha_cli.text.word_features import jieba_version
+        from nezha_cli.text.word_features import JIEBA_VERSION_KEY, jieba_version
 
-        trained_with = config.extra.get("word_features_jieba_version")
+        trained_with = config.extra.get(JIEBA_VERSION_KEY)
         if trained_with and trained_with != jieba_version():
             logger.warning("%s: fine-tuned with the word features of jieba %s, evaluated with jieba %s: the "
                            "features may differ", model_dir, trained_with, jieba_version())

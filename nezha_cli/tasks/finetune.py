@@ -208,9 +208,9 @@ def finetune(task: Task, model_dir: Path, output_dir: Path, files: DataFiles,
     # Recorded so that `nezha evaluate` feeds the model inputs like those it was trained on.
     model.config.extra.update(finetuning_task=task.name, finetuning_max_seq_length=max_seq_length)
     if options.word_features is not None:
-        from nezha_cli.text.word_features import jieba_version
+        from nezha_cli.text.word_features import JIEBA_VERSION_KEY, jieba_version
 
-        model.config.extra.update(word_features_jieba_version=jieba_version())
+        model.config.extra[JIEBA_VERSION_KEY] = jieba_version()
     logger.info("%s: %d training examples (%d features), %d dev examples; labels: %s", task.name,
                 len(train_examples), len(train_features), len(dev_examples or ()), ", ".join(labels) or "(spans)")
 

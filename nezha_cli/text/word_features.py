@@ -31,6 +31,8 @@ TAG_CLASSES = {
 }
 NUM_TAG_CLASSES = 9  # the classes above and 0 for every other tag
 PAD_ID = 0
+# The key of config.json (``extra``) that records the jieba release a tagger was fine-tuned with.
+JIEBA_VERSION_KEY = "word_features_jieba_version"
 
 
 def num_word_features(scheme: str) -> int:
@@ -39,11 +41,11 @@ def num_word_features(scheme: str) -> int:
     return 1 + NUM_TAG_CLASSES * POSITIONS
 
 
-def check_scheme(scheme: str) -> None:
+def check_scheme(scheme: str, what: str = "word features") -> None:
     from nezha_cli.errors import ConfigError
 
     if scheme not in SCHEMES:
-        raise ConfigError(f"word features {scheme!r}: unknown scheme; use one of {', '.join(SCHEMES)}")
+        raise ConfigError(f"{what}={scheme!r}: unknown scheme; this release knows {', '.join(SCHEMES)}")
 
 
 def feature_id(tag: str, position: int, length: int) -> int:
