@@ -21,9 +21,14 @@ from typing import Any
 from nezha_cli.errors import NezhaError, OutputExistsError
 
 
-def check_output_path(path: Path, overwrite: bool, inputs: Iterable[Path | str | None] = ()) -> None:
+def check_output_path(path: Path, overwrite: bool, inputs: Iterable[Path | str | None] = (),
+                      create_parent: bool = False) -> None:
     """Fail early (before any work) when ``path`` exists and may not be replaced, cannot be created, or is (or
-    holds) one of the command's ``inputs``, which replacing it would delete."""
+    holds) one of the command's ``inputs``, which replacing it would delete.
+
+    Missing parent directories are created only with ``create_parent`` (by the writers, when the output is
+    ready): a command that fails after its early check leaves no empty directories behind.
+    """
     path = Path(path)
     check_not_replacing(path, inputs)
     if path.exists() and not overwrite:
@@ -32,11 +37,15 @@ def check_output_path(path: Path, overwrite: bool, inputs: Iterable[Path | str |
     existing = next(p for p in (parent, *parent.parents) if p.exists())
     if not existing.is_dir():
         raise NezhaError(f"{existing}: a file, where the output path needs a directory; choose another output path")
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise NezhaError(f"{parent}: cannot create output directory ({exc.strerror})") from None
-    if not os.access(parent, os.W_OK):
+    if existing != parent and not os.access(existing, os.W_OK | os.X_OK):
+        raise NezhaError(f"{parent}: cannot create output directory ({existing} is not writable); choose another "
+                         "-o/--output")
+    if create_parent:
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise NezhaError(f"{parent}: cannot create output directory ({exc.strerror})") from None
+    if parent.exists() and not os.access(parent, os.W_OK):
         raise NezhaError(f"{parent}: output directory is not writable; choose another -o/--output")
 
 
@@ -102,7 +111,7 @@ def _process_exists(pid: int) -> bool:
 @contextlib.contextmanager
 def atomic_output_dir(path: Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary directory that becomes ``path`` when the block finishes without error."""
-    check_output_path(path, overwrite)
+    check_output_path(path, overwrite, create_parent=True)
     # Resolved: "-o ." and "-o .." have no name to put the temporary beside.
     path = Path(path).resolve()
     _remove_stale(path)
@@ -134,7 +143,7 @@ def atomic_output_dir(path: Path, overwrite: bool = False) -> Iterator[Path]:
 def atomic_output_file(path: Path, overwrite: bool = True, mode: str = "w", encoding: str | None = "utf-8"):
     """Open a temporary file that replaces ``path`` when the block finishes without error."""
     path = Path(path)
-    check_output_path(path, overwrite)
+    check_output_path(path, overwrite, create_parent=True)
     _remove_stale(path.resolve())
     fd, tmp = tempfile.mkstemp(prefix=_temporary_prefix(path), dir=path.resolve().parent)
     try:

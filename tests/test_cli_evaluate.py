@@ -75,10 +75,10 @@ def test_cmrc_table_output(tmp_path, gold):
 def test_bad_prediction_files(tmp_path, gold, content, fragment):
     predictions = tmp_path / "preds.json"
     predictions.write_text(content, encoding="utf-8")
-    out = tmp_path / "scores.json"
+    out = tmp_path / "runs" / "scores" / "scores.json"
     result = run("evaluate", "cmrc", "--dataset", gold, "--predictions", predictions, "--output", out)
     assert_one_line_error(result, "preds.json", fragment)
-    assert not out.exists()
+    assert not (tmp_path / "runs").exists()  # no output, and no empty directories made for it
 
 
 def test_dataset_that_is_not_cmrc(tmp_path):

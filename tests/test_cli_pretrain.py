@@ -99,6 +99,16 @@ def test_foreign_data_directory(tmp_path):
                               str(tmp_path / "cache"), "data.build_vocab=100"), "model.safetensors: binary file")
 
 
+def test_data_shard_cut_short_is_named(tmp_path):
+    data = write_masked_data(tmp_path / "masked", n=48)
+    shard = next(data.glob("*.arrow"))
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])  # a copy cut short
+    result = run("pretrain", "--data", str(data), "-o", str(tmp_path / "o"), *TINY)
+    assert_one_line_error(result, f"{shard}: cannot read (")
+    assert "damaged or cut short: run `nezha mask` again" in result.output
+    assert not (tmp_path / "o").exists()
+
+
 def test_vocab_mismatch_between_data_and_model(data_dir, tmp_path):
     model_dir = tmp_path / "model"
     NezhaForPreTraining(NezhaConfig(vocab_size=50, **TINY_MODEL)).save_pretrained(model_dir)

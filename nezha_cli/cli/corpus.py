@@ -49,7 +49,7 @@ def _write(name: str, path: Path, overwrite: bool, lexicon: Path | None = None,
 @click.command("corpus")
 @click.argument("name", type=click.Choice(CORPORA))
 @click.option("-o", "--output", "output", required=True, type=click.Path(path_type=Path, dir_okay=False),
-              help="File to write.")
+              help="File to write; - writes to standard output.")
 @click.option("--lexicon", type=click.Path(path_type=Path, exists=True, dir_okay=False),
               help="pd1998-ner: a PD-NER-style labelled file (the training set) whose names are also tagged where "
                    "the POS tags leave them untagged (解放军, 公安部, 人民大会堂): names of 2+ characters that the "
@@ -71,11 +71,25 @@ def corpus(name: str, output: Path, overwrite: bool, lexicon: Path | None, jieba
     \b
     Examples:
       nezha corpus default -o corpus.txt && nezha tokenize corpus.txt -o data/tokenized
+      nezha corpus pd1998-ner -o - | head
       nezha corpus pd1998-ner -o data/pd1998/train.tsv
       nezha corpus pd1998-ner --lexicon data/peoples_daily_ner/train.tsv -o data/pd1998/train-lexicon.tsv
       nezha corpus pd1998-ner --lexicon data/peoples_daily_ner/train.tsv --jieba-organisations -o silver.tsv
       nezha finetune --task pd-ner --model M --train-file data/pd1998/train.tsv \\
           --validation-file data/peoples_daily_ner/dev.tsv -o runs/ner-pd1998 --epochs 4 --learning-rate 1e-3
     """
-    click.echo(str(_write(name, output, overwrite, lexicon, jieba_organisations)))
+    if str(output) != "-":
+        click.echo(str(_write(name, output, overwrite, lexicon, jieba_organisations)))
+        return
+    import shutil
+    import sys
+    import tempfile
+
+    # The writers are atomic file writers; standard output gets a finished file's bytes, so an error never leaves
+    # half a corpus in a pipe.
+    with tempfile.TemporaryDirectory(prefix="nezha-corpus-") as tmp:
+        path = _write(name, Path(tmp) / "corpus", True, lexicon, jieba_organisations)
+        with path.open("rb") as f:
+            shutil.copyfileobj(f, sys.stdout.buffer)
+        sys.stdout.buffer.flush()
 

@@ -48,6 +48,6 @@ def copy(recipe: str, destination: Path, overwrite: bool) -> None:
     source = resolve_recipe(recipe)
     load_recipe(source)  # a file that is not a valid recipe is refused here, not at its first use
     target = destination / source.name if destination.is_dir() else destination
-    check_output_path(target, overwrite)
+    check_output_path(target, overwrite, create_parent=True)
     shutil.copyfile(source, target)
     click.echo(str(target))

@@ -18,6 +18,7 @@ from typing import Any
 from nezha_cli.errors import CheckpointError, DataError
 from nezha_cli.io import read_json
 from nezha_cli.pretraining.instances import MASKED_KIND
+from nezha_cli.text.dataset_files import load_saved_dataset
 from nezha_cli.text.pipeline import MANIFEST_NAME, TOKENIZED_KIND
 from nezha_cli.text.vocab import VOCAB_NAME, Vocab, checked_vocab_sha256, vocab_sha256
 
@@ -59,12 +60,9 @@ def load_pretraining_data(directory: Path, eval_examples: int = 0) -> Pretrainin
     vocab_path = directory / VOCAB_NAME
     sha = checked_vocab_sha256(directory, manifest, "nezha mask", required=False)
     dynamic = bool(manifest.get("dynamic", False))
-    try:
-        import datasets
+    import datasets
 
-        dataset = datasets.load_from_disk(str(directory))
-    except (FileNotFoundError, ValueError) as exc:
-        raise DataError(f"{directory}: cannot read the dataset ({exc})") from None
+    dataset = load_saved_dataset(directory, hint="run `nezha mask` again")
     if isinstance(dataset, datasets.DatasetDict):
         if "train" not in dataset:
             raise DataError(f"{directory}: dataset has splits {', '.join(dataset)} but no 'train'")

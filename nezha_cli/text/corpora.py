@@ -310,10 +310,9 @@ class CorpusReader:
         import datasets
 
         if source.kind == "dataset":
-            try:
-                dataset = datasets.load_from_disk(source.name)
-            except (FileNotFoundError, ValueError, OSError) as exc:
-                raise DataError(f"{source.name}: cannot read the saved dataset ({exc})") from None
+            from nezha_cli.text.dataset_files import load_saved_dataset
+
+            dataset = load_saved_dataset(source.name, hint="save it again (save_to_disk)")
             if isinstance(dataset, datasets.DatasetDict):
                 if self.options.split not in dataset:
                     raise DataError(f"{source.name}: no split {self.options.split!r} (splits: "

@@ -155,3 +155,23 @@ def iter_batches(directory: Path, columns: list[str] | None = None) -> Iterator[
                     yield batch.select(columns) if columns else batch
         except (OSError, pa.ArrowInvalid) as exc:
             raise DataError(f"{path}: cannot read ({exc})") from None
+
+
+def load_saved_dataset(directory: Path | str, hint: str):
+    """``datasets.load_from_disk(directory)``, with an error that names the damaged shard (a copy cut short, a
+    disk that filled up) instead of pyarrow's bare "Expected to be able to read N bytes"; ``hint`` says what to
+    do about it."""
+    import datasets
+
+    try:
+        return datasets.load_from_disk(str(directory))
+    except (FileNotFoundError, ValueError, OSError) as exc:
+        # Only on failure: reading every shard through is what load_from_disk's memory maps spare us otherwise.
+        for shard in sorted(Path(directory).rglob("*.arrow")):
+            try:
+                with pa.memory_map(str(shard)) as source:
+                    pa.ipc.open_stream(source).read_all()
+            except (OSError, pa.ArrowInvalid) as shard_exc:
+                raise DataError(f"{shard}: cannot read ({shard_exc}); the file is damaged or cut short: "
+                                f"{hint}") from None
+        raise DataError(f"{directory}: cannot read the dataset ({exc}); {hint}") from None
