@@ -179,3 +179,48 @@ def read_json(path: Path, what: str = "JSON file") -> Any:
         raise NezhaError(
             f"{path}: {what} is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})"
         ) from None
+
+
+RUN_LOCK_NAME = ".nezha-run.lock"
+
+
+def holds_run_files(directory: Path) -> bool:
+    """Whether a training OUT holds anything but its run lock (which a finished run leaves behind)."""
+    return any(p.name != RUN_LOCK_NAME for p in Path(directory).iterdir())
+
+
+class RunLock:
+    """An exclusive lock on a training OUT for as long as the run writes to it, so that a second run on the same
+    directory (--resume twice, --overwrite while the first one trains) is refused instead of interleaving
+    checkpoints. ``flock``: released by the OS when the process ends, however it ends; where the file system or
+    the platform has no such locks (Windows, some network file systems), runs go unlocked as before."""
+
+    def __init__(self, directory: Path):
+        self.path = Path(directory) / RUN_LOCK_NAME
+        self._file = None
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows
+            return
+        f = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115 - held open until release()
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "unknown"
+            f.close()
+            raise OutputExistsError(f"{directory}: another run (process {holder}) is writing this directory; wait "
+                                    "for it to end or choose another -o/--output") from None
+        except OSError:  # no locks on this file system
+            f.close()
+            return
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()} on {socket.gethostname()}\n")
+        f.flush()
+        self._file = f
+
+    def release(self) -> None:
+        if self._file is not None:
+            self._file.close()  # closing the only descriptor drops the lock
+            self._file = None

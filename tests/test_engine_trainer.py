@@ -244,6 +244,28 @@ def test_existing_output_is_refused(data_dir, tmp_path):
         train(data_dir, out, max_steps=1)
 
 
+def test_a_second_run_on_the_same_output_is_refused(data_dir, tmp_path):
+    from nezha_cli.io import RUN_LOCK_NAME, RunLock
+
+    out = tmp_path / "run"
+    train(data_dir, out, max_steps=2)  # leaves its lock file, unlocked
+    before = weights(out / "final")
+    running = RunLock(out)  # another process training into OUT, as far as flock can tell
+    try:
+        with pytest.raises(OutputExistsError, match=rf"run: another run \(process {os.getpid()} on .*\) is writing"):
+            train(data_dir, out, max_steps=4, overwrite=True)
+        assert_bit_identical(weights(out / "final"), before)  # nothing removed or written
+    finally:
+        running.release()
+    train(data_dir, out, max_steps=4, resume=True)  # released: the run goes on
+    assert read_metrics(out / "metrics.jsonl")[-1]["step"] == 4
+    # A directory that holds only a finished run's lock is empty for the rules of OUT.
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (fresh / RUN_LOCK_NAME).write_text("")
+    train(data_dir, fresh, max_steps=1)
+
+
 def test_best_model_selection(data_dir, tmp_path):
     # A made-up dev metric that peaks at step 4: final/ must be the model of step 4.
     values = iter([0.5, 0.9, 0.7])

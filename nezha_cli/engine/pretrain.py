@@ -24,7 +24,7 @@ from nezha_cli.engine.pretraining_data import VOCAB_NAME, check_model_vocab, loa
 from nezha_cli.engine.recipes import Recipe
 from nezha_cli.engine.trainer import StepOutput, Trainer, TrainResult, check_output_dir
 from nezha_cli.errors import OutputExistsError
-from nezha_cli.io import check_not_replacing
+from nezha_cli.io import check_not_replacing, holds_run_files
 from nezha_cli.modeling import NezhaConfig, NezhaForPreTraining
 
 logger = logging.getLogger(__name__)
@@ -130,7 +130,7 @@ def _run_identity(text: str) -> tuple:
 def continues_default_run(out: Path, recipe_text: str) -> bool:
     """Whether a run without ``-o`` continues the run in the default ``out``: yes when ``out`` is empty or holds a
     run of the same recipe and data; an error when it holds another."""
-    if not out.is_dir() or not any(out.iterdir()):
+    if not out.is_dir() or not holds_run_files(out):
         return False
     existing = out / RECIPE_NAME
     if existing.is_file() and _run_identity(existing.read_text(encoding="utf-8")) == _run_identity(recipe_text):
@@ -216,6 +216,6 @@ def pretrain(recipe: Recipe, output_dir: Path | None = None, data: Path | None =
                           output_files={RECIPE_NAME: recipe_text})
         return trainer.train()
     except BaseException:
-        if created and state.is_main_process and args.output_dir.is_dir() and not any(args.output_dir.iterdir()):
-            args.output_dir.rmdir()  # a refused setting leaves no empty OUT behind
+        if created and state.is_main_process and args.output_dir.is_dir() and not holds_run_files(args.output_dir):
+            shutil.rmtree(args.output_dir)  # a refused setting leaves no empty OUT behind
         raise

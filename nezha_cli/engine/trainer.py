@@ -35,7 +35,7 @@ from nezha_cli.engine.optim import build_optimizer
 from nezha_cli.engine.precision import cuda_supports_bf16, current_device_type, resolve_mixed_precision
 from nezha_cli.engine.schedules import build_lr_scheduler
 from nezha_cli.errors import ConfigError, DataError, NezhaError, OutputExistsError
-from nezha_cli.io import atomic_output_dir, atomic_output_file
+from nezha_cli.io import RunLock, atomic_output_dir, atomic_output_file, holds_run_files
 
 logger = logging.getLogger(__name__)
 
@@ -142,7 +142,7 @@ def check_output_dir(args: TrainingArguments) -> None:
     out = args.output_dir
     if out.exists() and not out.is_dir():
         raise OutputExistsError(f"{out}: exists and is not a directory; choose another -o/--output")
-    if not args.resume and not args.overwrite and out.is_dir() and any(out.iterdir()):
+    if not args.resume and not args.overwrite and out.is_dir() and holds_run_files(out):
         raise OutputExistsError(
             f"{out}: output directory is not empty; pass --resume to continue its run, --overwrite to start "
             "over, or choose another -o/--output"
@@ -177,6 +177,7 @@ class Trainer:
         self.model = model
         self.state: dict[str, Any] = {}
         self._eval_loaders: dict[int, DataLoader] = {}
+        self._run_lock: RunLock | None = None
 
     # ------------------------------------------------------------------------------------------------- setup
     def _make_accelerator(self):
@@ -211,6 +212,7 @@ class Trainer:
         acc.wait_for_everyone()
         if acc.is_main_process:
             check_output_dir(self.args)
+            self._run_lock = RunLock(out)  # before anything in OUT is removed or written
             if not self.args.resume and self.args.overwrite:
                 for name in (CHECKPOINTS_DIR, FINAL_DIR, "tensorboard"):
                     shutil.rmtree(out / name, ignore_errors=True)
@@ -224,13 +226,11 @@ class Trainer:
 
     # -------------------------------------------------------------------------------------------------- train
     def train(self) -> TrainResult:
-        from accelerate.utils import set_seed
-
         from nezha_cli.malloc import tune_malloc
 
         tune_malloc()  # the CLI did already; for Python callers
 
-        args, acc = self.args, self.accelerator
+        args = self.args
         global_batch = args.global_batch_size
         steps_per_epoch = len(self.train_dataset) // global_batch
         if steps_per_epoch == 0:
@@ -239,7 +239,18 @@ class Trainer:
         total_steps = args.max_steps or math.ceil(args.num_epochs * steps_per_epoch)
         warmup = args.warmup_steps if args.warmup_steps is not None else int(args.warmup_ratio * total_steps)
         resume_from = self._prepare_output_dir()
+        try:
+            return self._run(resume_from, total_steps, warmup, steps_per_epoch)
+        finally:
+            if self._run_lock is not None:
+                self._run_lock.release()
+                self._run_lock = None
 
+    def _run(self, resume_from: Path | None, total_steps: int, warmup: int, steps_per_epoch: int) -> TrainResult:
+        from accelerate.utils import set_seed
+
+        args, acc = self.args, self.accelerator
+        global_batch = args.global_batch_size
         set_seed(args.seed)
         optimizer = build_optimizer(self.model, args, loss_scaling=acc.scaler is not None)
         scheduler = build_lr_scheduler(optimizer, total_steps=total_steps, warmup_steps=warmup,

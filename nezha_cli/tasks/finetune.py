@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from nezha_cli.errors import CheckpointError, ConfigError, DataError, OutputExistsError
-from nezha_cli.io import check_not_replacing, write_json
+from nezha_cli.io import check_not_replacing, holds_run_files, write_json
 from nezha_cli.modeling.crf import model_crf
 from nezha_cli.tasks.base import Task
 from nezha_cli.tasks.inference import forward_outputs, in_feature_order, length_order, numeric_metrics, split_outputs
@@ -118,7 +118,7 @@ def check_output_dir(path: Path, resume: bool, overwrite: bool) -> None:
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise OutputExistsError(f"{path}: exists and is not a directory; choose another -o/--output")
-    if path.is_dir() and any(path.iterdir()) and not (resume or overwrite):
+    if path.is_dir() and holds_run_files(path) and not (resume or overwrite):
         raise OutputExistsError(f"{path}: output directory is not empty; pass --resume to continue its run, "
                                 "--overwrite to start over, or choose another -o/--output")
 
