@@ -149,6 +149,8 @@ def test_jieba_organisations_are_named_ones_ending_like_an_organisation():
     assert {"新闻出版署", "对外贸易经济合作部", "世界卫生组织", "中国共产党", "解放军"} <= names
     # generic kinds (人民法院), a place's government, two characters, not an organisation ending (中共中央)
     assert not {"人民法院", "商业银行", "中国政府", "中央", "中共中央"} & names
+    # kinds of organisation, party and league branches, documents and regions
+    assert not {"民间组织", "党组织", "团市委", "党委会", "联合公报", "中西部"} & names
     assert all(len(name) >= 3 for name in names) and len(names) > 1000
 
 

@@ -51,7 +51,8 @@ ORG_ENDINGS = ("队", "会", "部", "院", "委", "社", "局", "团", "党", "�
 # government: the place stays a place).
 NOT_ORG_ENDINGS = ("政府", "当局", "社会", "机会", "常委", "干部", "政局", "运会", "奥会", "乐会", "览会", "谈会",
                    "讨会", "待会", "晚会", "宴会", "动会", "念会", "告会", "易会", "销会", "冠军", "亚军", "季军",
-                   "将军", "大军", "格局", "大局", "全局", "布局", "结局", "舞台", "平台", "讲台")
+                   "将军", "大军", "格局", "大局", "全局", "布局", "结局", "舞台", "平台", "讲台", "公报", "情报",
+                   "预报", "警报", "东部", "西部", "南部", "北部", "中部")
 ABBREVIATED_ORG_ENDINGS = ("大", "协", "盟", "约", "共", "委", "部", "联", "院", "委会", "理会")
 # Nouns that PD-NER tags as organisations on their own, and nouns that may start one (全国人大常委会).
 ORG_NOUNS = frozenset({"市委", "省委", "县委", "地委", "区委", "国会", "议会", "内阁"})
@@ -60,9 +61,11 @@ ORG_FIRST_NOUNS = frozenset({"全国", "国际", "世界", "中央", "国家", "
 ORG_INNER_TAGS = frozenset({"n", "nt", "nz", "j", "vn", "ns"})
 ORG_MAX_EXTRA_WORDS = 3
 DOCTRINE_ENDINGS = ("理论", "主义", "思想")
-# jieba's organisations that start like a kind of organisation rather than a name (人民法院, 商业银行, 国家机关).
+# jieba's organisations that start like a kind of organisation rather than a name (人民法院, 商业银行, 国家机关,
+# 民间组织), or like a party or league branch, which PD-NER does not name (党组织, 党委会, 团市委).
 GENERIC_ORG_STARTS = ("人民", "国家", "上市", "党政", "广大", "武警", "商业", "高级", "最高", "中级", "国有", "外资",
-                      "普通", "军事", "科研", "公共", "城市", "地方", "各级", "基层")
+                      "普通", "军事", "科研", "公共", "城市", "地方", "各级", "基层", "党", "团", "民间", "民兵",
+                      "特务", "社团", "秘密", "非法")
 # A jieba organisation is merged from at most this many corpus words, none of them a person, punctuation, number or
 # time word.
 JIEBA_ORG_MAX_WORDS = 6
