@@ -137,16 +137,23 @@ def _private_generator(seed: int) -> torch.Generator:
     return g
 
 
-def check_output_dir(args: TrainingArguments) -> None:
-    """OUT may be used: new, empty, or an earlier run's with resume/overwrite; and it is writable."""
-    out = args.output_dir
+def check_run_output(out: Path, resume: bool, overwrite: bool) -> None:
+    """The rule of a training OUT, checkable before any work: a directory, new, empty, or an earlier run's with
+    resume/overwrite."""
+    out = Path(out)
     if out.exists() and not out.is_dir():
         raise OutputExistsError(f"{out}: exists and is not a directory; choose another -o/--output")
-    if not args.resume and not args.overwrite and out.is_dir() and holds_run_files(out):
+    if not resume and not overwrite and out.is_dir() and holds_run_files(out):
         raise OutputExistsError(
             f"{out}: output directory is not empty; pass --resume to continue its run, --overwrite to start "
             "over, or choose another -o/--output"
         )
+
+
+def check_output_dir(args: TrainingArguments) -> None:
+    """OUT may be used (:func:`check_run_output`) and it is writable."""
+    out = args.output_dir
+    check_run_output(out, args.resume, args.overwrite)
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / ".write-test"

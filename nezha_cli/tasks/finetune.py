@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
-from nezha_cli.errors import CheckpointError, ConfigError, DataError, OutputExistsError
-from nezha_cli.io import check_not_replacing, holds_run_files, write_json
+from nezha_cli.errors import CheckpointError, ConfigError, DataError
+from nezha_cli.io import check_not_replacing, write_json
 from nezha_cli.modeling.crf import model_crf
 from nezha_cli.tasks.base import Task
 from nezha_cli.tasks.inference import forward_outputs, in_feature_order, length_order, numeric_metrics, split_outputs
@@ -113,16 +113,6 @@ class FinetuneResult:
     main_process: bool = True
 
 
-def check_output_dir(path: Path, resume: bool, overwrite: bool) -> None:
-    """The engine's rule, applied before any work: a non-empty OUT needs --resume or --overwrite."""
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise OutputExistsError(f"{path}: exists and is not a directory; choose another -o/--output")
-    if path.is_dir() and holds_run_files(path) and not (resume or overwrite):
-        raise OutputExistsError(f"{path}: output directory is not empty; pass --resume to continue its run, "
-                                "--overwrite to start over, or choose another -o/--output")
-
-
 def crf_overrides(task: Task, crf: bool) -> dict[str, Any]:
     """The config field that adds a CRF to the task's head, or nothing; only tagging tasks have one."""
     if not crf:
@@ -168,13 +158,14 @@ def load_task_model(task: Task, model_dir: Path, labels: list[str], from_scratch
 def finetune(task: Task, model_dir: Path, output_dir: Path, files: DataFiles,
              options: FinetuneOptions | None = None) -> FinetuneResult:
     from nezha_cli.engine import StepOutput, Trainer, TrainingArguments
+    from nezha_cli.engine.trainer import check_run_output
 
     options = options or FinetuneOptions()
     output_dir, model_dir = Path(output_dir), Path(model_dir)
     defaults = task.defaults
     max_seq_length = options.max_seq_length or defaults.max_seq_length
     batch_size = options.batch_size or defaults.batch_size
-    check_output_dir(output_dir, options.resume, options.overwrite)
+    check_run_output(output_dir, options.resume, options.overwrite)
     check_not_replacing(output_dir, [model_dir, *files.train, files.dev, files.test, options.vocab])
     crf_overrides(task, options.crf)  # before the data is read
     feature_options = word_feature_overrides(task, options.word_features)
