@@ -17,6 +17,10 @@ class CheckpointError(NezhaError):
     """A model directory or checkpoint that cannot be read or does not fit the model."""
 
 
+class ModelFileNotFoundError(CheckpointError, ConfigError, FileNotFoundError):
+    """A model directory, ``config.json`` or weights file that is not there (an ``OSError``, as in transformers)."""
+
+
 class DataError(NezhaError):
     """Input data that is missing, malformed or inconsistent."""
 

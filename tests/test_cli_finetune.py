@@ -261,6 +261,43 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch, batc
         assert [epoch for epoch, _ in evals] == [1, 2, 3]
 
 
+# ---------------------------------------------------------------------------------- gradient checkpointing
+
+
+def test_gradient_checkpointing_gives_the_same_run(tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    from nezha_cli.modeling import NezhaForSequenceClassification
+
+    enabled = []
+    original = NezhaForSequenceClassification.gradient_checkpointing_enable
+
+    def spy(self):
+        enabled.append(type(self).__name__)
+        original(self)
+
+    monkeypatch.setattr(NezhaForSequenceClassification, "gradient_checkpointing_enable", spy)
+    train = _write_rows(tmp_path / "train.jsonl", _sentiment_rows(16, 0))
+    # Two layers, and the config's dropout of 0.1: the layers computed again in the backward pass must draw the
+    # masks of their forward.
+    model = model_for(tmp_path, train, num_hidden_layers=2)
+    args = ["finetune", "--task", "classification", "--model", model, "--train-file", train, "--text-column",
+            "review", "--label-column", "stars", "--max-steps", "4", "--batch-size", "4", "--max-seq-length", "16",
+            "--learning-rate", "1e-3", *FAST]
+    ok(run(*args, "-o", tmp_path / "plain"))
+    assert enabled == []
+    ok(run(*args, "-o", tmp_path / "checkpointed", "--gradient-checkpointing"))
+    assert enabled == ["NezhaForSequenceClassification"]
+
+    plain = load_file(tmp_path / "plain" / "final" / "model.safetensors")
+    checkpointed = load_file(tmp_path / "checkpointed" / "final" / "model.safetensors")
+    assert plain.keys() == checkpointed.keys()
+    for key in plain:
+        assert (plain[key] - checkpointed[key]).abs().max() <= 1e-5, key
+    losses = [[r["loss"] for r in read_metrics(tmp_path / name) if "loss" in r] for name in ("plain", "checkpointed")]
+    assert len(losses[0]) == 4 and losses[0] == pytest.approx(losses[1], abs=1e-5)
+
+
 # -------------------------------------------------------------------------------------------- bad input
 
 
@@ -427,8 +464,10 @@ def test_relaunch_args_repeat_multiple_options():
     from nezha_cli.cli.finetune import finetune, relaunch_args
 
     ctx = finetune.make_context("finetune", ["--task", "pd-ner", "--model", ".", "--train-file", "pyproject.toml",
-                                             "--train-file", "README.md", "-o", "out", "--num-processes", "2"])
+                                             "--train-file", "README.md", "-o", "out", "--num-processes", "2",
+                                             "--gradient-checkpointing"])
     args = relaunch_args(ctx)
+    assert "--gradient-checkpointing" in args
     assert args[args.index("--train-file") + 1] == "pyproject.toml"
     assert args.count("--train-file") == 2
     assert "README.md" in args and "--num-processes" not in args

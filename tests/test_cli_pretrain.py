@@ -144,12 +144,51 @@ def test_num_processes_relaunches_itself(data_dir, tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr("nezha_cli.engine.launch.launch_processes", lambda n, argv: calls.append((n, argv)) or 0)
     result = run("pretrain", "--data", str(data_dir), "-o", str(tmp_path / "o"), "--num-processes", "2",
-                 "--max-steps", "3", "--resume", "learning_rate=0.01")
+                 "--max-steps", "3", "--resume", "--gradient-checkpointing", "learning_rate=0.01")
     assert result.exit_code == 0, result.output
     n, argv = calls[0]
     assert n == 2
     assert argv[:2] == ["--quiet", "pretrain"] and "--num-processes" not in argv
     assert argv[argv.index("--max-steps") + 1] == "3" and "--resume" in argv and argv[-1] == "learning_rate=0.01"
+    assert "--gradient-checkpointing" in argv
+
+
+def test_gradient_checkpointing_flag_and_key_give_the_same_run(data_dir, tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    enabled = []
+    original = NezhaForPreTraining.gradient_checkpointing_enable
+
+    def spy(self):
+        enabled.append(type(self).__name__)
+        original(self)
+
+    monkeypatch.setattr(NezhaForPreTraining, "gradient_checkpointing_enable", spy)
+    # Dropout on: the layers computed again in the backward pass must draw the same masks as in their forward.
+    common = ["--data", str(data_dir), "--max-steps", "4", "--mixed-precision", "no", *TINY,
+              "model.num_hidden_layers=2", "model.hidden_dropout_prob=0.1", "model.attention_probs_dropout_prob=0.1"]
+    runs = {"plain": [], "flag": ["--gradient-checkpointing"], "key": ["training.gradient_checkpointing=true"]}
+    for name, extra in runs.items():
+        before = len(enabled)
+        result = run("pretrain", "-o", str(tmp_path / name), *common, *extra)
+        assert result.exit_code == 0, result.output
+        assert len(enabled) - before == (0 if name == "plain" else 1), name
+    recipe = (tmp_path / "key" / "recipe.yaml").read_text(encoding="utf-8")
+    assert "gradient_checkpointing: true" in recipe
+
+    plain = load_file(tmp_path / "plain" / "final" / "model.safetensors")
+    plain_metrics = read_metrics(tmp_path / "plain" / "metrics.jsonl")
+    for name in ("flag", "key"):
+        other = load_file(tmp_path / name / "final" / "model.safetensors")
+        assert plain.keys() == other.keys()
+        for key in plain:
+            assert (plain[key] - other[key]).abs().max() <= 1e-5, (name, key)
+        metrics = read_metrics(tmp_path / name / "metrics.jsonl")
+        assert len(metrics) == len(plain_metrics)
+        for a, b in zip(plain_metrics, metrics):
+            for key in ("loss", "mlm_loss", "nsp_loss", "eval_mlm_loss"):
+                if key in a:
+                    assert a[key] == pytest.approx(b[key], abs=1e-5), (name, key)
 
 
 # ------------------------------------------------------------------------------------------ raw text, default corpus

@@ -3,7 +3,7 @@ import json
 import pytest
 
 from nezha_cli.errors import ConfigError
-from nezha_cli.modeling import NezhaConfig
+from nezha_cli.modeling import NezhaConfig, NezhaModel
 
 
 def test_defaults_are_transformers_nezha_defaults():
@@ -18,7 +18,7 @@ def test_defaults_are_transformers_nezha_defaults():
 
 def test_json_round_trip(tmp_path):
     c = NezhaConfig(hidden_size=64, num_attention_heads=4, max_relative_position=16, classifier_dropout=None,
-                    extra={"transformers_version": "4.57.1"}).with_labels(["neg", "pos", "neutral"])
+                    transformers_version="4.57.1").with_labels(["neg", "pos", "neutral"])
     c.save_pretrained(tmp_path)
     data = json.loads((tmp_path / "config.json").read_text())
     assert data["model_type"] == "nezha"
@@ -41,8 +41,8 @@ def test_reads_transformers_style_config():
             "architectures": ["NezhaForSequenceClassification"], "use_cache": True, "torch_dtype": "float32"}
     c = NezhaConfig.from_dict(data)
     assert c.labels == ["A", "B"] and c.architectures == ["NezhaForSequenceClassification"]
-    assert c.extra == {"use_cache": True, "torch_dtype": "float32"}
-    assert c.to_dict()["use_cache"] is True
+    assert c.use_cache is True and str(c.torch_dtype) == "torch.float32"
+    assert c.to_dict()["use_cache"] is True and c.to_dict()["torch_dtype"] == "float32"
 
 
 @pytest.mark.parametrize(
@@ -58,8 +58,14 @@ def test_reads_transformers_style_config():
     ],
 )
 def test_validation_messages(fields, message):
+    # As in transformers, a config takes any values; the model built from it (or a config.json read) checks them.
+    config = NezhaConfig(**fields)
     with pytest.raises(ConfigError, match=message):
-        NezhaConfig(**fields)
+        config.validate()
+    with pytest.raises(ConfigError, match=message):
+        NezhaModel(config)
+    with pytest.raises(ConfigError, match=f"x/config.json: .*{message}"):
+        NezhaConfig.from_dict(config.to_dict(), source="x/config.json").validate(source="x/config.json")
 
 
 def test_foreign_model_type_points_to_import():

@@ -101,4 +101,4 @@ def test_config_keeps_and_checks_the_scheme():
     assert NezhaConfig.from_dict(config.to_dict()).word_features == "jieba-pos"
     assert "word_features" not in NezhaConfig(**TINY).to_dict()  # transformers' configs stay as they were
     with pytest.raises(ConfigError, match="word_features='jieba': unknown scheme"):
-        NezhaConfig(**TINY, word_features="jieba")
+        NezhaConfig(**TINY, word_features="jieba").validate()

@@ -100,6 +100,10 @@ def relaunch_args(ctx: click.Context) -> list[str]:
 @click.option("--seed", type=int, default=42, show_default=True)
 @click.option("--mixed-precision", type=click.Choice(MIXED_PRECISIONS), default="auto", show_default=True,
               help="auto: bf16 where the hardware runs it fast, else fp32.")
+@click.option("--gradient-checkpointing", is_flag=True,
+              help="Compute each encoder layer again in the backward pass instead of keeping its activations: "
+                   "longer inputs or larger batches in the same memory, for one more encoder forward per step; same "
+                   "results.")
 @click.option("--group-by-length", is_flag=True,
               help="Form training batches of inputs of similar length (drawn at random from the whole data, like "
                    "transformers' option): less padding, so faster training on inputs of mixed length.")

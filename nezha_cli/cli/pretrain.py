@@ -37,6 +37,10 @@ MIXED_PRECISION_CHOICES = ("auto", "no", "fp16", "bf16")
 @click.option("--mixed-precision", type=click.Choice(MIXED_PRECISION_CHOICES), default=None,
               help="auto = bf16 on GPUs and CPUs with fast bf16 (AVX512-BF16/AMX), else fp32; fp16 needs a GPU. "
                    "[default: the recipe's, auto]")
+@click.option("--gradient-checkpointing", is_flag=True, default=None,
+              help="Compute each encoder layer again in the backward pass instead of keeping its activations: "
+                   "longer sequences or larger batches in the same memory, for one more encoder forward per step; same "
+                   "results. [default: the recipe's training.gradient_checkpointing, false]")
 @click.option("--num-processes", type=click.IntRange(min=1), default=1,
               help="Launch N processes on this machine (GPUs, or CPU processes over gloo). For several nodes, "
                    "DeepSpeed or FSDP use `accelerate launch -m nezha_cli pretrain ...`.")
@@ -46,8 +50,8 @@ MIXED_PRECISION_CHOICES = ("auto", "no", "fp16", "bf16")
 @click.pass_context
 def pretrain(ctx: click.Context, overrides: tuple[str, ...], recipe: str, data: Path | None, output: Path | None,
              max_steps: int | None, save_steps: int | None, seed: int | None, resume: bool, overwrite: bool,
-             init_from: Path | None, mixed_precision: str | None, num_processes: int,
-             cache_dir: Path | None) -> None:
+             init_from: Path | None, mixed_precision: str | None, gradient_checkpointing: bool | None,
+             num_processes: int, cache_dir: Path | None) -> None:
     """Pretrain NEZHA (MLM + NSP) from a recipe; with no arguments, the tiny recipe on the embedded corpus.
 
     \b
@@ -82,6 +86,7 @@ def pretrain(ctx: click.Context, overrides: tuple[str, ...], recipe: str, data: 
                             ("--mixed-precision", mixed_precision), ("--cache-dir", cache_dir)):
             if value is not None:
                 argv += [flag, str(value)]
+        argv += ["--gradient-checkpointing"] if gradient_checkpointing else []
         argv += ["--resume"] if resume else []
         argv += ["--overwrite"] if overwrite else []
         ctx.exit(launch_processes(num_processes, argv + list(overrides)))
@@ -90,8 +95,8 @@ def pretrain(ctx: click.Context, overrides: tuple[str, ...], recipe: str, data: 
 
     result = run_pretraining(
         loaded, output, data, init_from=init_from, max_steps=max_steps, save_steps=save_steps, seed=seed,
-        mixed_precision=mixed_precision, resume=resume, overwrite=overwrite,
-        progress=not obj.get("quiet", False), cache_dir=cache_dir,
+        mixed_precision=mixed_precision, gradient_checkpointing=gradient_checkpointing, resume=resume,
+        overwrite=overwrite, progress=not obj.get("quiet", False), cache_dir=cache_dir,
     )
     from accelerate import PartialState
 

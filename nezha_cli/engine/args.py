@@ -43,6 +43,9 @@ class TrainingArguments:
     learning_rates: dict[str, float] = dataclasses.field(default_factory=dict)
 
     mixed_precision: str = "auto"
+    # Keep only each encoder layer's input for the backward pass and compute the layer again there: the activation
+    # memory of one layer instead of all (long sequences on small GPUs), for one more encoder forward per step.
+    gradient_checkpointing: bool = False
     seed: int = 42
     logging_steps: int = 10
     # Checkpoint every save_steps optimizer steps (0: only at the end); keep the last save_total_limit.

@@ -47,10 +47,12 @@ def pretraining_step(model: torch.nn.Module, batch: dict) -> StepOutput:
         mlm_correct = (out.prediction_logits.argmax(-1) == labels) & scored
         mlm_acc = mlm_correct.sum().float() / scored.sum().clamp(min=1)
         nsp_acc = (out.seq_relationship_logits.argmax(-1) == batch["next_sentence_label"]).float().mean()
+        # The parts of the loss (its sum, as in transformers): the NSP term again on B x 2 logits, cheaply.
+        nsp_loss = F.cross_entropy(out.seq_relationship_logits.float(), batch["next_sentence_label"].view(-1))
+        mlm_loss = out.loss.detach() - nsp_loss
     return StepOutput(
         loss=out.loss,
-        metrics={"mlm_loss": out.mlm_loss.detach(), "nsp_loss": out.nsp_loss.detach(), "mlm_acc": mlm_acc,
-                 "nsp_acc": nsp_acc},
+        metrics={"mlm_loss": mlm_loss, "nsp_loss": nsp_loss, "mlm_acc": mlm_acc, "nsp_acc": nsp_acc},
         num_tokens=batch["attention_mask"].sum(),
     )
 
@@ -151,15 +153,17 @@ def _apply_command_line(recipe: Recipe, values: dict) -> Recipe:
 
 def pretrain(recipe: Recipe, output_dir: Path | None = None, data: Path | None = None, *,
              init_from: Path | None = None, max_steps: int | None = None, save_steps: int | None = None,
-             seed: int | None = None, mixed_precision: str | None = None, resume: bool = False,
-             overwrite: bool = False, progress: bool = True, cache_dir: Path | None = None) -> TrainResult:
+             seed: int | None = None, mixed_precision: str | None = None, gradient_checkpointing: bool | None = None,
+             resume: bool = False, overwrite: bool = False, progress: bool = True,
+             cache_dir: Path | None = None) -> TrainResult:
     """Pretrain per ``recipe`` on ``data`` and write ``output_dir``: recipe.yaml, checkpoints/, metrics.jsonl and
     final/.
 
     ``data``: a `nezha mask` or `nezha tokenize` output, or raw text (a file or directory), prepared and cached in
     ``cache_dir`` (see :mod:`nezha_cli.engine.corpus`); None: the embedded default corpus. ``output_dir=None``:
     ``runs/pretrain-RECIPE``, where an earlier run of the same recipe and data is continued (a finished one is left
-    as it is) unless ``overwrite``.
+    as it is) unless ``overwrite``. ``max_steps``, ``save_steps``, ``seed``, ``mixed_precision`` and
+    ``gradient_checkpointing`` override the recipe's training section when given (not None).
     """
     from accelerate import PartialState
 
@@ -167,7 +171,8 @@ def pretrain(recipe: Recipe, output_dir: Path | None = None, data: Path | None =
     from nezha_cli.engine.precision import current_device_type
 
     values = {k: v for k, v in (("max_steps", max_steps), ("save_steps", save_steps), ("seed", seed),
-                                ("mixed_precision", mixed_precision)) if v is not None}
+                                ("mixed_precision", mixed_precision),
+                                ("gradient_checkpointing", gradient_checkpointing)) if v is not None}
     recipe = _apply_command_line(recipe, values)
     options = recipe.data_options()
     recipe_text = run_recipe_text(recipe, data, init_from)
@@ -198,7 +203,7 @@ def pretrain(recipe: Recipe, output_dir: Path | None = None, data: Path | None =
         if init_from is not None:
             config = NezhaConfig.from_pretrained(init_from)
             check_model_vocab(pdata, init_from, config.vocab_size)
-            model = NezhaForPreTraining.from_pretrained(init_from, config=config)
+            model = NezhaForPreTraining.from_pretrained(init_from, config=config, ignore_mismatched_sizes=True)
             logger.info("continuing pretraining from %s (the recipe's model section is not used)", init_from)
         else:
             model = NezhaForPreTraining(recipe.model_config(vocab_size=pdata.vocab_size))

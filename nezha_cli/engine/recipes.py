@@ -21,12 +21,13 @@ import yaml
 from nezha_cli.engine.args import TrainingArguments
 from nezha_cli.errors import ConfigError
 from nezha_cli.modeling import NezhaConfig
+from nezha_cli.modeling.configuration import MODEL_FIELDS
 
 SECTIONS = ("model", "data", "training")
 # Fields a recipe may not set: the output directory and run mode come from the command line; labels and
 # architecture names are not pretraining settings.
 _NOT_IN_RECIPES = {
-    "model": {"extra", "architectures", "id2label", "num_labels", "problem_type"},
+    "model": {"use_cache"},
     "training": {"output_dir", "resume", "overwrite", "progress"},
     "data": set(),
 }
@@ -81,7 +82,14 @@ class DataOptions:
             raise ConfigError(f"data.eval_batch_size={self.eval_batch_size}: must be >= 1")
 
 
-_SCHEMAS: dict[str, type] = {"model": NezhaConfig, "data": DataOptions, "training": TrainingArguments}
+_SCHEMAS: dict[str, type] = {"data": DataOptions, "training": TrainingArguments}
+
+
+def _field_types(section: str) -> dict[str, Any]:
+    """Each recipe key of ``section`` with its type annotation (the model's from NezhaConfig's MODEL_FIELDS)."""
+    if section == "model":
+        return {name: kind for name, (kind, _) in MODEL_FIELDS.items()}
+    return typing.get_type_hints(_SCHEMAS[section])
 
 
 @dataclass
@@ -95,7 +103,9 @@ class Recipe:
 
     def model_config(self, **fixed: Any) -> NezhaConfig:
         try:
-            return NezhaConfig(**{**self.model, **fixed})
+            config = NezhaConfig(**{**self.model, **fixed})
+            config.validate()
+            return config
         except ConfigError as exc:
             raise ConfigError(f"recipe {self.name}: model.{exc}") from None
 
@@ -195,7 +205,8 @@ def _first_comment(text: str) -> str:
 
 
 def recipe_keys(section: str) -> list[str]:
-    return [f.name for f in dataclasses.fields(_SCHEMAS[section]) if f.name not in _NOT_IN_RECIPES[section]]
+    names = list(MODEL_FIELDS) if section == "model" else [f.name for f in dataclasses.fields(_SCHEMAS[section])]
+    return [name for name in names if name not in _NOT_IN_RECIPES[section]]
 
 
 def _check_key(section: str, key: str, source: str) -> None:
@@ -237,7 +248,7 @@ def apply_override(recipe: Recipe, item: str) -> None:
 
 def _coerce(section: str, key: str, value: Any, source: str) -> Any:
     """Check ``value`` against the field's annotation (int, float, bool, str, optional); ints pass as floats."""
-    hints = typing.get_type_hints(_SCHEMAS[section])
+    hints = _field_types(section)
     annotation = hints.get(key)
     allowed = _allowed_types(annotation)
     if value is None:

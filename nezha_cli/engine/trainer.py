@@ -126,6 +126,19 @@ def input_length(example: dict) -> int:
     return max(map(len, ids)) if len(ids) and isinstance(ids[0], (list, tuple)) else len(ids)
 
 
+def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
+    """Turn on the model's gradient checkpointing (``training.gradient_checkpointing``), before accelerate wraps it.
+
+    The layers run again in the backward pass with the RNG state of their forward (torch.utils.checkpoint's
+    ``preserve_rng_state``), so dropout draws the same masks and the run is the same, in less memory.
+    """
+    enable = getattr(model, "gradient_checkpointing_enable", None)
+    if not callable(enable):
+        raise ConfigError(f"gradient_checkpointing: {type(model).__name__} has no gradient_checkpointing_enable(); "
+                          "turn the option off for this model")
+    enable()
+
+
 def _default_save(model: torch.nn.Module, directory: Path) -> None:
     model.save_pretrained(directory)
 
@@ -182,6 +195,8 @@ class Trainer:
         self.per_device_batch_size, self.gradient_accumulation_steps = args.batch_layout(
             self.accelerator.num_processes)
         self.model = model
+        if args.gradient_checkpointing:
+            enable_gradient_checkpointing(model)
         self.state: dict[str, Any] = {}
         self._eval_loaders: dict[int, DataLoader] = {}
         self._run_lock: RunLock | None = None
@@ -288,8 +303,9 @@ class Trainer:
                          resume_step=st["global_step"] if resume_from else None,
                          tensorboard=args.tensorboard)
         logger.info("training %d steps: global batch %d = %d per device x %d process(es) x %d accumulation; "
-                    "mixed precision %s; %s", total_steps, global_batch, self.per_device_batch_size,
-                    acc.num_processes, self.gradient_accumulation_steps, self.mixed_precision, args.optimizer)
+                    "mixed precision %s; %s%s", total_steps, global_batch, self.per_device_batch_size,
+                    acc.num_processes, self.gradient_accumulation_steps, self.mixed_precision, args.optimizer,
+                    "; gradient checkpointing" if args.gradient_checkpointing else "")
 
         self._reset_window()
         last_record: dict[str, float] = {}

@@ -57,7 +57,7 @@ def load_for_export(model_dir: Path | str, crf_file: bool = False,
     if not (model_dir / CONFIG_NAME).is_file():
         raise CheckpointError(f"{model_dir}: no {CONFIG_NAME}; is this a model directory? (released checkpoints: "
                               "convert them with `nezha import` first)")
-    model, report = load_model(model_dir, output_loading_info=True)
+    model, report = load_model(model_dir, output_loading_info=True, ignore_mismatched_sizes=True)
     problems = report.missing + [m[0] for m in report.mismatched] + report.newly_initialized
     if problems:
         raise CheckpointError(f"{model_dir}: the weights do not fit the config ({len(problems)} tensor(s) missing or "
@@ -80,7 +80,7 @@ def word_features_note(model: NezhaPreTrainedModel) -> str | None:
         return None
     from nezha_cli.text.word_features import JIEBA_VERSION_KEY
 
-    trained_with = model.config.extra.get(JIEBA_VERSION_KEY, "unknown")
+    trained_with = getattr(model.config, JIEBA_VERSION_KEY, "unknown")
     return (f"input word_feature_ids: one id per token, from nezha_cli.text.word_features.WordFeaturizer"
             f"({scheme!r}) over the sentence's characters (a token takes its first character's id; 0 for [CLS], "
             f"[SEP] and padding); fine-tuned with jieba {trained_with}")

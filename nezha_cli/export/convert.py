@@ -226,7 +226,9 @@ def translate_bert_config(data: dict[str, Any], source: str) -> tuple[NezhaConfi
     if unused:
         notes.append(f"{source}: config keys not used by NEZHA: {', '.join(unused)}")
     try:
-        return NezhaConfig(**kwargs), notes
+        config = NezhaConfig(**kwargs)
+        config.validate()
+        return config, notes
     except (ConfigError, TypeError) as exc:
         raise ConfigError(f"{source}: {exc}") from None
 
@@ -238,7 +240,9 @@ def config_from_file(path: Path) -> tuple[NezhaConfig, list[str]]:
         raise ConfigError(f"{path}: model config must be a JSON object")
     model_type = data.get("model_type")
     if model_type == "nezha":
-        return NezhaConfig.from_dict(data, source=str(path)), []
+        config = NezhaConfig.from_dict(data, source=str(path))
+        config.validate(source=str(path))
+        return config, []
     if model_type not in (None, "bert"):
         raise ConfigError(f"{path}: model_type is {model_type!r}; only NEZHA (and BERT-layout) checkpoints can be "
                           "imported")
@@ -544,9 +548,9 @@ def import_checkpoint(source: Path | str, output_dir: Path | str, fmt: str, *, c
         architecture = named if named in MODEL_CLASSES else infer_architecture({d.target for d in decisions.values()})
     report.architecture = architecture
     classifier = next((src.shapes[n] for n, d in decisions.items() if d.target == "classifier.weight"), None)
-    if classifier is not None and config.id2label is None and architecture in ("NezhaForSequenceClassification",
+    if classifier is not None and not config.has_label_names and architecture in ("NezhaForSequenceClassification",
                                                                                 "NezhaForTokenClassification"):
-        config = dataclasses.replace(config, num_labels=int(classifier[0]), id2label=None)
+        config = config.replace(num_labels=int(classifier[0]))
     model = MODEL_CLASSES[architecture](config)
 
     plan = _plan(model, decisions, src, report, config_path.name)

@@ -147,7 +147,7 @@ def model_card(model: NezhaPreTrainedModel, model_dir: Path, name: str,
     front = {"language": ["zh"], "library_name": "transformers", "tags": ["nezha", "nezha-cli"],
              "pipeline_tag": PIPELINE_TAGS.get(architecture, "feature-extraction")}
     lines = ["---", yaml.safe_dump(front, sort_keys=False, allow_unicode=True).strip(), "---", "", f"# {name}", ""]
-    task = config.extra.get("finetuning_task")
+    task = config.finetuning_task
     made = (f"NEZHA ({architecture}) exported by nezha-cli {__version__} from `{model_dir}` on "
             f"{datetime.date.today().isoformat()}")
     lines += [made + (f", fine-tuned on `{task}`." if task else "."), ""]

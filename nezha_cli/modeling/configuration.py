@@ -1,18 +1,23 @@
-"""NezhaConfig: the field names and defaults of transformers' NezhaConfig, as a validated dataclass.
+"""NezhaConfig: transformers' NezhaConfig, fields, defaults and general keyword arguments, without transformers.
 
-``config.json`` files written here load in transformers (4.21-4.57) and the other way round; keys this class does
-not know (``transformers_version``, ``torch_dtype``, ...) are kept in ``extra`` and written back unchanged.
+A config is what transformers' ``PretrainedConfig`` is to its users: every keyword argument is kept as an attribute
+(``NezhaConfig(is_decoder=True, output_attentions=True, num_choices=4)``), attributes can be set after construction
+(``config.num_labels = 3`` renames the labels to ``LABEL_0..2``), and ``config.json`` files written here load in
+transformers (4.21-4.57) and the other way round. Keys this class does not know (``transformers_version``, a
+generation setting, ...) are kept as attributes and written back unchanged.
+
+As in transformers, building a config checks nothing; the model checks its config when it is built
+(:meth:`NezhaConfig.validate`), and so does reading a ``config.json``, with the file named in the message.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import copy
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nezha_cli.errors import ConfigError
+from nezha_cli.errors import ConfigError, ModelFileNotFoundError
 
 CONFIG_NAME = "config.json"
 MODEL_TYPE = "nezha"
@@ -20,53 +25,165 @@ MODEL_TYPE = "nezha"
 # Activation names accepted by transformers' ACT2FN that a NEZHA checkpoint may carry.
 ACTIVATION_NAMES = ("gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "relu", "silu", "swish", "tanh", "mish")
 
-# Keys of a HF config.json that are derived from our fields (or describe the file) and are rewritten on save.
-_DERIVED_KEYS = {"model_type", "id2label", "label2id", "num_labels"}
-
-
-@dataclass
-class NezhaConfig:
-    vocab_size: int = 21128
-    hidden_size: int = 768
-    num_hidden_layers: int = 12
-    num_attention_heads: int = 12
-    intermediate_size: int = 3072
-    hidden_act: str = "gelu"
-    hidden_dropout_prob: float = 0.1
-    attention_probs_dropout_prob: float = 0.1
-    # NEZHA has no absolute position embeddings: this is kept for transformers compatibility and as the default
-    # length of tokenizers/recipes. It does not cap the input length of this implementation.
-    max_position_embeddings: int = 512
+# The model's own fields: transformers' NezhaConfig arguments and nezha's additions, with their types (which
+# recipes check overrides against) and defaults.
+MODEL_FIELDS: dict[str, tuple[Any, Any]] = {
+    "vocab_size": (int, 21128),
+    "hidden_size": (int, 768),
+    "num_hidden_layers": (int, 12),
+    "num_attention_heads": (int, 12),
+    "intermediate_size": (int, 3072),
+    "hidden_act": (str, "gelu"),
+    "hidden_dropout_prob": (float, 0.1),
+    "attention_probs_dropout_prob": (float, 0.1),
+    # NEZHA has no absolute position embeddings: kept for transformers compatibility and as the default length of
+    # tokenizers/recipes. It does not cap the input length of this implementation.
+    "max_position_embeddings": (int, 512),
     # K in the paper: relative distances are clipped to [-K, K].
-    max_relative_position: int = 64
-    type_vocab_size: int = 2
-    initializer_range: float = 0.02
-    layer_norm_eps: float = 1e-12
-    classifier_dropout: float | None = 0.1
-    pad_token_id: int = 0
-    bos_token_id: int | None = 2
-    eos_token_id: int | None = 3
-    num_labels: int = 2
-    id2label: dict[int, str] | None = None
-    problem_type: str | None = None
-    architectures: list[str] | None = None
+    "max_relative_position": (int, 64),
+    "type_vocab_size": (int, 2),
+    "initializer_range": (float, 0.02),
+    "layer_norm_eps": (float, 1e-12),
+    "classifier_dropout": (float | None, 0.1),
+    "pad_token_id": (int, 0),
+    "bos_token_id": (int | None, 2),
+    "eos_token_id": (int | None, 3),
+    "use_cache": (bool, True),
     # NezhaForTokenClassification with a CRF over its tags (not in transformers' config; written only when set).
-    use_crf: bool = False
+    "use_crf": (bool, False),
     # NezhaForTokenClassification with word feature embeddings (nezha_cli.text.word_features; written when set).
-    word_features: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    "word_features": (str | None, None),
+}
 
-    def __post_init__(self) -> None:
-        if self.id2label is not None:
-            self.id2label = {int(k): str(v) for k, v in self.id2label.items()}
-            self.num_labels = len(self.id2label)
-            # Default LABEL_i names carry no information: store them as "no names" so round trips are exact.
-            if all(v == f"LABEL_{k}" for k, v in self.id2label.items()):
-                self.id2label = None
-        self.validate()
+# transformers' PretrainedConfig arguments that every model config takes, with their defaults. Those nezha does not
+# act on (generation, TF, encoder-decoder settings) are stored and written back, never refused.
+GENERAL_DEFAULTS: dict[str, Any] = {
+    "return_dict": True,
+    "output_hidden_states": False,
+    "output_attentions": False,
+    "torchscript": False,
+    "torch_dtype": None,
+    "use_bfloat16": False,
+    "tf_legacy_loss": False,
+    "pruned_heads": {},
+    "tie_word_embeddings": True,
+    "chunk_size_feed_forward": 0,
+    "is_encoder_decoder": False,
+    "is_decoder": False,
+    "cross_attention_hidden_size": None,
+    "add_cross_attention": False,
+    "tie_encoder_decoder": False,
+    "architectures": None,
+    "finetuning_task": None,
+    "tokenizer_class": None,
+    "prefix": None,
+    "sep_token_id": None,
+    "decoder_start_token_id": None,
+    "task_specific_params": None,
+    "problem_type": None,
+}
+
+# Keys written only when they differ from their default, so that configs of models that never use them stay as
+# transformers writes them.
+_OMITTED_WHEN_DEFAULT = {"use_crf", "word_features", "architectures"}
+
+
+class NezhaConfig:
+    model_type = MODEL_TYPE
+    is_composition = False  # transformers' flag for configs made of sub-configs
+
+    def __init__(self, **kwargs: Any) -> None:
+        for name, (_, default) in MODEL_FIELDS.items():
+            setattr(self, name, kwargs.pop(name, copy.deepcopy(default)))
+        for name, default in GENERAL_DEFAULTS.items():
+            setattr(self, name, kwargs.pop(name, copy.deepcopy(default)))
+        if isinstance(self.torch_dtype, str):
+            self.torch_dtype = _torch_dtype(self.torch_dtype)
+        # transformers' old name for gradient checkpointing in a config; the model reads it when built.
+        self.gradient_checkpointing = kwargs.pop("gradient_checkpointing", False)
+        self.name_or_path = str(kwargs.pop("name_or_path", kwargs.pop("_name_or_path", "")))
+        id2label = kwargs.pop("id2label", None)
+        label2id = kwargs.pop("label2id", None)
+        num_labels = kwargs.pop("num_labels", None)
+        if id2label is not None:
+            self.id2label = {int(k): str(v) for k, v in dict(id2label).items()}
+            self.label2id = dict(label2id) if label2id is not None else {v: k for k, v in self.id2label.items()}
+        elif label2id is not None:
+            self.id2label = {int(i): str(name) for name, i in dict(label2id).items()}
+            self.label2id = dict(label2id)
+        else:
+            self.id2label = {}
+            self.num_labels = 2 if num_labels is None else int(num_labels)
+        for key, value in kwargs.items():  # anything else, as transformers keeps it
+            setattr(self, key, value)
+
+    # -- labels (as transformers: num_labels is the length of id2label; setting it renames to LABEL_i) ---------------
+    @property
+    def num_labels(self) -> int:
+        return len(self.id2label)
+
+    @num_labels.setter
+    def num_labels(self, value: int) -> None:
+        if self.id2label is None or len(self.id2label) != value:
+            self.id2label = {i: f"LABEL_{i}" for i in range(value)}
+            self.label2id = {name: i for i, name in self.id2label.items()}
+
+    @property
+    def labels(self) -> list[str]:
+        """Label names in id order."""
+        return [self.id2label[i] for i in range(self.num_labels)]
+
+    @property
+    def has_label_names(self) -> bool:
+        """Whether the labels have names other than transformers' defaults ``LABEL_i``."""
+        return any(name != f"LABEL_{i}" for i, name in self.id2label.items())
+
+    def with_labels(self, names: list[str]) -> NezhaConfig:
+        """A copy with the given label names (and ``num_labels`` to match)."""
+        return self.replace(id2label=dict(enumerate(names)), label2id={name: i for i, name in enumerate(names)})
+
+    def replace(self, **changes: Any) -> NezhaConfig:
+        """A copy with ``changes`` applied (``num_labels`` alone renames the labels to ``LABEL_i``)."""
+        new = copy.deepcopy(self)
+        if "num_labels" in changes and "id2label" not in changes:
+            new.id2label = None
+        for key, value in changes.items():
+            setattr(new, key, value)
+        if "id2label" in changes and "label2id" not in changes and new.id2label is not None:
+            new.id2label = {int(k): str(v) for k, v in new.id2label.items()}
+            new.label2id = {v: k for k, v in new.id2label.items()}
+        return new
+
+    # -- the general settings ----------------------------------------------------------------------------------------
+    @property
+    def use_return_dict(self) -> bool:
+        # A TorchScript trace needs tuples, as in transformers.
+        return bool(self.return_dict) and not self.torchscript
+
+    def update(self, values: dict[str, Any]) -> None:
+        for key, value in values.items():
+            setattr(self, key, value)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, NezhaConfig) and self.to_dict() == other.to_dict()
+
+    __hash__ = None  # mutable
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__} {self.to_json_string(use_diff=False)}"
 
     # -- validation ---------------------------------------------------------------------------------------------
-    def validate(self) -> None:
+    def validate(self, source: str | None = None) -> None:
+        """Raise :class:`ConfigError` naming the first field that no NEZHA model can be built with.
+
+        ``source`` (the config file) starts the message when given.
+        """
+        if source is not None:
+            try:
+                self.validate()
+            except ConfigError as exc:
+                raise ConfigError(f"{source}: {exc}") from None
+            return
         for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
                      "type_vocab_size", "max_position_embeddings"):
             value = getattr(self, name)
@@ -98,7 +215,7 @@ class NezhaConfig:
                 raise ConfigError(f"config field {name}={value!r}: must be in [0, 1)")
         if self.num_labels < 1:
             raise ConfigError(f"config field num_labels={self.num_labels}: must be >= 1")
-        if self.id2label is not None and sorted(self.id2label) != list(range(len(self.id2label))):
+        if sorted(self.id2label) != list(range(len(self.id2label))):
             raise ConfigError(
                 f"config field id2label: ids must be 0..{len(self.id2label) - 1}, got {sorted(self.id2label)}"
             )
@@ -117,75 +234,71 @@ class NezhaConfig:
         if self.problem_type not in (None, "regression", "single_label_classification", "multi_label_classification"):
             raise ConfigError(f"config field problem_type={self.problem_type!r}: unknown problem type")
 
-    # -- derived ------------------------------------------------------------------------------------------------
     @property
     def attention_head_size(self) -> int:
         return self.hidden_size // self.num_attention_heads
 
-    @property
-    def labels(self) -> list[str]:
-        """Label names in id order (``LABEL_i`` when the config has none, as transformers does)."""
-        if self.id2label is not None:
-            return [self.id2label[i] for i in range(self.num_labels)]
-        return [f"LABEL_{i}" for i in range(self.num_labels)]
-
-    @property
-    def label2id(self) -> dict[str, int]:
-        return {name: i for i, name in enumerate(self.labels)}
-
-    def with_labels(self, names: list[str]) -> NezhaConfig:
-        """A copy with the given label names (and ``num_labels`` to match)."""
-        return dataclasses.replace(self, num_labels=len(names), id2label=dict(enumerate(names)))
-
     # -- serialisation ------------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
+        """Every setting, as ``config.json`` holds it (transformers' ``to_dict``)."""
         out: dict[str, Any] = {"model_type": MODEL_TYPE}
-        for f in dataclasses.fields(self):
-            if f.name in ("extra", "num_labels", "id2label"):
+        for key, value in vars(self).items():
+            if key.startswith("_") or key in ("name_or_path", "gradient_checkpointing"):
                 continue
-            value = getattr(self, f.name)
-            if (f.name in ("architectures", "word_features") and value is None) or (f.name == "use_crf" and not value):
+            if key in _OMITTED_WHEN_DEFAULT and value == MODEL_FIELDS.get(key, (None, None))[1]:
                 continue
-            out[f.name] = value
-        # transformers reads the label count from id2label; JSON object keys are strings.
-        out["id2label"] = {str(i): name for i, name in enumerate(self.labels)}
-        out["label2id"] = self.label2id
-        for key, value in self.extra.items():
-            out.setdefault(key, value)
+            out[key] = copy.deepcopy(value)
+        if out.get("torch_dtype") is not None:
+            out["torch_dtype"] = str(out["torch_dtype"]).removeprefix("torch.")
+        # JSON object keys are strings; transformers reads the label count from id2label.
+        out["id2label"] = {str(i): name for i, name in sorted(self.id2label.items())}
+        out["label2id"] = dict(self.label2id)
         return out
 
-    def to_json_string(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+    def to_diff_dict(self) -> dict[str, Any]:
+        """:meth:`to_dict` without the general settings left at their defaults (what ``save_pretrained`` writes)."""
+        defaults = {**GENERAL_DEFAULTS, "torch_dtype": None}
+        return {k: v for k, v in self.to_dict().items() if k not in defaults or v != defaults[k]}
+
+    def to_json_string(self, use_diff: bool = True) -> str:
+        data = self.to_diff_dict() if use_diff else self.to_dict()
+        return json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+    def to_json_file(self, path: str | Path, use_diff: bool = True) -> None:
+        Path(path).write_text(self.to_json_string(use_diff=use_diff), encoding="utf-8")
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "config") -> NezhaConfig:
+    def from_dict(cls, data: dict[str, Any], source: str = "config", return_unused_kwargs: bool = False,
+                  **kwargs: Any):
+        """A config from a ``config.json`` mapping; ``kwargs`` replace its settings, as in transformers.
+
+        Like a config built in code, it is checked when a model is built from it (or by :meth:`validate`).
+        """
         data = dict(data)
-        model_type = data.get("model_type")
+        model_type = data.pop("model_type", None)
         if model_type not in (None, MODEL_TYPE):
             raise ConfigError(
                 f"{source}: model_type is {model_type!r}, not {MODEL_TYPE!r}; convert other checkpoints with "
                 "`nezha import`"
             )
-        names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
-        kwargs: dict[str, Any] = {}
-        extra: dict[str, Any] = {}
-        for key, value in data.items():
-            if key in names:
-                kwargs[key] = value
-            elif key not in _DERIVED_KEYS:
-                extra[key] = value
-        if "id2label" in data:
-            kwargs["id2label"] = data["id2label"]
-        elif "label2id" in data:
-            kwargs["id2label"] = {int(i): name for name, i in data["label2id"].items()}
-        elif "num_labels" in data:
-            kwargs["num_labels"] = int(data["num_labels"])
+        if "num_labels" in kwargs and "id2label" not in kwargs:
+            data.pop("id2label", None)
+            data.pop("label2id", None)
+        if data.get("pruned_heads"):
+            data["pruned_heads"] = {int(k): list(v) for k, v in data["pruned_heads"].items()}
         try:
-            return cls(**kwargs, extra=extra)
-        except ConfigError as exc:
+            config = cls(**data)
+            unused = {}
+            for key, value in kwargs.items():
+                if hasattr(config, key):
+                    setattr(config, key, value)
+                else:
+                    unused[key] = value
+            if not return_unused_kwargs:
+                config.update(unused)
+        except (TypeError, ValueError) as exc:
             raise ConfigError(f"{source}: {exc}") from None
-        except TypeError as exc:
-            raise ConfigError(f"{source}: {exc}") from None
+        return (config, unused) if return_unused_kwargs else config
 
     @classmethod
     def from_json_file(cls, path: str | Path) -> NezhaConfig:
@@ -196,15 +309,42 @@ class NezhaConfig:
             raise ConfigError(f"{path}: model config must be a JSON object")
         return cls.from_dict(data, source=str(path))
 
-    def save_pretrained(self, directory: str | Path) -> None:
-        directory = Path(directory)
+    def save_pretrained(self, save_directory: str | Path, **kwargs: Any) -> None:
+        """Write ``config.json`` into ``save_directory`` (``push_to_hub`` is refused: nezha never uploads)."""
+        if kwargs.get("push_to_hub"):
+            raise ConfigError("push_to_hub: nezha does not upload; use `huggingface-cli upload` on the directory")
+        directory = Path(save_directory)
         directory.mkdir(parents=True, exist_ok=True)
-        (directory / CONFIG_NAME).write_text(self.to_json_string(), encoding="utf-8")
+        self.to_json_file(directory / CONFIG_NAME)
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path) -> NezhaConfig:
-        directory = Path(directory)
+    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, subfolder: str = "", **kwargs: Any):
+        """Read a model directory's ``config.json`` (or the file itself); ``kwargs`` replace its settings."""
+        for option in ("cache_dir", "force_download", "resume_download", "proxies", "local_files_only", "token",
+                       "revision", "trust_remote_code", "use_auth_token"):
+            kwargs.pop(option, None)  # Hub options: nothing is downloaded here
+        directory = Path(pretrained_model_name_or_path) / subfolder
         path = directory / CONFIG_NAME if directory.is_dir() else directory
         if not path.exists():
-            raise ConfigError(f"{directory}: no {CONFIG_NAME}; is this a model directory?")
-        return cls.from_json_file(path)
+            raise ModelFileNotFoundError(
+                f"{directory}: no {CONFIG_NAME}; is this a model directory? (nezha reads local directories only and "
+                "never downloads: fetch a Hub model first, e.g. with `huggingface-cli download`, and give its "
+                "directory)")
+        from nezha_cli.io import read_json
+
+        data = read_json(path, what="model config")
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: model config must be a JSON object")
+        result = cls.from_dict(data, source=str(path), **kwargs)
+        config = result[0] if isinstance(result, tuple) else result
+        config.name_or_path = str(pretrained_model_name_or_path)
+        return result
+
+
+def _torch_dtype(name: str):
+    import torch
+
+    dtype = getattr(torch, name.removeprefix("torch."), None)
+    if not isinstance(dtype, torch.dtype):
+        raise ConfigError(f"config field torch_dtype={name!r}: not a torch dtype, such as \"float32\"")
+    return dtype

@@ -7,6 +7,9 @@ names match transformers' Nezha classes exactly so that checkpoints move between
 from __future__ import annotations
 
 import math
+import warnings
+from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -28,25 +31,74 @@ from nezha_cli.modeling.relative_attention import (
 # ----------------------------------------------------------------------------------------------------- outputs
 
 
-@dataclass
-class ModelOutput:
-    """Attribute access by name; ``output[0]`` and ``to_tuple()`` give the fields that are set, as transformers."""
+class ModelOutput(OrderedDict):
+    """A model output as transformers' ``ModelOutput``: a dataclass that is also an ordered dict of its set fields.
+
+    ``out.logits``, ``out["logits"]`` and ``out[0]`` all work; keys, ``len``, iteration and ``to_tuple()`` hold the
+    fields that are not None, in declaration order, which is also what ``return_dict=False`` returns. Built from a
+    mapping as first argument (how accelerate rebuilds the outputs it converts to fp32), the mapping's items become
+    the fields.
+    """
+
+    def __post_init__(self) -> None:
+        names = [f.name for f in fields(self)]
+        first = getattr(self, names[0])
+        if isinstance(first, Mapping) and all(getattr(self, n) is None for n in names[1:]):
+            object.__setattr__(self, names[0], None)
+            for key, value in first.items():
+                if value is not None:
+                    self[key] = value
+            return
+        for name in names:
+            value = getattr(self, name)
+            if value is not None:
+                super().__setitem__(name, value)
+
+    def __setattr__(self, name, value) -> None:
+        # As transformers: a field that is already a key stays in step; others become keys only in __post_init__.
+        if name in self.keys() and value is not None:
+            super().__setitem__(name, value)
+        super().__setattr__(name, value)
+
+    def __setitem__(self, key, value) -> None:
+        super().__setitem__(key, value)
+        super().__setattr__(key, value)
+
+    def __getitem__(self, key):
+        if isinstance(key, str):
+            return super().__getitem__(key)
+        return self.to_tuple()[key]
+
+    def __delitem__(self, key) -> None:
+        raise TypeError(f"{type(self).__name__} fields cannot be deleted; set them to None")
+
+    def pop(self, *args, **kwargs):
+        raise TypeError(f"{type(self).__name__} fields cannot be popped")
+
+    def setdefault(self, *args, **kwargs):
+        raise TypeError(f"{type(self).__name__} fields cannot be set with setdefault")
+
+    def update(self, *args, **kwargs):
+        raise TypeError(f"{type(self).__name__} fields cannot be updated in bulk; set them one by one")
+
+    def __reduce__(self):
+        return type(self), tuple(getattr(self, f.name) for f in fields(self))
 
     def to_tuple(self) -> tuple:
-        return tuple(getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None)
-
-    def __getitem__(self, index):
-        if isinstance(index, str):
-            return getattr(self, index)
-        return self.to_tuple()[index]
+        return tuple(self[k] for k in self.keys())
 
 
 @dataclass
-class BaseModelOutputWithPooling(ModelOutput):
+class BaseModelOutputWithPoolingAndCrossAttentions(ModelOutput):
     last_hidden_state: torch.Tensor | None = None
     pooler_output: torch.Tensor | None = None
     hidden_states: tuple[torch.Tensor, ...] | None = None
+    past_key_values: tuple | None = None
     attentions: tuple[torch.Tensor, ...] | None = None
+    cross_attentions: tuple[torch.Tensor, ...] | None = None
+
+
+BaseModelOutputWithPooling = BaseModelOutputWithPoolingAndCrossAttentions
 
 
 @dataclass
@@ -56,13 +108,10 @@ class NezhaForPreTrainingOutput(ModelOutput):
     seq_relationship_logits: torch.Tensor | None = None
     hidden_states: tuple[torch.Tensor, ...] | None = None
     attentions: tuple[torch.Tensor, ...] | None = None
-    # The two parts of ``loss``, for logging (not in transformers' output).
-    mlm_loss: torch.Tensor | None = None
-    nsp_loss: torch.Tensor | None = None
 
 
 @dataclass
-class SequenceClassifierOutput(ModelOutput):
+class MaskedLMOutput(ModelOutput):
     loss: torch.Tensor | None = None
     logits: torch.Tensor | None = None
     hidden_states: tuple[torch.Tensor, ...] | None = None
@@ -70,10 +119,24 @@ class SequenceClassifierOutput(ModelOutput):
 
 
 # Same fields; separate names so that code and reprs say what they hold, as in transformers.
-MaskedLMOutput = SequenceClassifierOutput
-NextSentencePredictorOutput = SequenceClassifierOutput
-MultipleChoiceModelOutput = SequenceClassifierOutput
-TokenClassifierOutput = SequenceClassifierOutput
+@dataclass
+class SequenceClassifierOutput(MaskedLMOutput):
+    pass
+
+
+@dataclass
+class NextSentencePredictorOutput(MaskedLMOutput):
+    pass
+
+
+@dataclass
+class MultipleChoiceModelOutput(MaskedLMOutput):
+    pass
+
+
+@dataclass
+class TokenClassifierOutput(MaskedLMOutput):
+    pass
 
 
 @dataclass
@@ -149,20 +212,19 @@ class _TiedWordWeight(torch.autograd.Function):
         return grad_decoder.index_add_(0, grad_lookup._indices()[0], grad_lookup._values())
 
 
-def tied_word_lookup(model: NezhaPreTrainedModel, input_ids, kwargs: dict) -> tuple:
-    """``(input_ids, kwargs, decoder_weight)`` for a head with a tied MLM decoder, taking the sparse path if it may.
+def tied_word_lookup(model: NezhaPreTrainedModel, input_ids, inputs_embeds) -> tuple:
+    """``(input_ids, inputs_embeds, decoder_weight)`` for a head with a tied MLM decoder, on the sparse path if it may.
 
-    On that path the lookup is done here into ``kwargs["inputs_embeds"]`` (``input_ids`` becomes None) and the
-    decoder is to use the returned alias; otherwise the arguments come back unchanged with ``decoder_weight`` None.
+    On that path the lookup is done here into ``inputs_embeds`` (``input_ids`` becomes None) and the decoder is to
+    use the returned alias; otherwise the arguments come back unchanged with ``decoder_weight`` None.
     """
     embeddings = model.get_input_embeddings()
     weight = embeddings.weight
-    if (input_ids is None or kwargs.get("inputs_embeds") is not None
+    if (input_ids is None or inputs_embeds is not None
             or model.get_output_embeddings().weight is not weight or not sparse_word_gradient(weight)):
-        return input_ids, kwargs, None
+        return input_ids, inputs_embeds, None
     lookup, decoder = _TiedWordWeight.apply(weight)
-    inputs_embeds = F.embedding(input_ids, lookup, embeddings.padding_idx, sparse=True)
-    return None, {**kwargs, "inputs_embeds": inputs_embeds}, decoder
+    return None, F.embedding(input_ids, lookup, embeddings.padding_idx, sparse=True), decoder
 
 
 class NezhaEmbeddings(nn.Module):
@@ -189,9 +251,10 @@ class NezhaSelfAttention(nn.Module):
         super().__init__()
         self.num_attention_heads = config.num_attention_heads
         self.attention_head_size = config.attention_head_size
-        self.query = nn.Linear(config.hidden_size, config.hidden_size)
-        self.key = nn.Linear(config.hidden_size, config.hidden_size)
-        self.value = nn.Linear(config.hidden_size, config.hidden_size)
+        self.all_head_size = self.num_attention_heads * self.attention_head_size
+        self.query = nn.Linear(config.hidden_size, self.all_head_size)
+        self.key = nn.Linear(config.hidden_size, self.all_head_size)
+        self.value = nn.Linear(config.hidden_size, self.all_head_size)
         self.dropout = Dropout(config.attention_probs_dropout_prob)
         # Benchmarks switch this off to measure what the relative terms cost; a released NEZHA always has them.
         self.use_relative_positions = True
@@ -200,8 +263,13 @@ class NezhaSelfAttention(nn.Module):
         return x.unflatten(-1, (self.num_attention_heads, self.attention_head_size)).transpose(1, 2)
 
     def forward(self, hidden_states, attention_mask, relative_table, positions, output_attentions=False,
-                query_states=None):
-        # ``query_states``: the rows that ask (default: all of ``hidden_states``); keys and values are all rows.
+                query_states=None, head_mask=None):
+        """``hidden_states`` give the keys and values, ``query_states`` (default: the same rows) the queries.
+
+        Cross-attention passes the encoder's states as ``hidden_states``: the relative position of query i and key j
+        is then j - i across the two sequences, as in transformers' Nezha (which needs equal lengths).
+        ``head_mask`` ([1 or B, H, 1, 1], 0 = drop) multiplies the dropped-out probabilities, as in transformers.
+        """
         query_states = hidden_states if query_states is None else query_states
         # Scaling q first equals scaling the summed scores: (q.k + q.a) / sqrt(d) = (q / sqrt(d)).(k + a).
         query = self._split_heads(self.query(query_states)) / math.sqrt(self.attention_head_size)
@@ -218,6 +286,8 @@ class NezhaSelfAttention(nn.Module):
         # The softmax in at least fp32, with or without a mask (transformers always adds its fp32 mask, which turns
         # bf16/fp16 scores into fp32; CPU autocast would otherwise run it in bf16).
         probs = self.dropout(torch.softmax(scores, dim=-1, dtype=torch.promote_types(scores.dtype, torch.float32)))
+        if head_mask is not None:
+            probs = probs * head_mask
         if self.use_relative_positions:
             context = relative_context(probs, value, relative_table, positions)
         else:
@@ -237,16 +307,54 @@ class NezhaSelfOutput(nn.Module):
         return self.LayerNorm(self.dropout(self.dense(hidden_states)) + input_tensor)
 
 
+def _prune_linear(layer: nn.Linear, index: torch.Tensor, dim: int) -> nn.Linear:
+    """A copy of ``layer`` that keeps only the rows (dim 0: outputs) or columns (dim 1: inputs) in ``index``."""
+    index = index.to(layer.weight.device)
+    weight = layer.weight.index_select(dim, index).detach().clone()
+    bias = None if layer.bias is None else (layer.bias if dim == 1 else layer.bias[index]).detach().clone()
+    size = list(layer.weight.shape)
+    size[dim] = len(index)
+    new = nn.Linear(size[1], size[0], bias=bias is not None).to(device=weight.device, dtype=weight.dtype)
+    with torch.no_grad():
+        new.weight.copy_(weight)
+        if bias is not None:
+            new.bias.copy_(bias)
+    return new
+
+
 class NezhaAttention(nn.Module):
     def __init__(self, config: NezhaConfig):
         super().__init__()
         self.self = NezhaSelfAttention(config)
         self.output = NezhaSelfOutput(config)
+        self.pruned_heads: set[int] = set()
+
+    def prune_heads(self, heads) -> None:
+        """Remove attention heads (numbered as in the unpruned layer) from the projections and the output dense."""
+        heads = set(heads) - self.pruned_heads
+        if not heads:
+            return
+        size = self.self.attention_head_size
+        # The current position of each remaining original head.
+        remaining = [h for h in range(self.self.num_attention_heads + len(self.pruned_heads))
+                     if h not in self.pruned_heads]
+        keep = torch.ones(len(remaining), size, dtype=torch.bool)
+        for position, head in enumerate(remaining):
+            if head in heads:
+                keep[position] = False
+        index = keep.view(-1).nonzero().squeeze(-1)
+        self.self.query = _prune_linear(self.self.query, index, 0)
+        self.self.key = _prune_linear(self.self.key, index, 0)
+        self.self.value = _prune_linear(self.self.value, index, 0)
+        self.output.dense = _prune_linear(self.output.dense, index, 1)
+        self.self.num_attention_heads -= len(heads)
+        self.self.all_head_size = self.self.num_attention_heads * size
+        self.pruned_heads |= heads
 
     def forward(self, hidden_states, attention_mask, relative_table, positions, output_attentions=False,
-                query_states=None):
+                query_states=None, head_mask=None):
         context, probs = self.self(hidden_states, attention_mask, relative_table, positions, output_attentions,
-                                   query_states)
+                                   query_states, head_mask)
         return self.output(context, hidden_states if query_states is None else query_states), probs
 
 
@@ -275,16 +383,31 @@ class NezhaLayer(nn.Module):
     def __init__(self, config: NezhaConfig):
         super().__init__()
         self.attention = NezhaAttention(config)
+        # A decoder layer may also attend to an encoder's states (transformers' add_cross_attention).
+        if config.add_cross_attention:
+            if not config.is_decoder:
+                raise ValueError("config.add_cross_attention needs config.is_decoder=True (cross-attention is a "
+                                 "decoder's)")
+            self.crossattention = NezhaAttention(config)
         self.intermediate = NezhaIntermediate(config)
         self.output = NezhaOutput(config)
 
     def forward(self, hidden_states, attention_mask, relative_table, positions, output_attentions=False,
-                query_states=None):
+                query_states=None, head_mask=None, encoder_hidden_states=None, encoder_attention_mask=None):
         attention_output, probs = self.attention(
-            hidden_states, attention_mask, relative_table, positions, output_attentions, query_states
+            hidden_states, attention_mask, relative_table, positions, output_attentions, query_states, head_mask
         )
+        cross_probs = None
+        if encoder_hidden_states is not None:
+            if not hasattr(self, "crossattention"):
+                raise ValueError("encoder_hidden_states were given, but this model has no cross-attention layers: "
+                                 "build it with config.is_decoder=True and config.add_cross_attention=True")
+            attention_output, cross_probs = self.crossattention(
+                encoder_hidden_states, encoder_attention_mask, relative_table, positions, output_attentions,
+                attention_output, head_mask,
+            )
         layer_output = self.output(self.intermediate(attention_output), attention_output)
-        return layer_output, probs
+        return layer_output, probs, cross_probs
 
 
 def gather_positions(sequence_output: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -305,15 +428,27 @@ class NezhaEncoder(nn.Module):
             persistent=False,
         )
         self.gradient_checkpointing = False
+        # torch.utils.checkpoint's arguments (gradient_checkpointing_enable(gradient_checkpointing_kwargs=...)).
+        self.gradient_checkpointing_kwargs: dict = {"use_reentrant": False}
 
     def forward(self, hidden_states, attention_mask=None, output_attentions=False, output_hidden_states=False,
-                output_positions=None):
-        """``output_positions`` ([B, P]): the last layer computes only these rows (see NezhaModel.forward)."""
+                output_positions=None, head_mask=None, encoder_hidden_states=None, encoder_attention_mask=None):
+        """``output_positions`` ([B, P]): the last layer computes only these rows (see NezhaModel.forward).
+
+        Returns the last layer's states and the tuples of hidden states, attentions and cross-attentions (None
+        where not asked for).
+        """
         all_hidden_states = (hidden_states,) if output_hidden_states else None
         all_attentions = () if output_attentions else None
+        all_cross_attentions = () if output_attentions and encoder_hidden_states is not None else None
         table = self.relative_positions_table
+        length = hidden_states.shape[1]
+        if encoder_hidden_states is not None and encoder_hidden_states.shape[1] != length:
+            raise ValueError(f"cross-attention needs encoder_hidden_states as long as the input ({length} tokens, "
+                             f"got {encoder_hidden_states.shape[1]}): NEZHA's relative positions pair position i "
+                             "of one with position i of the other, as in transformers' Nezha")
         # The bucket indices depend only on the length: built once, shared by all layers.
-        positions = RelativePositions.build(hidden_states.shape[1], self.max_relative_position, hidden_states.device)
+        positions = RelativePositions.build(length, self.max_relative_position, hidden_states.device)
         last = len(self.layer) - 1
         for n, layer in enumerate(self.layer):
             mask, layer_positions, query_states = attention_mask, positions, None
@@ -324,19 +459,21 @@ class NezhaEncoder(nn.Module):
                 layer_positions = positions.rows(output_positions)
                 if mask is not None and mask.shape[-2] != 1:  # a per-query [B, 1, L, L] mask
                     mask = mask.gather(2, output_positions[:, None, :, None].expand(-1, 1, -1, mask.shape[-1]))
+            layer_head_mask = None if head_mask is None else head_mask[n]
+            arguments = (hidden_states, mask, table, layer_positions, output_attentions, query_states,
+                         layer_head_mask, encoder_hidden_states, encoder_attention_mask)
             if self.gradient_checkpointing and self.training:
-                hidden_states, probs = checkpoint(
-                    layer, hidden_states, mask, table, layer_positions, output_attentions, query_states,
-                    use_reentrant=False,
-                )
+                hidden_states, probs, cross_probs = checkpoint(layer, *arguments,
+                                                               **self.gradient_checkpointing_kwargs)
             else:
-                hidden_states, probs = layer(hidden_states, mask, table, layer_positions, output_attentions,
-                                             query_states)
+                hidden_states, probs, cross_probs = layer(*arguments)
             if output_hidden_states:
                 all_hidden_states = all_hidden_states + (hidden_states,)
             if output_attentions:
                 all_attentions = all_attentions + (probs,)
-        return hidden_states, all_hidden_states, all_attentions
+                if all_cross_attentions is not None:
+                    all_cross_attentions = all_cross_attentions + (cross_probs,)
+        return hidden_states, all_hidden_states, all_attentions, all_cross_attentions
 
 
 class NezhaPooler(nn.Module):
@@ -410,20 +547,43 @@ class NezhaPreTrainingHeads(nn.Module):
 
 
 class NezhaPreTrainedModel(nn.Module):
-    """Weight init, tying, gradient checkpointing and ``save_pretrained``/``from_pretrained``."""
+    """What transformers' ``PreTrainedModel`` gives its Nezha classes, implemented here so that transformers stays
+    optional: weight init and tying, embeddings access and resizing, head pruning, head masks, gradient
+    checkpointing, ``save_pretrained``/``from_pretrained`` (in ``checkpoint.py``)."""
 
+    config_class = NezhaConfig
     base_model_prefix = "nezha"
+    main_input_name = "input_ids"
+    supports_gradient_checkpointing = True
+    # Attention implementations transformers can switch to: none, the relative terms need their own kernels.
+    _supports_sdpa = False
+    _supports_flash_attn_2 = False
     # Names of parameters that are aliases of other parameters (not written; restored by tying).
     _tied_weights_keys: tuple[str, ...] = ()
+    _keys_to_ignore_on_save = None
+    _keys_to_ignore_on_load_missing = None
+    _keys_to_ignore_on_load_unexpected = None
+    _keep_in_fp32_modules = None
+    _no_split_modules = ["NezhaLayer"]
 
-    def __init__(self, config: NezhaConfig):
+    def __init__(self, config: NezhaConfig, *args, **kwargs):
         super().__init__()
         if not isinstance(config, NezhaConfig):
             raise TypeError(f"config must be a NezhaConfig, got {type(config).__name__}")
+        config.validate()
         self.config = config
+        self.name_or_path = config.name_or_path
 
     def post_init(self) -> None:
+        """Initialise the weights, prune the config's pruned heads, tie the decoder (transformers' post_init)."""
+        self.init_weights()
+        if self.config.gradient_checkpointing:
+            self.gradient_checkpointing_enable()
+
+    def init_weights(self) -> None:
         self.apply(self._init_weights)
+        if self.config.pruned_heads:
+            self.prune_heads(self.config.pruned_heads)
         self.tie_weights()
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -442,55 +602,214 @@ class NezhaPreTrainedModel(nn.Module):
         elif isinstance(module, NezhaLMPredictionHead):
             module.bias.data.zero_()
 
+    # -- properties transformers' models have -----------------------------------------------------------------
+    @property
+    def base_model(self) -> nn.Module:
+        return getattr(self, self.base_model_prefix, self)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(p.dtype for p in self.parameters() if p.is_floating_point())
+
+    @classmethod
+    def can_generate(cls) -> bool:
+        return False
+
+    # -- embeddings -------------------------------------------------------------------------------------------
     def tie_weights(self) -> None:
+        """Share the word embeddings with the MLM decoder (a copy under ``config.torchscript``, as transformers)."""
         head = self.get_output_embeddings()
-        if head is not None:
-            head.weight = self.get_input_embeddings().weight
-            head.bias = self._mlm_head().bias
+        if head is None or not self.config.tie_word_embeddings:
+            return
+        words = self.get_input_embeddings().weight
+        head.weight = nn.Parameter(words.detach().clone()) if self.config.torchscript else words
+        predictions = self._mlm_head()
+        if predictions is not None and head is predictions.decoder:
+            head.bias = predictions.bias
 
     def _mlm_head(self) -> NezhaLMPredictionHead | None:
         cls = getattr(self, "cls", None)
         return getattr(cls, "predictions", None)
 
     def get_input_embeddings(self) -> nn.Embedding:
-        base = getattr(self, self.base_model_prefix, self)
-        return base.embeddings.word_embeddings
+        return self.base_model.embeddings.word_embeddings
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.base_model.embeddings.word_embeddings = value
 
     def get_output_embeddings(self) -> nn.Linear | None:
         head = self._mlm_head()
         return head.decoder if head is not None else None
 
-    def gradient_checkpointing_enable(self) -> None:
+    def set_output_embeddings(self, new_embeddings: nn.Linear) -> None:
+        head = self._mlm_head()
+        if head is None:
+            raise AttributeError(f"{type(self).__name__} has no output embeddings")
+        head.decoder = new_embeddings
+        if new_embeddings.bias is not None:
+            head.bias = new_embeddings.bias
+
+    def resize_token_embeddings(self, new_num_tokens: int | None = None, pad_to_multiple_of: int | None = None,
+                                mean_resizing: bool = False) -> nn.Embedding:
+        """Grow or shrink the vocabulary to ``new_num_tokens`` (rounded up to ``pad_to_multiple_of``).
+
+        Kept rows keep their vectors; new rows are initialised like the model's other embeddings (or, with
+        ``mean_resizing``, to the mean of the old rows). The MLM decoder and its bias follow, and
+        ``config.vocab_size`` is updated. Returns the input embeddings.
+        """
+        old = self.get_input_embeddings()
+        if pad_to_multiple_of is not None:
+            if not isinstance(pad_to_multiple_of, int) or isinstance(pad_to_multiple_of, bool) \
+                    or pad_to_multiple_of < 1:
+                raise ValueError(f"pad_to_multiple_of={pad_to_multiple_of!r}: must be a positive integer")
+            wanted = old.num_embeddings if new_num_tokens is None else new_num_tokens
+            new_num_tokens = -(-wanted // pad_to_multiple_of) * pad_to_multiple_of
+        if new_num_tokens is None or new_num_tokens == old.num_embeddings:
+            return old
+        if new_num_tokens < 1:
+            raise ValueError(f"new_num_tokens={new_num_tokens}: a vocabulary needs at least one token")
+        new = nn.Embedding(new_num_tokens, old.embedding_dim, padding_idx=old.padding_idx
+                           if old.padding_idx is not None and old.padding_idx < new_num_tokens else None)
+        new.to(device=old.weight.device, dtype=old.weight.dtype)
+        self._init_weights(new)
+        keep = min(old.num_embeddings, new_num_tokens)
+        with torch.no_grad():
+            if mean_resizing and new_num_tokens > old.num_embeddings:
+                new.weight[keep:] = old.weight.mean(0)
+            new.weight[:keep] = old.weight[:keep]
+        self.set_input_embeddings(new)
+        head = self._mlm_head()
+        if head is not None:
+            bias = torch.zeros(new_num_tokens, dtype=head.bias.dtype, device=head.bias.device)
+            bias[:keep] = head.bias.data[:keep]
+            head.bias = nn.Parameter(bias)
+            decoder = head.decoder
+            if not self.config.tie_word_embeddings or self.config.torchscript:
+                weight = torch.empty(new_num_tokens, decoder.in_features, dtype=decoder.weight.dtype,
+                                     device=decoder.weight.device).normal_(0.0, self.config.initializer_range)
+                weight[:keep] = decoder.weight.data[:keep]
+                decoder.weight = nn.Parameter(weight)
+            decoder.bias = head.bias
+            decoder.out_features = new_num_tokens
+        self.config.vocab_size = self.vocab_size = new_num_tokens
+        self.tie_weights()
+        return self.get_input_embeddings()
+
+    # -- attention heads --------------------------------------------------------------------------------------
+    def prune_heads(self, heads_to_prune: dict[int, list[int]]) -> None:
+        """Remove heads for good, ``{layer: [head, ...]}``; recorded in ``config.pruned_heads`` (saved with it)."""
+        for layer, heads in heads_to_prune.items():
+            union = set(self.config.pruned_heads.get(layer, [])) | set(heads)
+            self.config.pruned_heads[int(layer)] = sorted(union)
+        for layer, heads in heads_to_prune.items():
+            self.base_model.encoder.layer[int(layer)].attention.prune_heads(heads)
+
+    def get_head_mask(self, head_mask: torch.Tensor | None, num_hidden_layers: int) -> torch.Tensor | None:
+        """[H] or [layers, H] (1 = keep) -> [layers, 1, H, 1, 1], to multiply each layer's probabilities."""
+        if head_mask is None:
+            return None
+        if head_mask.dim() == 1:
+            head_mask = head_mask[None, None, :, None, None].expand(num_hidden_layers, -1, -1, -1, -1)
+        elif head_mask.dim() == 2:
+            head_mask = head_mask[:, None, :, None, None]
+        else:
+            raise ValueError(f"head_mask must be [num_heads] or [num_hidden_layers, num_heads], got shape "
+                             f"{tuple(head_mask.shape)}")
+        return head_mask.to(self.dtype)
+
+    # -- gradient checkpointing -------------------------------------------------------------------------------
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
+        """Recompute each layer in the backward instead of keeping its activations (less memory, ~30% more time).
+
+        ``gradient_checkpointing_kwargs`` go to ``torch.utils.checkpoint.checkpoint`` (default: non-reentrant).
+        Dropout draws the same masks in the recomputation, so results equal those without checkpointing.
+        """
+        kwargs = {"use_reentrant": False, **(gradient_checkpointing_kwargs or {})}
         for module in self.modules():
             if isinstance(module, NezhaEncoder):
                 module.gradient_checkpointing = True
+                module.gradient_checkpointing_kwargs = kwargs
+        if kwargs["use_reentrant"]:
+            # Reentrant checkpointing computes no gradients unless an input of the layer requires one.
+            self.enable_input_require_grads()
 
-    def num_parameters(self, trainable_only: bool = False) -> int:
+    def gradient_checkpointing_disable(self) -> None:
+        for module in self.modules():
+            if isinstance(module, NezhaEncoder):
+                module.gradient_checkpointing = False
+        self.disable_input_require_grads()
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        return any(getattr(m, "gradient_checkpointing", False) for m in self.modules())
+
+    def enable_input_require_grads(self) -> None:
+        """Make the embeddings' output require grad (for adapters on a frozen body, with checkpointing)."""
+        def require_grad(module, inputs, output):
+            output.requires_grad_(True)
+
+        self.disable_input_require_grads()
+        self._require_grads_hook = self.get_input_embeddings().register_forward_hook(require_grad)
+
+    def disable_input_require_grads(self) -> None:
+        hook = self.__dict__.pop("_require_grads_hook", None)
+        if hook is not None:
+            hook.remove()
+
+    # -- sizes and files --------------------------------------------------------------------------------------
+    def num_parameters(self, only_trainable: bool = False, exclude_embeddings: bool = False,
+                       trainable_only: bool | None = None) -> int:
+        only_trainable = only_trainable if trainable_only is None else trainable_only
+        skip = {id(m.weight) for m in self.modules() if isinstance(m, nn.Embedding)} if exclude_embeddings else set()
         seen: set[int] = set()
         total = 0
         for p in self.parameters():
-            if id(p) in seen or (trainable_only and not p.requires_grad):
+            if id(p) in seen or id(p) in skip or (only_trainable and not p.requires_grad):
                 continue
             seen.add(id(p))
             total += p.numel()
         return total
 
-    def save_pretrained(self, directory: str | Path, **kwargs) -> None:
+    def save_pretrained(self, save_directory: str | Path, **kwargs) -> None:
         from nezha_cli.modeling.checkpoint import save_pretrained
 
-        save_pretrained(self, directory, **kwargs)
+        save_pretrained(self, save_directory, **kwargs)
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, config: NezhaConfig | None = None, **kwargs):
+    def from_pretrained(cls, pretrained_model_name_or_path: str | Path | None, *model_args, **kwargs):
         from nezha_cli.modeling.checkpoint import from_pretrained
 
-        return from_pretrained(cls, directory, config=config, **kwargs)
+        return from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs)
+
+    @classmethod
+    def _from_config(cls, config: NezhaConfig, **kwargs):
+        torch_dtype = kwargs.pop("torch_dtype", None)
+        model = cls(config, **kwargs)
+        return model if torch_dtype is None else model.to(torch_dtype)
+
+    def _prepare_outputs(self, output_attentions, output_hidden_states, return_dict) -> tuple[bool, bool, bool]:
+        """The per-call switches, defaulting to the config's (as transformers does)."""
+        config = self.config
+        return (config.output_attentions if output_attentions is None else output_attentions,
+                config.output_hidden_states if output_hidden_states is None else output_hidden_states,
+                config.use_return_dict if return_dict is None else return_dict)
 
 
-def extended_attention_mask(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """[B, L] (1 = keep) or [B, L, L] -> additive mask broadcastable to [B, H, L, L], as transformers builds it."""
+def extended_attention_mask(attention_mask: torch.Tensor, dtype: torch.dtype, causal: bool = False) -> torch.Tensor:
+    """[B, L] (1 = keep) or [B, L, L] -> additive mask broadcastable to [B, H, L, L], as transformers builds it.
+
+    ``causal`` (a decoder's self-attention) also hides every later position from each query.
+    """
     if attention_mask.dim() == 2:
         mask = attention_mask[:, None, None, :]
+        if causal:
+            length = attention_mask.shape[1]
+            lower = torch.ones(length, length, dtype=torch.bool, device=attention_mask.device).tril()
+            mask = mask * lower[None, None].to(mask.dtype)
     elif attention_mask.dim() == 3:
         mask = attention_mask[:, None, :, :]
     else:
@@ -511,45 +830,77 @@ class NezhaModel(NezhaPreTrainedModel):
         input_ids=None,
         attention_mask=None,
         token_type_ids=None,
+        head_mask=None,
         inputs_embeds=None,
-        output_attentions: bool = False,
-        output_hidden_states: bool = False,
+        encoder_hidden_states=None,
+        encoder_attention_mask=None,
+        past_key_values=None,
+        use_cache=None,
+        output_attentions=None,
+        output_hidden_states=None,
+        return_dict=None,
         output_positions: torch.Tensor | None = None,
-    ) -> BaseModelOutputWithPooling:
-        """``output_positions`` ([B, P] long; not in transformers): compute the last layer only where a head reads.
+    ):
+        """transformers' NezhaModel.forward, argument for argument; None switches take the config's value.
 
+        ``output_positions`` ([B, P] long; not in transformers): compute the last layer only where a head reads.
         ``last_hidden_state`` is then [B, P, H], equal to the full one gathered at those positions, and
         ``pooler_output`` is unchanged ([CLS] is always computed). The last layer's queries, attention output and
         feed-forward run on P + 1 rows instead of L. If asked for, the last entries of ``hidden_states`` and
         ``attentions`` hold the rows of [CLS] and then those positions.
+
+        ``past_key_values`` (incremental decoding) is not supported: NEZHA is an encoder, and transformers' Nezha
+        could not use a cache either (its relative positions need as many queries as keys). ``use_cache`` is
+        accepted and ignored.
         """
+        output_attentions, output_hidden_states, return_dict = self._prepare_outputs(
+            output_attentions, output_hidden_states, return_dict)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
+        if past_key_values is not None:
+            raise NotImplementedError("past_key_values: NEZHA's relative attention has no key/value cache; pass the "
+                                      "whole sequence")
         if (input_ids if input_ids is not None else inputs_embeds).shape[1] == 0:
             # Caught here: further in, the attention's reshapes fail with an error that names no input.
             raise ValueError("the input has no tokens (sequence length 0): give each input at least one token "
                              "(tokenized inputs start with [CLS])")
         embedding_output = self.embeddings(input_ids, token_type_ids, inputs_embeds)
+        causal = bool(self.config.is_decoder)
+        if causal and attention_mask is None:
+            attention_mask = torch.ones(embedding_output.shape[:2], device=embedding_output.device)
         mask = None
         if attention_mask is not None:
-            mask = extended_attention_mask(attention_mask, embedding_output.dtype)
-            if _keeps_every_key(attention_mask):
+            mask = extended_attention_mask(attention_mask, embedding_output.dtype, causal=causal)
+            if not causal and _keeps_every_key(attention_mask):
                 mask = None  # adding zeros: a pass over every layer's scores for nothing
+        cross_mask = None
+        if encoder_hidden_states is not None:
+            if not self.config.is_decoder:
+                raise ValueError("encoder_hidden_states are for a decoder: build the model with "
+                                 "config.is_decoder=True and config.add_cross_attention=True")
+            if encoder_attention_mask is None:
+                encoder_attention_mask = torch.ones(encoder_hidden_states.shape[:2], device=embedding_output.device)
+            cross_mask = extended_attention_mask(encoder_attention_mask, embedding_output.dtype)
+        head_mask = self.get_head_mask(head_mask, self.config.num_hidden_layers)
         rows = None
         if output_positions is not None:
             rows = torch.cat([output_positions.new_zeros(output_positions.shape[0], 1), output_positions], dim=1)
         # torch.export (ONNX) takes the full last layer: its shape-agnostic bucket sums are written for all rows.
-        sparse = rows is not None and not torch.compiler.is_exporting()
-        sequence_output, hidden_states, attentions = self.encoder(
+        sparse = rows is not None and not torch.compiler.is_exporting() and encoder_hidden_states is None
+        sequence_output, hidden_states, attentions, cross_attentions = self.encoder(
             embedding_output, mask, output_attentions=output_attentions, output_hidden_states=output_hidden_states,
-            output_positions=rows if sparse else None,
+            output_positions=rows if sparse else None, head_mask=head_mask,
+            encoder_hidden_states=encoder_hidden_states, encoder_attention_mask=cross_mask,
         )
         if rows is not None and not sparse:
             sequence_output = gather_positions(sequence_output, rows)
         pooled_output = self.pooler(sequence_output) if self.pooler is not None else None  # row 0 is [CLS]
         if rows is not None:
             sequence_output = sequence_output[:, 1:]
-        return BaseModelOutputWithPooling(sequence_output, pooled_output, hidden_states, attentions)
+        output = BaseModelOutputWithPoolingAndCrossAttentions(
+            last_hidden_state=sequence_output, pooler_output=pooled_output, hidden_states=hidden_states,
+            attentions=attentions, cross_attentions=cross_attentions)
+        return output if return_dict else output.to_tuple()
 
 
 def _keeps_every_key(attention_mask: torch.Tensor) -> bool:
@@ -558,31 +909,25 @@ def _keeps_every_key(attention_mask: torch.Tensor) -> bool:
     Elsewhere the check would cost a device sync or a data-dependent branch in a compiled/exported graph.
     """
     return (attention_mask.device.type == "cpu" and not torch.compiler.is_compiling()
-            and not torch.compiler.is_exporting() and bool(attention_mask.all()))
+            and not torch.compiler.is_exporting() and not torch.jit.is_tracing() and bool(attention_mask.all()))
 
 
-def _body_kwargs(kwargs: dict) -> dict:
-    return {k: kwargs[k] for k in ("attention_mask", "token_type_ids", "inputs_embeds", "output_attentions",
-                                   "output_hidden_states") if k in kwargs}
-
-
-def _last_layer_rows(kwargs: dict, positions: torch.Tensor | None) -> dict:
+def _last_layer_rows(positions: torch.Tensor | None, output_attentions: bool, output_hidden_states: bool) -> dict:
     """``output_positions`` for a head that reads only ``positions`` (or only [CLS]: ``positions`` [B, 0]).
 
     Not when per-layer outputs are asked for: those keep the full shape, as in transformers.
     """
-    if positions is None or kwargs.get("output_hidden_states") or kwargs.get("output_attentions"):
+    if positions is None or output_hidden_states or output_attentions:
         return {}
     return {"output_positions": positions}
 
 
-def _pooled_body_kwargs(input_ids: torch.Tensor | None, kwargs: dict) -> dict:
-    """Body arguments for a head that reads the pooled [CLS] row alone (no other rows of the last layer)."""
-    ref = input_ids if input_ids is not None else kwargs.get("inputs_embeds")
+def _cls_only(input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None) -> torch.Tensor | None:
+    """[B, 0] positions: for a head that reads the pooled [CLS] row alone (no other rows of the last layer)."""
+    ref = input_ids if input_ids is not None else inputs_embeds
     if ref is None:
-        return _body_kwargs(kwargs)  # NezhaModel says what is missing
-    cls_only = torch.zeros(ref.shape[0], 0, dtype=torch.long, device=ref.device)
-    return {**_body_kwargs(kwargs), **_last_layer_rows(kwargs, cls_only)}
+        return None  # NezhaModel says what is missing
+    return torch.zeros(ref.shape[0], 0, dtype=torch.long, device=ref.device)
 
 
 class NezhaForPreTraining(NezhaPreTrainedModel):
@@ -602,25 +947,32 @@ class NezhaForPreTraining(NezhaPreTrainedModel):
         self.cls = NezhaPreTrainingHeads(config)
         self.post_init()
 
-    def forward(self, input_ids=None, labels=None, next_sentence_label=None, masked_lm_positions=None, **kwargs):
-        rows = _last_layer_rows(kwargs, masked_lm_positions)
-        input_ids, body, decoder_weight = tied_word_lookup(self, input_ids, _body_kwargs(kwargs))
-        outputs = self.nezha(input_ids, **body, **rows)
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, head_mask=None, inputs_embeds=None,
+                labels=None, next_sentence_label=None, output_attentions=None, output_hidden_states=None,
+                return_dict=None, masked_lm_positions=None):
+        output_attentions, output_hidden_states, return_dict = self._prepare_outputs(
+            output_attentions, output_hidden_states, return_dict)
+        rows = _last_layer_rows(masked_lm_positions, output_attentions, output_hidden_states)
+        input_ids, inputs_embeds, decoder_weight = tied_word_lookup(self, input_ids, inputs_embeds)
+        outputs = self.nezha(input_ids, attention_mask, token_type_ids, head_mask, inputs_embeds,
+                             output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+                             return_dict=True, **rows)
         sequence_output = outputs.last_hidden_state
         if masked_lm_positions is not None and not rows:
             sequence_output = gather_positions(sequence_output, masked_lm_positions)
         prediction_scores, seq_relationship_score = self.cls(sequence_output, outputs.pooler_output, decoder_weight)
 
-        loss = mlm_loss = nsp_loss = None
+        loss = mlm_loss = nsp_loss = None  # loss is their sum, as in transformers: both labels or no loss
         if labels is not None:
-            logits = prediction_scores.reshape(-1, self.config.vocab_size).float()
+            logits = prediction_scores.reshape(-1, prediction_scores.shape[-1]).float()
             mlm_loss = F.cross_entropy(logits, labels.reshape(-1))
         if next_sentence_label is not None:
             nsp_loss = F.cross_entropy(seq_relationship_score.view(-1, 2).float(), next_sentence_label.view(-1))
         if mlm_loss is not None and nsp_loss is not None:
             loss = mlm_loss + nsp_loss
-        return NezhaForPreTrainingOutput(loss, prediction_scores, seq_relationship_score, outputs.hidden_states,
-                                         outputs.attentions, mlm_loss, nsp_loss)
+        output = NezhaForPreTrainingOutput(loss, prediction_scores, seq_relationship_score, outputs.hidden_states,
+                                           outputs.attentions)
+        return output if return_dict else output.to_tuple()
 
 
 class NezhaForMaskedLM(NezhaPreTrainedModel):
@@ -628,18 +980,28 @@ class NezhaForMaskedLM(NezhaPreTrainedModel):
 
     def __init__(self, config: NezhaConfig):
         super().__init__(config)
+        if config.is_decoder:
+            warnings.warn("NezhaForMaskedLM with config.is_decoder=True attends left to right only; MLM needs "
+                          "bi-directional attention", stacklevel=2)
         self.nezha = NezhaModel(config, add_pooling_layer=False)
         self.cls = NezhaOnlyMLMHead(config)
         self.post_init()
 
-    def forward(self, input_ids=None, labels=None, **kwargs):
-        input_ids, body, decoder_weight = tied_word_lookup(self, input_ids, _body_kwargs(kwargs))
-        outputs = self.nezha(input_ids, **body)
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, head_mask=None, inputs_embeds=None,
+                encoder_hidden_states=None, encoder_attention_mask=None, labels=None, output_attentions=None,
+                output_hidden_states=None, return_dict=None):
+        output_attentions, output_hidden_states, return_dict = self._prepare_outputs(
+            output_attentions, output_hidden_states, return_dict)
+        input_ids, inputs_embeds, decoder_weight = tied_word_lookup(self, input_ids, inputs_embeds)
+        outputs = self.nezha(input_ids, attention_mask, token_type_ids, head_mask, inputs_embeds,
+                             encoder_hidden_states, encoder_attention_mask, output_attentions=output_attentions,
+                             output_hidden_states=output_hidden_states, return_dict=True)
         prediction_scores = self.cls(outputs.last_hidden_state, decoder_weight)
         loss = None
         if labels is not None:
-            loss = F.cross_entropy(prediction_scores.view(-1, self.config.vocab_size).float(), labels.view(-1))
-        return MaskedLMOutput(loss, prediction_scores, outputs.hidden_states, outputs.attentions)
+            loss = F.cross_entropy(prediction_scores.view(-1, prediction_scores.shape[-1]).float(), labels.view(-1))
+        output = MaskedLMOutput(loss, prediction_scores, outputs.hidden_states, outputs.attentions)
+        return output if return_dict else output.to_tuple()
 
 
 class NezhaForNextSentencePrediction(NezhaPreTrainedModel):
@@ -649,12 +1011,24 @@ class NezhaForNextSentencePrediction(NezhaPreTrainedModel):
         self.cls = NezhaOnlyNSPHead(config)
         self.post_init()
 
-    def forward(self, input_ids=None, labels=None, next_sentence_label=None, **kwargs):
-        labels = labels if labels is not None else next_sentence_label
-        outputs = self.nezha(input_ids, **_pooled_body_kwargs(input_ids, kwargs))
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, head_mask=None, inputs_embeds=None,
+                labels=None, output_attentions=None, output_hidden_states=None, return_dict=None, **kwargs):
+        if "next_sentence_label" in kwargs:
+            # transformers' deprecated name, still accepted there with a warning.
+            warnings.warn("next_sentence_label is deprecated; use labels", FutureWarning, stacklevel=2)
+            labels = kwargs.pop("next_sentence_label")
+        if kwargs:
+            raise TypeError(f"unexpected keyword arguments: {', '.join(kwargs)}")
+        output_attentions, output_hidden_states, return_dict = self._prepare_outputs(
+            output_attentions, output_hidden_states, return_dict)
+        rows = _last_layer_rows(_cls_only(input_ids, inputs_embeds), output_attentions, output_hidden_states)
+        outputs = self.nezha(input_ids, attention_mask, token_type_ids, head_mask, inputs_embeds,
+                             output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+                             return_dict=True, **rows)
         logits = self.cls(outputs.pooler_output)
         loss = None if labels is None else F.cross_entropy(logits.view(-1, 2).float(), labels.view(-1))
-        return NextSentencePredictorOutput(loss, logits, outputs.hidden_states, outputs.attentions)
+        output = NextSentencePredictorOutput(loss, logits, outputs.hidden_states, outputs.attentions)
+        return output if return_dict else output.to_tuple()
 
 
 def _classifier_dropout(config: NezhaConfig) -> Dropout:
@@ -671,11 +1045,18 @@ class NezhaForSequenceClassification(NezhaPreTrainedModel):
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         self.post_init()
 
-    def forward(self, input_ids=None, labels=None, **kwargs):
-        outputs = self.nezha(input_ids, **_pooled_body_kwargs(input_ids, kwargs))
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, head_mask=None, inputs_embeds=None,
+                labels=None, output_attentions=None, output_hidden_states=None, return_dict=None):
+        output_attentions, output_hidden_states, return_dict = self._prepare_outputs(
+            output_attentions, output_hidden_states, return_dict)
+        rows = _last_layer_rows(_cls_only(input_ids, inputs_embeds), output_attentions, output_hidden_states)
+        outputs = self.nezha(input_ids, attention_mask, token_type_ids, head_mask, inputs_embeds,
+                             output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+                             return_dict=True, **rows)
         logits = self.classifier(self.dropout(outputs.pooler_output))
         loss = None if labels is None else self._loss(logits, labels)
-        return SequenceClassifierOutput(loss, logits, outputs.hidden_states, outputs.attentions)
+        output = SequenceClassifierOutput(loss, logits, outputs.hidden_states, outputs.attentions)
+        return output if return_dict else output.to_tuple()
 
     def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         # Same rules as transformers: 1 label = regression, integer labels = single-label, else multi-label.
@@ -707,20 +1088,24 @@ class NezhaForMultipleChoice(NezhaPreTrainedModel):
         self.classifier = nn.Linear(config.hidden_size, 1)
         self.post_init()
 
-    def forward(self, input_ids=None, labels=None, attention_mask=None, token_type_ids=None, inputs_embeds=None,
-                **kwargs):
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, head_mask=None, inputs_embeds=None,
+                labels=None, output_attentions=None, output_hidden_states=None, return_dict=None):
+        output_attentions, output_hidden_states, return_dict = self._prepare_outputs(
+            output_attentions, output_hidden_states, return_dict)
         num_choices = input_ids.shape[1] if input_ids is not None else inputs_embeds.shape[1]
 
         def flat(x):
             return None if x is None else x.reshape(-1, *x.shape[2:])
 
-        input_ids = flat(input_ids)
-        body = {**kwargs, "attention_mask": flat(attention_mask), "token_type_ids": flat(token_type_ids),
-                "inputs_embeds": flat(inputs_embeds)}
-        outputs = self.nezha(input_ids, **_pooled_body_kwargs(input_ids, body))
+        input_ids, inputs_embeds = flat(input_ids), flat(inputs_embeds)
+        rows = _last_layer_rows(_cls_only(input_ids, inputs_embeds), output_attentions, output_hidden_states)
+        outputs = self.nezha(input_ids, flat(attention_mask), flat(token_type_ids), head_mask, inputs_embeds,
+                             output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+                             return_dict=True, **rows)
         logits = self.classifier(self.dropout(outputs.pooler_output)).view(-1, num_choices)
         loss = None if labels is None else F.cross_entropy(logits.float(), labels)
-        return MultipleChoiceModelOutput(loss, logits, outputs.hidden_states, outputs.attentions)
+        output = MultipleChoiceModelOutput(loss, logits, outputs.hidden_states, outputs.attentions)
+        return output if return_dict else output.to_tuple()
 
 
 class NezhaForTokenClassification(NezhaPreTrainedModel):
@@ -742,23 +1127,29 @@ class NezhaForTokenClassification(NezhaPreTrainedModel):
                                                         padding_idx=PAD_ID)
         self.post_init()
 
-    def forward(self, input_ids=None, labels=None, word_feature_ids=None, **kwargs):
-        body_kwargs = _body_kwargs(kwargs)
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, head_mask=None, inputs_embeds=None,
+                labels=None, output_attentions=None, output_hidden_states=None, return_dict=None,
+                word_feature_ids=None):
+        output_attentions, output_hidden_states, return_dict = self._prepare_outputs(
+            output_attentions, output_hidden_states, return_dict)
         if self.word_feature_embeddings is not None:
             if word_feature_ids is None or input_ids is None:
                 raise ValueError(f"this tagger was fine-tuned with word features ({self.config.word_features}): "
                                  "pass input_ids and word_feature_ids")
-            body_kwargs["inputs_embeds"] = (self.nezha.embeddings.word_embeddings(input_ids)
-                                            + self.word_feature_embeddings(word_feature_ids))
+            inputs_embeds = (self.nezha.embeddings.word_embeddings(input_ids)
+                             + self.word_feature_embeddings(word_feature_ids))
             input_ids = None
-        outputs = self.nezha(input_ids, **body_kwargs)
+        outputs = self.nezha(input_ids, attention_mask, token_type_ids, head_mask, inputs_embeds,
+                             output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+                             return_dict=True)
         logits = self.classifier(self.dropout(outputs.last_hidden_state))
         loss = None
         if labels is not None and self.crf is not None:
             loss = self.crf(logits, labels)
         elif labels is not None:
             loss = F.cross_entropy(logits.view(-1, self.num_labels).float(), labels.view(-1))
-        return TokenClassifierOutput(loss, logits, outputs.hidden_states, outputs.attentions)
+        output = TokenClassifierOutput(loss, logits, outputs.hidden_states, outputs.attentions)
+        return output if return_dict else output.to_tuple()
 
 
 class NezhaForQuestionAnswering(NezhaPreTrainedModel):
@@ -769,8 +1160,14 @@ class NezhaForQuestionAnswering(NezhaPreTrainedModel):
         self.qa_outputs = nn.Linear(config.hidden_size, config.num_labels)
         self.post_init()
 
-    def forward(self, input_ids=None, start_positions=None, end_positions=None, **kwargs):
-        outputs = self.nezha(input_ids, **_body_kwargs(kwargs))
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, head_mask=None, inputs_embeds=None,
+                start_positions=None, end_positions=None, output_attentions=None, output_hidden_states=None,
+                return_dict=None):
+        output_attentions, output_hidden_states, return_dict = self._prepare_outputs(
+            output_attentions, output_hidden_states, return_dict)
+        outputs = self.nezha(input_ids, attention_mask, token_type_ids, head_mask, inputs_embeds,
+                             output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+                             return_dict=True)
         logits = self.qa_outputs(outputs.last_hidden_state)
         start_logits, end_logits = (t.squeeze(-1).contiguous() for t in logits.split(1, dim=-1))
         loss = None
@@ -783,7 +1180,9 @@ class NezhaForQuestionAnswering(NezhaPreTrainedModel):
                 F.cross_entropy(start_logits.float(), start, ignore_index=ignored)
                 + F.cross_entropy(end_logits.float(), end, ignore_index=ignored)
             ) / 2
-        return QuestionAnsweringModelOutput(loss, start_logits, end_logits, outputs.hidden_states, outputs.attentions)
+        output = QuestionAnsweringModelOutput(loss, start_logits, end_logits, outputs.hidden_states,
+                                              outputs.attentions)
+        return output if return_dict else output.to_tuple()
 
 
 MODEL_CLASSES: dict[str, type[NezhaPreTrainedModel]] = {

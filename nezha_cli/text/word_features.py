@@ -31,7 +31,8 @@ TAG_CLASSES = {
 }
 NUM_TAG_CLASSES = 9  # the classes above and 0 for every other tag
 PAD_ID = 0
-# The key of config.json (``extra``) that records the jieba release a tagger was fine-tuned with.
+# The key of config.json (an attribute of the model's config) that records the jieba release a tagger was
+# fine-tuned with.
 JIEBA_VERSION_KEY = "word_features_jieba_version"
 
 
