@@ -298,6 +298,22 @@ def test_gradient_checkpointing_gives_the_same_run(tmp_path, monkeypatch):
     assert len(losses[0]) == 4 and losses[0] == pytest.approx(losses[1], abs=1e-5)
 
 
+def test_compile_flag_compiles_the_model_once(tmp_path, monkeypatch):
+    # The compilation itself is tested on the model (tests/test_modeling_compile.py); here, that the flag reaches it.
+    from nezha_cli.engine import trainer
+
+    compiled = []
+    monkeypatch.setattr(trainer, "compile_model", lambda model: compiled.append(type(model).__name__))
+    train = _write_rows(tmp_path / "train.jsonl", _sentiment_rows(8, 0))
+    args = ["finetune", "--task", "classification", "--model", model_for(tmp_path, train), "--train-file", train,
+            "--text-column", "review", "--label-column", "stars", "--max-steps", "1", "--batch-size", "4",
+            "--max-seq-length", "16", *FAST]
+    ok(run(*args, "-o", tmp_path / "plain"))
+    assert compiled == []
+    ok(run(*args, "-o", tmp_path / "compiled", "--compile"))
+    assert compiled == ["NezhaForSequenceClassification"]
+
+
 # -------------------------------------------------------------------------------------------- bad input
 
 
@@ -465,9 +481,9 @@ def test_relaunch_args_repeat_multiple_options():
 
     ctx = finetune.make_context("finetune", ["--task", "pd-ner", "--model", ".", "--train-file", "pyproject.toml",
                                              "--train-file", "README.md", "-o", "out", "--num-processes", "2",
-                                             "--gradient-checkpointing"])
+                                             "--gradient-checkpointing", "--compile"])
     args = relaunch_args(ctx)
-    assert "--gradient-checkpointing" in args
+    assert "--gradient-checkpointing" in args and "--compile" in args
     assert args[args.index("--train-file") + 1] == "pyproject.toml"
     assert args.count("--train-file") == 2
     assert "README.md" in args and "--num-processes" not in args

@@ -144,13 +144,13 @@ def test_num_processes_relaunches_itself(data_dir, tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr("nezha_cli.engine.launch.launch_processes", lambda n, argv: calls.append((n, argv)) or 0)
     result = run("pretrain", "--data", str(data_dir), "-o", str(tmp_path / "o"), "--num-processes", "2",
-                 "--max-steps", "3", "--resume", "--gradient-checkpointing", "learning_rate=0.01")
+                 "--max-steps", "3", "--resume", "--gradient-checkpointing", "--compile", "learning_rate=0.01")
     assert result.exit_code == 0, result.output
     n, argv = calls[0]
     assert n == 2
     assert argv[:2] == ["--quiet", "pretrain"] and "--num-processes" not in argv
     assert argv[argv.index("--max-steps") + 1] == "3" and "--resume" in argv and argv[-1] == "learning_rate=0.01"
-    assert "--gradient-checkpointing" in argv
+    assert "--gradient-checkpointing" in argv and "--compile" in argv
 
 
 def test_gradient_checkpointing_flag_and_key_give_the_same_run(data_dir, tmp_path, monkeypatch):
@@ -189,6 +189,22 @@ def test_gradient_checkpointing_flag_and_key_give_the_same_run(data_dir, tmp_pat
             for key in ("loss", "mlm_loss", "nsp_loss", "eval_mlm_loss"):
                 if key in a:
                     assert a[key] == pytest.approx(b[key], abs=1e-5), (name, key)
+
+
+def test_compile_flag_and_key_compile_the_model(data_dir, tmp_path, monkeypatch):
+    # The compilation itself is tested on the model (tests/test_modeling_compile.py); here, that both ways reach it
+    # and that the recipe records it.
+    from nezha_cli.engine import trainer
+
+    compiled = []
+    monkeypatch.setattr(trainer, "compile_model", lambda model: compiled.append(type(model).__name__))
+    common = ["--data", str(data_dir), "--max-steps", "1", "--mixed-precision", "no", *TINY]
+    for name, extra in {"plain": [], "flag": ["--compile"], "key": ["training.compile=true"]}.items():
+        before = len(compiled)
+        result = run("pretrain", "-o", str(tmp_path / name), *common, *extra)
+        assert result.exit_code == 0, result.output
+        assert compiled[before:] == ([] if name == "plain" else ["NezhaForPreTraining"]), name
+    assert "compile: true" in (tmp_path / "key" / "recipe.yaml").read_text(encoding="utf-8")
 
 
 # ------------------------------------------------------------------------------------------ raw text, default corpus

@@ -104,6 +104,9 @@ def relaunch_args(ctx: click.Context) -> list[str]:
               help="Compute each encoder layer again in the backward pass instead of keeping its activations: "
                    "longer inputs or larger batches in the same memory, for one more encoder forward per step; same "
                    "results.")
+@click.option("--compile", is_flag=True,
+              help="torch.compile the model: faster steps on GPUs after about a minute of compilation (again when "
+                   "input lengths change).")
 @click.option("--group-by-length", is_flag=True,
               help="Form training batches of inputs of similar length (drawn at random from the whole data, like "
                    "transformers' option): less padding, so faster training on inputs of mixed length.")

@@ -41,6 +41,9 @@ MIXED_PRECISION_CHOICES = ("auto", "no", "fp16", "bf16")
               help="Compute each encoder layer again in the backward pass instead of keeping its activations: "
                    "longer sequences or larger batches in the same memory, for one more encoder forward per step; same "
                    "results. [default: the recipe's training.gradient_checkpointing, false]")
+@click.option("--compile", "compile_model", is_flag=True, default=None,
+              help="torch.compile the model: faster steps on GPUs after about a minute of compilation (again when "
+                   "input shapes change). [default: the recipe's training.compile, false]")
 @click.option("--num-processes", type=click.IntRange(min=1), default=1,
               help="Launch N processes on this machine (GPUs, or CPU processes over gloo). For several nodes, "
                    "DeepSpeed or FSDP use `accelerate launch -m nezha_cli pretrain ...`.")
@@ -51,7 +54,7 @@ MIXED_PRECISION_CHOICES = ("auto", "no", "fp16", "bf16")
 def pretrain(ctx: click.Context, overrides: tuple[str, ...], recipe: str, data: Path | None, output: Path | None,
              max_steps: int | None, save_steps: int | None, seed: int | None, resume: bool, overwrite: bool,
              init_from: Path | None, mixed_precision: str | None, gradient_checkpointing: bool | None,
-             num_processes: int, cache_dir: Path | None) -> None:
+             compile_model: bool | None, num_processes: int, cache_dir: Path | None) -> None:
     """Pretrain NEZHA (MLM + NSP) from a recipe; with no arguments, the tiny recipe on the embedded corpus.
 
     \b
@@ -87,6 +90,7 @@ def pretrain(ctx: click.Context, overrides: tuple[str, ...], recipe: str, data: 
             if value is not None:
                 argv += [flag, str(value)]
         argv += ["--gradient-checkpointing"] if gradient_checkpointing else []
+        argv += ["--compile"] if compile_model else []
         argv += ["--resume"] if resume else []
         argv += ["--overwrite"] if overwrite else []
         ctx.exit(launch_processes(num_processes, argv + list(overrides)))
@@ -95,7 +99,8 @@ def pretrain(ctx: click.Context, overrides: tuple[str, ...], recipe: str, data: 
 
     result = run_pretraining(
         loaded, output, data, init_from=init_from, max_steps=max_steps, save_steps=save_steps, seed=seed,
-        mixed_precision=mixed_precision, gradient_checkpointing=gradient_checkpointing, resume=resume,
+        mixed_precision=mixed_precision, gradient_checkpointing=gradient_checkpointing, compile=compile_model,
+        resume=resume,
         overwrite=overwrite, progress=not obj.get("quiet", False), cache_dir=cache_dir,
     )
     from accelerate import PartialState

@@ -46,6 +46,9 @@ class TrainingArguments:
     # Keep only each encoder layer's input for the backward pass and compute the layer again there: the activation
     # memory of one layer instead of all (long sequences on small GPUs), for one more encoder forward per step.
     gradient_checkpointing: bool = False
+    # torch.compile the model (nn.Module.compile: checkpoints keep their parameter names): fused kernels on GPUs,
+    # for a compilation of about a minute at the start and whenever the input shapes change much.
+    compile: bool = False
     seed: int = 42
     logging_steps: int = 10
     # Checkpoint every save_steps optimizer steps (0: only at the end); keep the last save_total_limit.

@@ -154,7 +154,7 @@ def _apply_command_line(recipe: Recipe, values: dict) -> Recipe:
 def pretrain(recipe: Recipe, output_dir: Path | None = None, data: Path | None = None, *,
              init_from: Path | None = None, max_steps: int | None = None, save_steps: int | None = None,
              seed: int | None = None, mixed_precision: str | None = None, gradient_checkpointing: bool | None = None,
-             resume: bool = False, overwrite: bool = False, progress: bool = True,
+             compile: bool | None = None, resume: bool = False, overwrite: bool = False, progress: bool = True,
              cache_dir: Path | None = None) -> TrainResult:
     """Pretrain per ``recipe`` on ``data`` and write ``output_dir``: recipe.yaml, checkpoints/, metrics.jsonl and
     final/.
@@ -162,8 +162,8 @@ def pretrain(recipe: Recipe, output_dir: Path | None = None, data: Path | None =
     ``data``: a `nezha mask` or `nezha tokenize` output, or raw text (a file or directory), prepared and cached in
     ``cache_dir`` (see :mod:`nezha_cli.engine.corpus`); None: the embedded default corpus. ``output_dir=None``:
     ``runs/pretrain-RECIPE``, where an earlier run of the same recipe and data is continued (a finished one is left
-    as it is) unless ``overwrite``. ``max_steps``, ``save_steps``, ``seed``, ``mixed_precision`` and
-    ``gradient_checkpointing`` override the recipe's training section when given (not None).
+    as it is) unless ``overwrite``. ``max_steps``, ``save_steps``, ``seed``, ``mixed_precision``,
+    ``gradient_checkpointing`` and ``compile`` override the recipe's training section when given (not None).
     """
     from accelerate import PartialState
 
@@ -172,7 +172,8 @@ def pretrain(recipe: Recipe, output_dir: Path | None = None, data: Path | None =
 
     values = {k: v for k, v in (("max_steps", max_steps), ("save_steps", save_steps), ("seed", seed),
                                 ("mixed_precision", mixed_precision),
-                                ("gradient_checkpointing", gradient_checkpointing)) if v is not None}
+                                ("gradient_checkpointing", gradient_checkpointing),
+                                ("compile", compile)) if v is not None}
     recipe = _apply_command_line(recipe, values)
     options = recipe.data_options()
     recipe_text = run_recipe_text(recipe, data, init_from)

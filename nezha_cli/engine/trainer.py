@@ -139,6 +139,17 @@ def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
     enable()
 
 
+def compile_model(model: torch.nn.Module) -> None:
+    """torch.compile the model in place (``training.compile``), before accelerate wraps it.
+
+    ``nn.Module.compile`` rather than ``torch.compile(model)`` or accelerate's dynamo plugin: the module stays the
+    same object with the same parameter names, so checkpoints of compiled and eager runs are interchangeable and a
+    run may be resumed either way. The NEZHA model compiles as one graph (``fullgraph=True`` is tested); other
+    models may fall back to eager code where dynamo cannot trace them.
+    """
+    model.compile()
+
+
 def _default_save(model: torch.nn.Module, directory: Path) -> None:
     model.save_pretrained(directory)
 
@@ -197,6 +208,8 @@ class Trainer:
         self.model = model
         if args.gradient_checkpointing:
             enable_gradient_checkpointing(model)
+        if args.compile:
+            compile_model(model)
         self.state: dict[str, Any] = {}
         self._eval_loaders: dict[int, DataLoader] = {}
         self._run_lock: RunLock | None = None
@@ -303,9 +316,10 @@ class Trainer:
                          resume_step=st["global_step"] if resume_from else None,
                          tensorboard=args.tensorboard)
         logger.info("training %d steps: global batch %d = %d per device x %d process(es) x %d accumulation; "
-                    "mixed precision %s; %s%s", total_steps, global_batch, self.per_device_batch_size,
+                    "mixed precision %s; %s%s%s", total_steps, global_batch, self.per_device_batch_size,
                     acc.num_processes, self.gradient_accumulation_steps, self.mixed_precision, args.optimizer,
-                    "; gradient checkpointing" if args.gradient_checkpointing else "")
+                    "; gradient checkpointing" if args.gradient_checkpointing else "",
+                    "; torch.compile" if args.compile else "")
 
         self._reset_window()
         last_record: dict[str, float] = {}

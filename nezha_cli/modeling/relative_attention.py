@@ -247,13 +247,15 @@ def diagonal_band(x: torch.Tensor, first: int, index: torch.Tensor, valid: torch
     contiguous [L, L] matrix the band is read through a strided view instead of a gather (stride L + 1 follows the
     diagonals; 3-4x faster on CPU): a column past a row's end reads the neighbouring row, which ``valid`` masks. Rows
     whose band would reach outside the tensor, query rows, ``exact`` (torch.export), a differentiated ``x`` (autograd
-    cannot go through the strided writes) and a TorchScript trace (one graph with or without grad) take the gather.
+    cannot go through the strided writes), a TorchScript trace (one graph with or without grad) and torch.compile
+    take the gather.
     """
     width = index.shape[-1]
     valid = valid.to(x.dtype)
     length = x.shape[-1]
     if (exact or index.dim() != 2 or x.shape[-2] != length or not x.is_contiguous() or x.numel() == 0
-            or (x.requires_grad and torch.is_grad_enabled()) or torch.jit.is_tracing()):
+            or (x.requires_grad and torch.is_grad_enabled()) or torch.jit.is_tracing()
+            or torch.compiler.is_compiling()):
         return x.gather(-1, index.expand(*x.shape[:-1], width)).mul_(valid)
     n = x.numel() // (length * length)
     # Rows lo .. hi read only inside the tensor, from the first matrix to the last.
@@ -352,11 +354,16 @@ class _RelativeContext(torch.autograd.Function):
         return grad_probs.to(ctx.probs_dtype), grad_value, None, None
 
 
+def _tracing() -> bool:
+    """Whether a graph is being recorded (TorchScript trace, torch.compile): the plain ops then, whose autograd the
+    tracer derives itself; the autograd functions above exist to save eager memory and passes."""
+    return torch.jit.is_tracing() or torch.compiler.is_compiling()
+
+
 def relative_scores(query, key, table, positions: RelativePositions) -> torch.Tensor:
     """q_i . k_j + q_i . a_ij for all i, j: [..., L, d] x [..., L, d] -> [..., L, L] (``table``: the full E)."""
     table = positions.reachable(table)
-    # A TorchScript trace cannot record the autograd functions; the plain ops give the same values there.
-    if torch.is_grad_enabled() and (query.requires_grad or key.requires_grad) and not torch.jit.is_tracing():
+    if torch.is_grad_enabled() and (query.requires_grad or key.requires_grad) and not _tracing():
         return _RelativeScores.apply(query, key, table, positions)
     # Inference (and ONNX export) takes the plain ops: same math, nothing to save for backward.
     relative = expand_buckets(bucket_product(query, padded_table(table, query.dtype)), positions)
@@ -366,7 +373,7 @@ def relative_scores(query, key, table, positions: RelativePositions) -> torch.Te
 def relative_context(probs, value, table, positions: RelativePositions) -> torch.Tensor:
     """sum_j P_ij (v_j + a_ij) for all i: [..., L, L] x [..., L, d] -> [..., L, d] (``table``: the full E)."""
     table = positions.reachable(table)
-    if torch.is_grad_enabled() and (probs.requires_grad or value.requires_grad) and not torch.jit.is_tracing():
+    if torch.is_grad_enabled() and (probs.requires_grad or value.requires_grad) and not _tracing():
         return _RelativeContext.apply(probs, value, table, positions)
     by_bucket = sum_buckets(probs, positions, value.dtype)
     return torch.matmul(probs.to(value.dtype), value) + torch.matmul(by_bucket, padded_table(table, value.dtype))

@@ -85,6 +85,7 @@ class FinetuneOptions:
     seed: int = 42
     mixed_precision: str = "auto"
     gradient_checkpointing: bool = False  # TrainingArguments.gradient_checkpointing
+    compile: bool = False  # TrainingArguments.compile
     logging_steps: int = 10
     save_steps: int | None = None
     save_total_limit: int = 2
@@ -224,6 +225,7 @@ def finetune(task: Task, model_dir: Path, output_dir: Path, files: DataFiles,
         lr_schedule="linear",
         mixed_precision=options.mixed_precision,
         gradient_checkpointing=options.gradient_checkpointing,
+        compile=options.compile,
         seed=options.seed,
         logging_steps=max(1, min(options.logging_steps, steps_per_epoch)),
         # A checkpoint per epoch by default, so that --resume loses at most one epoch.
