@@ -16,10 +16,18 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
+# The width of a console that is not a terminal (a log file, a pipe, a batch scheduler's output): lines are never
+# wrapped there, where rich would otherwise cut them at a guessed 80 columns (paths split mid-hash, summaries
+# ending in "…"). Rich pads nothing in the progress display, so its lines are as long as their content.
+UNWRAPPED_WIDTH = 1 << 16
+
 
 def stderr_console() -> Console:
-    # Progress and logs go to stderr so that stdout stays clean for results that scripts parse.
-    return Console(stderr=True)
+    """The console for progress and logs: stderr, so that stdout stays clean for results that scripts parse."""
+    console = Console(stderr=True)
+    if not console.is_terminal:
+        console = Console(stderr=True, width=UNWRAPPED_WIDTH)
+    return console
 
 
 class RateColumn(ProgressColumn):

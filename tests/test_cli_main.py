@@ -48,12 +48,23 @@ def test_help_lists_the_pipeline():
         assert name in result.output
 
 
+def test_help_does_not_import_torch():
+    # Printing help must stay instant: torch alone takes 1-3 s to import.
+    code = ("import sys; from nezha_cli.cli import main\n"
+            "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "print('torch' in sys.modules, 'numpy' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "False False"
+
+
 def test_every_registered_command_has_help():
     runner = CliRunner()
     for name in COMMANDS:
         result = runner.invoke(cli, [name, "--help"])
         assert result.exit_code == 0, (name, result.output)
         assert "Usage: " in result.output
+        if name in ("finetune", "evaluate"):
+            assert "Tasks:" in result.output and "lcqmc" in result.output  # the list built when help is shown
 
 
 def test_version():

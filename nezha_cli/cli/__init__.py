@@ -171,8 +171,14 @@ def _configure_logging(debug: bool, quiet: bool) -> None:
         level = logging.WARNING  # several processes (--num-processes, accelerate launch): the first one informs
     logger = logging.getLogger("nezha_cli")
     logger.handlers.clear()
-    handler = RichHandler(console=stderr_console(), show_time=False, show_path=debug, markup=False)
-    handler.setFormatter(logging.Formatter("%(message)s"))
+    console = stderr_console()
+    if console.is_terminal:
+        handler = RichHandler(console=console, show_time=False, show_path=debug, markup=False)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    else:
+        # Files and pipes (cluster logs): one whole line per record, with its time, for grep and tail.
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", "%Y-%m-%d %H:%M:%S"))
     logger.addHandler(handler)
     logger.setLevel(level)
     logger.propagate = False

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from nezha_cli.cli.finetune import column_options, columns_from, task_epilog
+from nezha_cli.cli.finetune import TaskListCommand, column_options, columns_from
 
 
 def _metrics_table(title: str, metrics: dict[str, Any]):
@@ -40,7 +40,7 @@ def _show(metrics: dict[str, Any], title: str, as_json: bool) -> None:
     Console().print(_metrics_table(title, metrics))
 
 
-@click.command("evaluate", epilog=task_epilog())
+@click.command("evaluate", cls=TaskListCommand)
 @click.argument("task_name", metavar="TASK")
 @click.option("--model", "model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Fine-tuned model directory (OUT/final of `nezha finetune`).")

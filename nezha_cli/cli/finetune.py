@@ -41,6 +41,15 @@ def task_epilog() -> str:
     return "\n".join(lines)
 
 
+class TaskListCommand(click.Command):
+    """A command whose help ends with the list of tasks, built only when that help is shown: the task modules
+    import torch, which ``nezha --help`` (and every other command) should not pay for."""
+
+    def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        self.epilog = task_epilog()
+        super().format_epilog(ctx, formatter)
+
+
 def columns_from(kwargs: dict) -> dict:
     return {name: kwargs.pop(name) for name, _ in COLUMN_OPTIONS}
 
@@ -64,7 +73,7 @@ def relaunch_args(ctx: click.Context) -> list[str]:
     return args
 
 
-@click.command("finetune", epilog=task_epilog())
+@click.command("finetune", cls=TaskListCommand)
 @click.option("--task", "task_name", required=True, metavar="TASK", help="Task name (see the list below).")
 @click.option("--model", "model_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Pretrained model directory (config.json, model.safetensors, vocab.txt), e.g. OUT/final of "

@@ -59,12 +59,31 @@ Building blocks usable on their own: :class:`Lamb`, :func:`build_optimizer`, :fu
 :func:`resolve_mixed_precision`, :func:`launch_processes`.
 """
 
-from nezha_cli.engine.args import TrainingArguments
-from nezha_cli.engine.launch import launch_processes
-from nezha_cli.engine.optim import Lamb, build_optimizer, param_groups
-from nezha_cli.engine.precision import resolve_mixed_precision
-from nezha_cli.engine.schedules import build_lr_scheduler, lr_lambda
-from nezha_cli.engine.trainer import StepOutput, Trainer, TrainingDiverged, TrainResult
+import importlib
+
+# Imported on first use (PEP 562), so that importing a light submodule such as ``nezha_cli.engine.args`` (the CLI's
+# option lists) does not import torch: ``nezha --help`` stays fast.
+_EXPORTS = {
+    "TrainingArguments": "nezha_cli.engine.args",
+    "launch_processes": "nezha_cli.engine.launch",
+    "Lamb": "nezha_cli.engine.optim",
+    "build_optimizer": "nezha_cli.engine.optim",
+    "param_groups": "nezha_cli.engine.optim",
+    "resolve_mixed_precision": "nezha_cli.engine.precision",
+    "build_lr_scheduler": "nezha_cli.engine.schedules",
+    "lr_lambda": "nezha_cli.engine.schedules",
+    "StepOutput": "nezha_cli.engine.trainer",
+    "Trainer": "nezha_cli.engine.trainer",
+    "TrainingDiverged": "nezha_cli.engine.trainer",
+    "TrainResult": "nezha_cli.engine.trainer",
+}
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "Lamb",
