@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -24,6 +26,9 @@ UNWRAPPED_WIDTH = 1 << 16
 
 def stderr_console() -> Console:
     """The console for progress and logs: stderr, so that stdout stays clean for results that scripts parse."""
+    if os.environ.get("NEZHA_LOG_FORMAT") == "json":
+        # Every stderr line a JSON record (`nezha --log-format json`): no progress display.
+        return Console(stderr=True, quiet=True)
     console = Console(stderr=True)
     if not console.is_terminal:
         console = Console(stderr=True, width=UNWRAPPED_WIDTH)

@@ -21,6 +21,10 @@ class ModelFileNotFoundError(CheckpointError, ConfigError, FileNotFoundError):
     """A model directory, ``config.json`` or weights file that is not there (an ``OSError``, as in transformers)."""
 
 
+class OutputWriteError(NezhaError):
+    """An output that could not be written (full disk, quota, read-only file system); nothing half-written is left."""
+
+
 class DataError(NezhaError):
     """Input data that is missing, malformed or inconsistent."""
 

@@ -7,6 +7,7 @@ replaced when the user asked for it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import json
 import os
@@ -18,7 +19,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from nezha_cli.errors import NezhaError, OutputExistsError
+from nezha_cli.errors import NezhaError, OutputExistsError, OutputWriteError
 
 
 def check_output_path(path: Path, overwrite: bool, inputs: Iterable[Path | str | None] = (),
@@ -108,14 +109,90 @@ def _process_exists(pid: int) -> bool:
     return True
 
 
+# The write failures an operator can fix by freeing space or writing elsewhere, as the OS reports them, and as
+# libraries that write files themselves put them in their messages (safetensors' SafetensorError and torch's zip
+# writer's RuntimeError are not OSErrors; pyarrow's are, with the errno only in the text).
+_WRITE_FAILURES = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
+                   errno.EROFS: "read-only file system", errno.EFBIG: "file too large"}
+_WRITE_FAILURE_PHRASES = (
+    ("no space left", errno.ENOSPC), ("storagefull", errno.ENOSPC), ("os error 28", errno.ENOSPC),
+    ("quota", errno.EDQUOT), ("os error 122", errno.EDQUOT), ("read-only file system", errno.EROFS),
+    ("os error 30", errno.EROFS), ("file too large", errno.EFBIG), ("file write failed", None),
+    ("failed writing", None),
+)
+
+
+def write_failure(exc: BaseException) -> tuple[bool, int | None]:
+    """Whether ``exc`` is a failed write, and its errno when it says which (ENOSPC, EDQUOT, EROFS, EFBIG)."""
+    if isinstance(exc, OSError) and exc.errno in _WRITE_FAILURES:
+        return True, exc.errno
+    if isinstance(exc, (NezhaError, KeyboardInterrupt)):
+        return False, None
+    text = str(exc).lower().replace(" ", "")
+    for phrase, code in _WRITE_FAILURE_PHRASES:
+        if phrase.replace(" ", "") in text:
+            return True, code
+    return False, None
+
+
+def _size(n: int) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:,} bytes" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError
+
+
+def write_failure_message(path: Path, code: int | None, bytes_needed: int | None = None) -> str:
+    """One line: which output, why, how much room there is and is needed, what to do."""
+    path = Path(path)
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    free = None
+    if existing is not None:
+        with contextlib.suppress(OSError):
+            free = shutil.disk_usage(existing).free
+    if code is None:  # a library's "write failed" without a reason: a full disk if there is (almost) no room
+        code = errno.ENOSPC if free is not None and free < max(bytes_needed or 0, 1 << 20) else None
+    reason = _WRITE_FAILURES.get(code, "the write failed")
+    room = f"; {_size(free)} free there" if free is not None else ""
+    needed = f", about {_size(bytes_needed)} needed" if bytes_needed else ""
+    if code == errno.EROFS:
+        hint = "write elsewhere (-o/--output, --cache-dir)"
+    else:
+        hint = "free some space or write elsewhere (-o/--output, --cache-dir), then run the command again"
+    return f"{path}: cannot write it ({reason}{room}{needed}); nothing was left half-written; {hint}"
+
+
 @contextlib.contextmanager
-def atomic_output_dir(path: Path, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary directory that becomes ``path`` when the block finishes without error."""
+def write_errors(path: Path, bytes_needed: int | None = None) -> Iterator[None]:
+    """Turn a failed write inside the block (full disk, quota, read-only file system, a library's write error)
+    into one :class:`OutputWriteError` naming ``path``; every other exception passes unchanged."""
+    try:
+        yield
+    except Exception as exc:
+        failed, code = write_failure(exc)
+        if not failed:
+            raise
+        raise OutputWriteError(write_failure_message(path, code, bytes_needed)) from exc
+
+
+@contextlib.contextmanager
+def atomic_output_dir(path: Path, overwrite: bool = False, bytes_needed: int | None = None) -> Iterator[Path]:
+    """Yield a temporary directory that becomes ``path`` when the block finishes without error.
+
+    On any error the temporary is removed; a failed write (full disk, ...) becomes one :class:`OutputWriteError`
+    naming ``path`` (with ``bytes_needed`` in its message when the caller knows it).
+    """
     check_output_path(path, overwrite, create_parent=True)
     # Resolved: "-o ." and "-o .." have no name to put the temporary beside.
     path = Path(path).resolve()
-    _remove_stale(path)
-    tmp = Path(tempfile.mkdtemp(prefix=_temporary_prefix(path), dir=path.parent))
+    with write_errors(path, bytes_needed):
+        _remove_stale(path)
+        tmp = Path(tempfile.mkdtemp(prefix=_temporary_prefix(path), dir=path.parent))
+        yield from _fill_and_rename(tmp, path)
+
+
+def _fill_and_rename(tmp: Path, path: Path) -> Iterator[Path]:
     try:
         give_default_mode(tmp, directory=True)
         yield tmp
@@ -141,20 +218,22 @@ def atomic_output_dir(path: Path, overwrite: bool = False) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def atomic_output_file(path: Path, overwrite: bool = True, mode: str = "w", encoding: str | None = "utf-8"):
-    """Open a temporary file that replaces ``path`` when the block finishes without error."""
+    """Open a temporary file that replaces ``path`` when the block finishes without error (a failed write: one
+    :class:`OutputWriteError` naming ``path``, as :func:`atomic_output_dir`)."""
     path = Path(path)
     check_output_path(path, overwrite, create_parent=True)
-    _remove_stale(path.resolve())
-    fd, tmp = tempfile.mkstemp(prefix=_temporary_prefix(path), dir=path.resolve().parent)
-    try:
-        give_default_mode(tmp)
-        with os.fdopen(fd, mode, encoding=None if "b" in mode else encoding) as f:
-            yield f
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with write_errors(path):
+        _remove_stale(path.resolve())
+        fd, tmp = tempfile.mkstemp(prefix=_temporary_prefix(path), dir=path.resolve().parent)
+        try:
+            give_default_mode(tmp)
+            with os.fdopen(fd, mode, encoding=None if "b" in mode else encoding) as f:
+                yield f
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
 
 
 def write_json(path: Path, obj: Any, overwrite: bool = True) -> None:

@@ -487,3 +487,17 @@ def test_relaunch_args_repeat_multiple_options():
     assert args[args.index("--train-file") + 1] == "pyproject.toml"
     assert args.count("--train-file") == 2
     assert "README.md" in args and "--num-processes" not in args
+
+
+@pytest.mark.parametrize(("task", "names", "source"), [
+    ("lcqmc", "train.tsv, dev.tsv, test.tsv", "LCQMC (Liu et al., COLING 2018)"),
+    ("xnli", "train.tsv", "XNLI-1.0"),
+    ("chnsenti", "train.tsv", "label<TAB>text_a"),
+    ("cmrc", "train.json, dev.json, test.json", "ymcui/cmrc2018"),
+    ("pd-ner", "train.tsv", "nezha corpus pd1998-ner"),
+])
+def test_a_task_without_data_says_where_its_data_comes_from(tmp_path, task, names, source):
+    model = tmp_path / "model"
+    model.mkdir()
+    _refused(tmp_path, "--task", task, "--model", model,
+             fragments=(f"task {task} needs data: give --data-dir (a directory with {names}", source))

@@ -48,13 +48,15 @@ def test_help_lists_the_pipeline():
         assert name in result.output
 
 
-def test_help_does_not_import_torch():
+@pytest.mark.parametrize("command", [None, *COMMANDS])
+def test_help_does_not_import_torch(command):
     # Printing help must stay instant: torch alone takes 1-3 s to import.
+    argv = [command, "--help"] if command else ["--help"]
     code = ("import sys; from nezha_cli.cli import main\n"
-            "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
-            "print('torch' in sys.modules, 'numpy' in sys.modules)")
+            f"try:\n    main({argv!r})\nexcept SystemExit:\n    pass\n"
+            "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip().splitlines()[-1] == "False False"
+    assert out.strip().splitlines()[-1] == "False", command
 
 
 def test_every_registered_command_has_help():
@@ -147,8 +149,47 @@ def test_sigterm_cleans_up_like_ctrl_c(tmp_path):
         _, err = proc.communicate(timeout=300)
     finally:
         proc.kill()
-    assert proc.returncode == 128 + signal.SIGTERM and err.strip() == "Terminated.", err
+    assert proc.returncode == 128 + signal.SIGTERM and err.strip().startswith("Terminated. Nothing was left"), err
     assert [p.name for p in tmp_path.iterdir()] == ["corpus.txt"]
+
+
+def _tokenize(tmp_path, *options):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("今天天气很好。\n我们去公园散步。\n\n明天也许会下雨。\n", encoding="utf-8")
+    # A long output path: logs to a file must keep it on one line (rich would cut it at 80 columns).
+    out = tmp_path / ("a-long-directory-name-" * 4) / "tokenized-output-directory"
+    return subprocess.run([sys.executable, "-m", "nezha_cli", *options, "tokenize", str(corpus), "-o", str(out)],
+                          capture_output=True, text=True, timeout=300), out
+
+
+def test_logs_to_a_file_are_whole_lines(tmp_path):
+    proc, out = _tokenize(tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert any(str(out) in line and " INFO " in line for line in proc.stderr.splitlines()), proc.stderr
+    assert "…" not in proc.stderr
+
+
+def test_log_format_json_lines_parse(tmp_path):
+    import json
+
+    proc, out = _tokenize(tmp_path, "--log-format", "json")
+    assert proc.returncode == 0, proc.stderr
+    records = [json.loads(line) for line in proc.stderr.splitlines()]
+    assert records and all({"time", "level", "logger", "message"} <= r.keys() for r in records)
+    assert any(str(out) in r["message"] for r in records)
+    # An error is a JSON record too.
+    again, _ = _tokenize(tmp_path, "--log-format", "json")
+    assert again.returncode == 2
+    error = json.loads(again.stderr.strip().splitlines()[-1])
+    assert error["level"] == "ERROR" and "already exists" in error["message"]
+
+
+def test_a_stopped_run_says_how_to_go_on():
+    from nezha_cli.cli import stopped_message
+
+    assert "--resume" in stopped_message(False, "pretrain") and stopped_message(True, "finetune").startswith(
+        "Terminated.")
+    assert "run the command again" in stopped_message(False, "tokenize")
 
 
 def test_a_closed_pipe_ends_quietly():

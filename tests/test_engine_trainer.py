@@ -90,6 +90,8 @@ def test_loss_falls_and_outputs(data_dir, tmp_path):
     evals = [r for r in records if "eval_mlm_acc" in r]
     assert [r["step"] for r in evals] == [20, 40]
     assert evals[-1]["eval_perplexity"] == pytest.approx(float(torch.tensor(evals[-1]["eval_mlm_loss"]).exp()))
+    # The NSP baseline beside NSP accuracy: the share of the more frequent label among the 16 held-out pairs.
+    assert 0.5 <= evals[-1]["eval_nsp_majority"] <= 1 and (evals[-1]["eval_nsp_majority"] * 16).is_integer()
     assert result.global_step == 40 and result.final_dir == out / "final"
     # final/ is a model directory; checkpoints keep the last two
     reloaded = NezhaForPreTraining.from_pretrained(out / "final")
@@ -136,22 +138,83 @@ def test_resume_is_bit_identical_in_process(data_dir, dynamic_dir, tmp_path, acc
 
 
 def test_resume_skips_a_damaged_checkpoint(data_dir, tmp_path, caplog):
-    kw = dict(max_steps=15, per_device_batch_size=8, save_steps=4)
+    import shutil
+
+    kw = dict(max_steps=15, per_device_batch_size=8, save_steps=4, dropout=0.1)
     full = train(data_dir, tmp_path / "full", **kw)
     with pytest.raises(Crash):
         train(data_dir, tmp_path / "cut", step_fn=crashing_step(10), **kw)
     older, newest = list_checkpoints(tmp_path / "cut")[-2:]
-    # A copy cut short (or a disk that filled up): safetensors cannot read the weights' header.
-    with open(newest / "model.safetensors", "r+b") as f:
-        f.truncate(100)
-    resumed = train(data_dir, tmp_path / "cut", resume=True, **kw)
-    assert resumed.resumed_from == older
-    assert f"{newest}: cannot restore the checkpoint (SafetensorError" in caplog.text
-    assert_bit_identical(weights(full.final_dir), weights(resumed.final_dir))
+    names = sorted(p.name for p in newest.iterdir())
+    assert {"manifest.json", "trainer_state.json", "model.safetensors", "random_states_0.pkl"} <= set(names)
+    # Any one file gone (the RNG state included, which would make the run differ silently), or one cut short: the
+    # checkpoint is skipped by name, and the run from the one before it is the uninterrupted run.
+    damages = [(name, "delete") for name in names] + [("model.safetensors", "truncate")]
+    for name, damage in damages:
+        case = tmp_path / f"{damage}-{name}"
+        shutil.copytree(tmp_path / "cut", case)
+        target = case / "checkpoints" / newest.name / name
+        if damage == "delete":
+            target.unlink()
+        else:
+            with open(target, "r+b") as f:
+                f.truncate(100)
+        caplog.clear()
+        resumed = train(data_dir, case, resume=True, **kw)
+        assert resumed.resumed_from.name == older.name, name
+        warning = f"{case / 'checkpoints' / newest.name}: incomplete checkpoint: "
+        assert warning in caplog.text and name in caplog.text.split(warning)[1], (name, caplog.text)
+        assert_bit_identical(weights(full.final_dir), weights(resumed.final_dir))
     for checkpoint in list_checkpoints(tmp_path / "cut"):
         (checkpoint / "model.safetensors").write_bytes(b"")
-    with pytest.raises(CheckpointError, match="no checkpoint in .* can be restored; the newest: .*cannot restore"):
+    with pytest.raises(CheckpointError, match="can be restored .*model.safetensors has 0 bytes.*--overwrite"):
         train(data_dir, tmp_path / "cut", resume=True, **kw)
+
+
+def test_full_disk_while_saving_a_checkpoint(data_dir, tmp_path, monkeypatch):
+    """A full disk (injected into the weights' writer) is one error naming the checkpoint; no temporary is left,
+    and resuming afterwards gives the uninterrupted run."""
+    import errno
+
+    from safetensors import SafetensorError
+
+    from nezha_cli.errors import OutputWriteError
+
+    kw = dict(max_steps=12, per_device_batch_size=8, save_steps=4, dropout=0.1)
+    full = train(data_dir, tmp_path / "full", **kw)
+    from accelerate import Accelerator
+
+    real = Accelerator.save_state
+    calls = {"n": 0}
+
+    def full_disk(self, *args, **kwargs):
+        # accelerate's writer fails the second time (step 8) after writing part of the checkpoint, as on a disk
+        # that fills up: safetensors reports it in its own exception type, which is no OSError.
+        calls["n"] += 1
+        result = real(self, *args, **kwargs)
+        if calls["n"] == 2:
+            raise SafetensorError("Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "
+                                  "\"No space left on device\" })")
+        return result
+
+    monkeypatch.setattr(Accelerator, "save_state", full_disk)
+    with pytest.raises(OutputWriteError, match=r"step-00000008: cannot write it \(no space left on the device; .* "
+                                               r"free there, about .* needed\)"):
+        train(data_dir, tmp_path / "cut", **kw)
+    root = tmp_path / "cut" / "checkpoints"
+    assert sorted(p.name for p in root.iterdir()) == ["step-00000004"]  # no temporary left
+    monkeypatch.setattr(Accelerator, "save_state", real)
+    resumed = train(data_dir, tmp_path / "cut", resume=True, **kw)
+    assert resumed.resumed_from.name == "step-00000004"
+    assert_bit_identical(weights(full.final_dir), weights(resumed.final_dir))
+    import safetensors.torch
+
+    # The operating system's own errors, through the same path.
+    monkeypatch.setattr(safetensors.torch, "save_file",
+                        lambda *a, **k: (_ for _ in ()).throw(OSError(errno.EDQUOT, "Disk quota exceeded")))
+    with pytest.raises(OutputWriteError, match="final: cannot write it \\(disk quota exceeded"):
+        train(data_dir, tmp_path / "quota", **{**kw, "save_steps": 0})
+    assert not any(p.name.startswith(".") for p in (tmp_path / "quota").iterdir() if p.name != ".nezha-run.lock")
 
 
 _KILL_SCRIPT = textwrap.dedent("""

@@ -10,11 +10,12 @@ import pytest
 import torch
 from task_fixtures import write_vocab
 
+from nezha_cli.modeling.crf import IGNORE_INDEX
 from nezha_cli.tasks import get_task
 from nezha_cli.tasks.base import NerExample, QAExample
 from nezha_cli.tasks.question_answering import doc_spans, is_max_context
 from nezha_cli.tasks.sequence_classification import encode_pair
-from nezha_cli.tasks.token_classification import IGNORE_INDEX, align_tokens, decode_tags, transition_mask, windows
+from nezha_cli.tasks.token_classification import align_tokens, decode_tags, transition_mask, windows
 from nezha_cli.tasks.tokenization import encode_prefix
 from nezha_cli.text.tokenizer import BertTokenizer
 

@@ -28,6 +28,7 @@ from nezha_cli.tasks.metrics import (
     entity_scores,
     get_entities,
     longest_common_substring_length,
+    majority_accuracy,
     mixed_segmentation,
     remove_punctuation,
     word_tokenize,
@@ -402,3 +403,5 @@ def test_accuracy():
     assert accuracy(["1", "0", "1", "1"], ["1", "1", "1", "0"]) == 0.5
     with pytest.raises(ValueError):
         accuracy([1], [1, 2])
+    # The baseline printed beside it: always the most frequent reference.
+    assert majority_accuracy(["1", "1", "1", "0"]) == 0.75 and majority_accuracy([]) == 0.0

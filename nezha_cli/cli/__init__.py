@@ -30,6 +30,7 @@ COMMANDS: dict[str, str] = {
     "finetune": "nezha_cli.cli.finetune:finetune",
     "evaluate": "nezha_cli.cli.evaluate:evaluate",
     "export": "nezha_cli.cli.export:export",
+    "report": "nezha_cli.cli.report:report",
     "import": "nezha_cli.cli.import_:import_",
     "recipes": "nezha_cli.cli.recipes:recipes",
     "corpus": "nezha_cli.cli.corpus:corpus",
@@ -47,7 +48,7 @@ class UserError(click.ClickException):
         # Under `--num-processes N` the launching command prints each process's line once.
         line = f"Error: {self.format_message()}"
         if not report_error(line):
-            click.echo(line, err=True, file=file)
+            emit_line(line, "ERROR")
 
 
 class LazyGroup(click.Group):
@@ -75,9 +76,9 @@ class LazyGroup(click.Group):
                 raise
             from nezha_cli.engine.launch import report_error
 
-            line = "Terminated." if isinstance(exc, Terminated) else "Interrupted."
+            line = stopped_message(isinstance(exc, Terminated), ctx.invoked_subcommand)
             if not report_error(line):
-                click.echo(line, err=True)
+                emit_line(line, "ERROR")
             ctx.exit(128 + signal.SIGTERM if isinstance(exc, Terminated) else 130)
         except OSError as exc:
             # The system refused a read or write the checks before the work could not foresee (disk full,
@@ -94,6 +95,35 @@ class LazyGroup(click.Group):
             if not (ctx.obj and ctx.obj.get("debug")) and another_process_reported_error():
                 ctx.exit(2)
             raise
+
+
+# Commands whose work is checkpointed: a stopped run goes on from where it was.
+TRAINING_COMMANDS = ("pretrain", "finetune")
+
+
+def stopped_message(terminated: bool, command: str | None) -> str:
+    """The line for a run stopped by Ctrl-C or SIGTERM: what happened and how to go on."""
+    what = "Terminated" if terminated else "Interrupted"
+    if command in TRAINING_COMMANDS:
+        return (f"{what}. Run the same command with --resume to continue from the newest checkpoint in its output "
+                "directory.")
+    return f"{what}. Nothing was left half-written; run the command again to redo it."
+
+
+def json_logs() -> bool:
+    """Whether logs are JSON lines (``nezha --log-format json``, kept in NEZHA_LOG_FORMAT for launched processes)."""
+    return os.environ.get(LOG_FORMAT_ENV) == "json"
+
+
+def emit_line(message: str, level: str) -> None:
+    """One line on stderr: as it is, or as a JSON record under ``--log-format json``."""
+    if json_logs():
+        import json
+        import time
+
+        message = json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "level": level, "logger": "nezha_cli",
+                              "message": message}, ensure_ascii=False)
+    click.echo(message, err=True)
 
 
 def check_resume_or_overwrite(resume: bool, overwrite: bool) -> None:
@@ -131,6 +161,8 @@ def os_error_message(exc: OSError) -> str:
     return f"{where}{reason}; {hint}"
 
 
+LOG_FORMAT_ENV = "NEZHA_LOG_FORMAT"
+
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "show_default": True, "max_content_width": 110}
 
 
@@ -138,8 +170,11 @@ CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "show_default": True,
 @click.version_option(__version__, "-V", "--version", prog_name="nezha")
 @click.option("--debug", is_flag=True, help="Show full tracebacks and debug logging.")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors; no progress display.")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default=None,
+              help="json: every line on stderr is a JSON object (time, level, logger, message) and there is no "
+                   "progress display, for log collectors. [default: text; NEZHA_LOG_FORMAT]")
 @click.pass_context
-def cli(ctx: click.Context, debug: bool, quiet: bool) -> None:
+def cli(ctx: click.Context, debug: bool, quiet: bool, log_format: str | None) -> None:
     """NEZHA from corpus to deployed model.
 
     \b
@@ -154,11 +189,24 @@ def cli(ctx: click.Context, debug: bool, quiet: bool) -> None:
     """
     from nezha_cli.malloc import tune_malloc
 
+    if log_format is not None:
+        os.environ[LOG_FORMAT_ENV] = log_format  # processes started by --num-processes inherit it
     tune_malloc()
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
     ctx.obj["quiet"] = quiet
     _configure_logging(debug=debug, quiet=quiet)
+
+
+class JsonLogFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        import json
+
+        data = {"time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"), "level": record.levelname,
+                "logger": record.name, "message": record.getMessage()}
+        if record.exc_info:
+            data["exception"] = self.formatException(record.exc_info)
+        return json.dumps(data, ensure_ascii=False)
 
 
 def _configure_logging(debug: bool, quiet: bool) -> None:
@@ -172,7 +220,10 @@ def _configure_logging(debug: bool, quiet: bool) -> None:
     logger = logging.getLogger("nezha_cli")
     logger.handlers.clear()
     console = stderr_console()
-    if console.is_terminal:
+    if json_logs():
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(JsonLogFormatter())
+    elif console.is_terminal:
         handler = RichHandler(console=console, show_time=False, show_path=debug, markup=False)
         handler.setFormatter(logging.Formatter("%(message)s"))
     else:

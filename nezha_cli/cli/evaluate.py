@@ -60,6 +60,9 @@ def _show(metrics: dict[str, Any], title: str, as_json: bool) -> None:
 @click.option("--max-seq-length", type=click.IntRange(min=8), default=None,
               help="Maximum tokens per input [default: the task's].")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--mixed-precision", type=click.Choice(["no", "bf16", "fp16"]), default=None,
+              help="Autocast of the forward pass [default: the one the model was fine-tuned with, recorded in its "
+                   "config, which reproduces the dev metric of `nezha finetune` exactly; no (fp32) for other models].")
 @click.option("--vocab", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="vocab.txt when the model directory has none.")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON instead of a table.")
@@ -68,8 +71,8 @@ def _show(metrics: dict[str, Any], title: str, as_json: bool) -> None:
 @click.pass_context
 def evaluate(ctx: click.Context, task_name: str, model_dir: Path | None, data_dir: Path | None, split: str,
              file: Path | None, dataset: Path | None, predictions: Path | None, output: Path | None,
-             predictions_out: Path | None, max_seq_length: int | None, batch_size: int, vocab: Path | None,
-             as_json: bool, overwrite: bool, **kwargs) -> None:
+             predictions_out: Path | None, max_seq_length: int | None, batch_size: int, mixed_precision: str | None,
+             vocab: Path | None, as_json: bool, overwrite: bool, **kwargs) -> None:
     """Score a fine-tuned model on a task file with the task's official metric.
 
     \b
@@ -132,7 +135,7 @@ def evaluate(ctx: click.Context, task_name: str, model_dir: Path | None, data_di
     quiet = bool(ctx.obj and ctx.obj.get("quiet"))
     with make_progress("features", disable=quiet) as progress:
         result = evaluate_model(task, model_dir, path, max_seq_length=max_seq_length, batch_size=batch_size,
-                                vocab=vocab, progress=progress)
+                                vocab=vocab, progress=progress, mixed_precision=mixed_precision)
     if predictions_out is not None:
         write_predictions(task, predictions_out, result.examples, result.predictions, overwrite=overwrite)
     if result.metrics is None:

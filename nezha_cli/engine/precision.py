@@ -6,6 +6,7 @@ CPUs it is emulated and slower than fp32. fp16 needs dynamic loss scaling, which
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import torch
@@ -65,3 +66,18 @@ def current_device_type() -> str:
 
 def cuda_supports_bf16() -> bool:
     return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast(mixed_precision: str, device_type: str):
+    """The autocast that accelerate wraps around a prepared model's forward for ``mixed_precision`` (``no|bf16|fp16``
+    as resolved), for running a model outside the Trainer with the same numerics as inside it."""
+    if mixed_precision == "no":
+        return contextlib.nullcontext()
+    if mixed_precision not in AUTOCAST_DTYPES:
+        raise ConfigError(f"mixed precision {mixed_precision!r}: expected one of no, {', '.join(AUTOCAST_DTYPES)}")
+    if mixed_precision == "bf16" and device_type == "cuda" and not cuda_supports_bf16():
+        raise ConfigError("mixed_precision=bf16: this GPU has no bf16 support; use --mixed-precision fp16 or no")
+    return torch.autocast(device_type, dtype=AUTOCAST_DTYPES[mixed_precision])

@@ -69,23 +69,28 @@ def _eval_outputs(model: torch.nn.Module, batch: dict) -> dict[str, torch.Tensor
         "mlm_correct": ((logits.argmax(-1) == labels) & scored).sum(-1),
         "mlm_count": scored.sum(-1),
         "nsp_correct": (out.seq_relationship_logits.argmax(-1) == batch["next_sentence_label"]).long(),
+        "nsp_random": batch["next_sentence_label"].long(),
     }
 
 
 def mlm_evaluator(dataset, collate_fn: Callable, batch_size: int | None = None) -> Callable[[Trainer], dict]:
-    """Held-out MLM accuracy and perplexity (exp of the mean loss per masked token), and NSP accuracy."""
+    """Held-out MLM accuracy and perplexity (exp of the mean loss per masked token), NSP accuracy and beside it
+    ``nsp_majority``, the accuracy of always answering the more frequent NSP label (with BERT's instance building
+    most pairs are random, so an NSP accuracy near that baseline has learnt nothing)."""
 
     def evaluate(trainer: Trainer) -> dict[str, float]:
-        loss = correct = count = nsp = examples = 0
+        loss = correct = count = nsp = examples = random_pairs = 0
         for out in trainer.predict(dataset, collate_fn, _eval_outputs, batch_size=batch_size):
             loss += float(out["mlm_loss_sum"].double().sum())
             correct += int(out["mlm_correct"].sum())
             count += int(out["mlm_count"].sum())
             nsp += int(out["nsp_correct"].sum())
+            random_pairs += int(out["nsp_random"].sum())
             examples += out["nsp_correct"].numel()
         mean = loss / max(count, 1)
+        majority = max(random_pairs, examples - random_pairs) / max(examples, 1)
         return {"mlm_loss": mean, "mlm_acc": correct / max(count, 1), "perplexity": math.exp(min(mean, 700.0)),
-                "nsp_acc": nsp / max(examples, 1)}
+                "nsp_acc": nsp / max(examples, 1), "nsp_majority": majority}
 
     return evaluate
 

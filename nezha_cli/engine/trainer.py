@@ -25,6 +25,7 @@ from nezha_cli.engine.args import TrainingArguments
 from nezha_cli.engine.checkpoints import (
     BEST_DIR,
     CHECKPOINTS_DIR,
+    checkpoint_candidates,
     latest_checkpoint,
     load_newest_checkpoint,
     remove_incomplete,
@@ -241,7 +242,9 @@ class Trainer:
         """Check OUT and return the checkpoint to resume from, if any."""
         out = self.args.output_dir
         acc = self.accelerator
-        resume_from = latest_checkpoint(out) if self.args.resume else None
+        # Whole or not: load_newest_checkpoint skips (and names) those that do not match their manifest.
+        candidates = checkpoint_candidates(out) if self.args.resume else []
+        resume_from = candidates[0] if candidates else None
         if self.args.resume and resume_from is None:
             logger.warning("%s: no checkpoint to resume from; starting from scratch", out)
         acc.wait_for_everyone()

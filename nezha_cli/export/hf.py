@@ -19,7 +19,7 @@ import torch
 import yaml
 
 from nezha_cli import __version__
-from nezha_cli.engine.checkpoints import STATE_NAME, latest_checkpoint
+from nezha_cli.engine.checkpoints import STATE_NAME, checkpoint_candidates
 from nezha_cli.errors import CheckpointError, DataError
 from nezha_cli.export.base import ExportReport, check_vocab, copy_vocab, load_for_export, write_report
 from nezha_cli.io import atomic_output_dir, check_output_path, read_json
@@ -122,7 +122,7 @@ def find_metrics(model_dir: Path, metrics: Path | None) -> list[tuple[str, dict[
 
 def _best_step(model_dir: Path) -> int | None:
     """The step of the evaluation that OUT/final was kept from, from the run's newest trainer state."""
-    checkpoint = latest_checkpoint(model_dir.parent)
+    checkpoint = next((c for c in checkpoint_candidates(model_dir.parent) if (c / STATE_NAME).is_file()), None)
     if checkpoint is None:
         return None
     try:

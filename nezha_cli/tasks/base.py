@@ -13,10 +13,9 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-import torch
 
 from nezha_cli.errors import DataError
 
@@ -87,6 +86,9 @@ Example = ClassificationExample | NerExample | QAExample | MultipleChoiceExample
 
 # ------------------------------------------------------------------------------------------------------ task
 
+if TYPE_CHECKING:
+    import torch
+
 
 class Task:
     """Base class of all tasks. Subclasses of the four kinds fill in the tokenizer-dependent steps."""
@@ -94,6 +96,8 @@ class Task:
     name: ClassVar[str] = ""
     aliases: ClassVar[tuple[str, ...]] = ()
     description: ClassVar[str] = ""
+    # Where a public data set of this task comes from and what its files hold (for the message without data).
+    data_source: ClassVar[str] = ""
     # The nezha_cli.modeling class that carries this task's head.
     model_class_name: ClassVar[str] = ""
     # Key of compute_metrics' result that selects the best epoch (higher is better).
@@ -176,6 +180,8 @@ class Task:
 
 def pad_batch(features: Sequence[dict[str, Any]], keys_and_pads: dict[str, int]) -> dict[str, torch.Tensor]:
     """Stack list-valued feature columns into [B, L] tensors padded to the longest row of the batch."""
+    import torch
+
     batch: dict[str, torch.Tensor] = {}
     length = max(len(f["input_ids"]) for f in features)
     for key, pad in keys_and_pads.items():

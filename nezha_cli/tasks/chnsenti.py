@@ -12,6 +12,8 @@ from nezha_cli.tasks.sequence_classification import SequenceClassificationTask
 
 class ChnSentiTask(SequenceClassificationTask):
     name = "chnsenti"
+    data_source = ("ChnSentiCorp (Tan Songbo's review corpus) ships with the ERNIE and UER-py downloads as TSV "
+                   "files with the header label<TAB>text_a.")
     aliases = ("chnsenticorp",)
     description = "ChnSentiCorp sentiment (single sentence, labels 0/1), accuracy"
     defaults = Hyperparameters(learning_rate=3e-5, max_seq_length=256, epochs=10)

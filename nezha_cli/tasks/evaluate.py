@@ -1,14 +1,15 @@
 """Evaluating a fine-tuned model directory on a task's file, and scoring CMRC 2018 prediction files.
 
 ``evaluate_model`` predicts every example (features, model, post-processing back to the input) and applies the
-task's official metric; ``score_cmrc_predictions`` is the official CMRC 2018 script on existing files.
+task's official metric through :func:`evaluate_features`, as the dev evaluation of ``nezha finetune`` does;
+``score_cmrc_predictions`` is the official CMRC 2018 script on existing files.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,11 +19,14 @@ import torch
 from nezha_cli.errors import CheckpointError, DataError
 from nezha_cli.io import atomic_output_file, read_json
 from nezha_cli.tasks.base import Task
-from nezha_cli.tasks.inference import predict
+from nezha_cli.tasks.inference import in_feature_order, length_order, predict_batches, split_outputs
 from nezha_cli.tasks.metrics import cmrc_gold_answers, cmrc_prediction_text, cmrc_score
 from nezha_cli.tasks.tokenization import load_tokenizer
 
 logger = logging.getLogger(__name__)
+
+# Config key of a fine-tuned model: the autocast precision (no, bf16, fp16) of its training and dev evaluation.
+MIXED_PRECISION_KEY = "finetuning_mixed_precision"
 
 
 @dataclass
@@ -71,27 +75,70 @@ def load_finetuned(task: Task, model_dir: Path):
     return model, labels
 
 
-def predict_examples(task: Task, model, labels: Sequence[str], examples: Sequence, tokenizer, max_seq_length: int,
-                     batch_size: int, device: str | torch.device | None = None, progress=None) -> list:
-    label2id = {name: i for i, name in enumerate(labels)}
-    word_features = model.config.word_features
-    features = task.build_features(examples, tokenizer, max_seq_length, label2id, training=False,
-                                   **({"word_features": word_features} if word_features else {}))
+@dataclass
+class EvalFeatures:
+    """A file's examples as the model sees them for prediction, and the order in which they are batched."""
+
+    examples: list
+    features: list[dict[str, Any]]
+    order: list[int]  # length_order(features)
+    ordered: list[dict[str, Any]]  # [features[i] for i in order]: each batch is a consecutive slice of it
+
+    @classmethod
+    def build(cls, task: Task, examples: Sequence, tokenizer, max_seq_length: int, labels: Sequence[str],
+              word_features: str | None = None) -> EvalFeatures:
+        label2id = {name: i for i, name in enumerate(labels)}
+        features = task.build_features(examples, tokenizer, max_seq_length, label2id, training=False,
+                                       **({"word_features": word_features} if word_features else {}))
+        order = length_order(features)
+        return cls(list(examples), features, order, [features[i] for i in order])
+
+
+def evaluate_features(task: Task, model, labels: Sequence[str], data: EvalFeatures,
+                      batches: Iterable[dict[str, torch.Tensor]]) -> tuple[list, dict[str, Any] | None]:
+    """Predictions for ``data.examples`` and their metric (None without gold labels), from ``batches``: the
+    :func:`~nezha_cli.tasks.inference.forward_outputs` of ``data.ordered``, batch by batch.
+
+    The one computation behind the dev metric of ``nezha finetune`` (batches from ``Trainer.predict``, on every
+    process, under the run's autocast) and the numbers of ``nezha evaluate`` (batches from ``predict_batches`` under
+    the autocast recorded in the model's config): the same features in the same batches, the same post-processing
+    and metric, so that evaluating OUT/final gives the best dev number to the last digit.
+    """
+    outputs = in_feature_order(split_outputs(batches, task.output_names), data.order)
+    predictions = task.postprocess(data.examples, data.features, outputs, dict(enumerate(labels)),
+                                   **task.decoding(model))
+    metrics = task.compute_metrics(data.examples, predictions) if task.has_references(data.examples) else None
+    return predictions, metrics
+
+
+def model_mixed_precision(model, requested: str | None = None) -> str:
+    """``requested``, or the autocast precision the model was fine-tuned (and dev-evaluated) with, else ``no``."""
+    return requested or getattr(model.config, MIXED_PRECISION_KEY, None) or "no"
+
+
+def evaluate_examples(task: Task, model, labels: Sequence[str], examples: Sequence, tokenizer, max_seq_length: int,
+                      batch_size: int, mixed_precision: str | None = None, device: str | torch.device | None = None,
+                      progress=None) -> tuple[list, dict[str, Any] | None]:
+    """:func:`evaluate_features` of ``examples`` with ``model`` on one device (the GPU when there is one)."""
+    data = EvalFeatures.build(task, examples, tokenizer, max_seq_length, labels, model.config.word_features)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    outputs = predict(task, model, features, batch_size, device=device, progress=progress)
-    return task.postprocess(examples, features, outputs, dict(enumerate(labels)), **task.decoding(model))
+    precision = model_mixed_precision(model, mixed_precision)
+    logger.info("%s: %d features, forward pass in %s", task.name, len(data.features),
+                "fp32" if precision == "no" else f"{precision} autocast")
+    batches = predict_batches(task, model, data.ordered, batch_size, device, precision, progress)
+    return evaluate_features(task, model, labels, data, batches)
 
 
 def evaluate_model(task: Task, model_dir: Path, file: Path, max_seq_length: int | None = None, batch_size: int = 64,
-                   vocab: Path | None = None, progress=None) -> EvaluationResult:
+                   vocab: Path | None = None, progress=None, mixed_precision: str | None = None) -> EvaluationResult:
+    """``mixed_precision``: ``no|bf16|fp16``, or None for the one the model was fine-tuned with."""
     model, labels = load_finetuned(task, model_dir)
     examples = task.read(Path(file), labels=labels or None, require_labels=False)
     tokenizer = load_tokenizer(model_dir, vocab)
     max_seq_length = (max_seq_length or getattr(model.config, "finetuning_max_seq_length", None)
                       or task.defaults.max_seq_length)
-    predictions = predict_examples(task, model, labels, examples, tokenizer, max_seq_length, batch_size,
-                                   progress=progress)
-    metrics = task.compute_metrics(examples, predictions) if task.has_references(examples) else None
+    predictions, metrics = evaluate_examples(task, model, labels, examples, tokenizer, max_seq_length, batch_size,
+                                             mixed_precision, progress=progress)
     return EvaluationResult(metrics=metrics, predictions=predictions, examples=list(examples), file=Path(file))
 
 

@@ -21,7 +21,8 @@ from nezha_cli.errors import CheckpointError, ConfigError, DataError
 from nezha_cli.io import check_not_replacing, write_json
 from nezha_cli.modeling.crf import model_crf
 from nezha_cli.tasks.base import Task
-from nezha_cli.tasks.inference import forward_outputs, in_feature_order, length_order, numeric_metrics, split_outputs
+from nezha_cli.tasks.evaluate import MIXED_PRECISION_KEY, EvalFeatures, evaluate_examples, evaluate_features
+from nezha_cli.tasks.inference import forward_outputs, numeric_metrics
 from nezha_cli.tasks.tokenization import VOCAB_NAME, load_tokenizer
 from nezha_cli.text.vocab import check_vocab_fits
 
@@ -49,7 +50,10 @@ class DataFiles:
                 dev: Path | None = None, test: Path | None = None) -> DataFiles:
         """Explicit files win; the rest are looked up in ``data_dir`` by the task's usual names."""
         if data_dir is None and not train:
-            raise ConfigError("give --data-dir or --train-file")
+            names = ", ".join(names[0] for names in task.split_files.values())
+            source = f" {task.data_source}" if task.data_source else ""
+            raise ConfigError(f"task {task.name} needs data: give --data-dir (a directory with {names}) or "
+                              f"--train-file.{source}")
         if not train:
             train = task.split_file(data_dir, "train")
         train = (train,) if isinstance(train, (str, Path)) else tuple(train)
@@ -193,8 +197,9 @@ def finetune(task: Task, model_dir: Path, output_dir: Path, files: DataFiles,
     if len(train_features) < batch_size:
         raise DataError(f"{files.train_name}: {len(train_features)} training features, fewer than one batch of "
                         f"{batch_size}; use more data or a smaller --batch-size")
-    dev_features = (task.build_features(dev_examples, tokenizer, max_seq_length, label2id, training=False,
-                                        **feature_options) if dev_examples else None)
+    # Built as `nezha evaluate` builds them (EvalFeatures), from the same max_seq_length and word features.
+    dev = (EvalFeatures.build(task, dev_examples, tokenizer, max_seq_length, labels, options.word_features)
+           if dev_examples else None)
     model = load_task_model(task, model_dir, labels, options.from_scratch, options.seed, options.crf,
                             options.word_features)
     check_vocab_fits(vocab, len(tokenizer.vocab), model.config.vocab_size,
@@ -231,8 +236,8 @@ def finetune(task: Task, model_dir: Path, output_dir: Path, files: DataFiles,
         # A checkpoint per epoch by default, so that --resume loses at most one epoch.
         save_steps=options.save_steps if options.save_steps is not None else steps_per_epoch,
         save_total_limit=options.save_total_limit,
-        eval_each_epoch=dev_features is not None,
-        metric_for_best_model=task.main_metric if dev_features is not None else None,
+        eval_each_epoch=dev is not None,
+        metric_for_best_model=task.main_metric if dev is not None else None,
         greater_is_better=True,
         resume=options.resume,
         overwrite=options.overwrite,
@@ -245,10 +250,6 @@ def finetune(task: Task, model_dir: Path, output_dir: Path, files: DataFiles,
         return StepOutput(loss=out.loss, num_tokens=batch["attention_mask"].sum())
 
     dev_history: list[dict[str, Any]] = []
-    id2label = dict(enumerate(labels))
-    # Batched by length (see length_order); one list for the whole run, as the engine keeps its loader.
-    dev_order = length_order(dev_features or [])
-    dev_ordered = [dev_features[i] for i in dev_order]
 
     def evaluate(trainer) -> dict[str, float]:
         acc = trainer.accelerator
@@ -256,11 +257,9 @@ def finetune(task: Task, model_dir: Path, output_dir: Path, files: DataFiles,
         def fn(model, batch):
             return forward_outputs(task, model, batch, pad_across=lambda t: acc.pad_across_processes(t, dim=1))
 
-        gathered = trainer.predict(dev_ordered, task.collate, fn, batch_size=options.eval_batch_size)
-        outputs = in_feature_order(split_outputs(gathered, task.output_names), dev_order)
-        predictions = task.postprocess(dev_examples, dev_features, outputs, id2label,
-                                       **task.decoding(acc.unwrap_model(trainer.model)))
-        metrics = task.compute_metrics(dev_examples, predictions)
+        # dev.ordered is one list for the whole run, as the engine keeps its loader per dataset.
+        batches = trainer.predict(dev.ordered, task.collate, fn, batch_size=options.eval_batch_size)
+        _, metrics = evaluate_features(task, acc.unwrap_model(trainer.model), labels, dev, batches)
         dev_history.append({"step": trainer.state["global_step"], **metrics})
         return numeric_metrics(metrics)
 
@@ -269,7 +268,14 @@ def finetune(task: Task, model_dir: Path, output_dir: Path, files: DataFiles,
         shutil.copyfile(vocab, Path(directory) / VOCAB_NAME)
 
     trainer = Trainer(model, args, train_features, task.collate, step,
-                      evaluate=evaluate if dev_features is not None else None, save_model=save_model)
+                      evaluate=evaluate if dev is not None else None, save_model=save_model)
+    # The dev metric is computed under the run's autocast rather than in fp32: accelerate replaces the prepared
+    # model's forward with one under its autocast and has no public way to run the model without it (under FSDP the
+    # sharded model is usable only through that wrapper); transformers' Trainer evaluates in its training precision
+    # too. Recorded in the config, so that `nezha evaluate` runs OUT/final under the same autocast and reproduces the
+    # logged number to the last digit (bf16 rounding flips near-tied predictions: 1 or 2 of the 1,200 ChnSentiCorp
+    # dev examples between bf16 and fp32 with a tiny model).
+    model.config.update({MIXED_PRECISION_KEY: trainer.mixed_precision})
     result = trainer.train()
 
     test_metrics = None
@@ -284,15 +290,13 @@ def finetune(task: Task, model_dir: Path, output_dir: Path, files: DataFiles,
 def evaluate_test(task: Task, final_dir: Path, examples, tokenizer, max_seq_length: int, batch_size: int,
                   output_dir: Path) -> dict[str, Any] | None:
     """Predict the test split with the final model: OUT/test_predictions.* and, with labels, OUT/test_results.json."""
-    from nezha_cli.tasks.evaluate import load_finetuned, predict_examples, write_predictions
+    from nezha_cli.tasks.evaluate import load_finetuned, write_predictions
 
     model, labels = load_finetuned(task, final_dir)
-    predictions = predict_examples(task, model, labels, examples, tokenizer, max_seq_length, batch_size)
+    predictions, metrics = evaluate_examples(task, model, labels, examples, tokenizer, max_seq_length, batch_size)
     write_predictions(task, output_dir / task_prediction_name(task, "test"), examples, predictions)
-    if not task.has_references(examples):
-        return None
-    metrics = task.compute_metrics(examples, predictions)
-    write_json(output_dir / TEST_RESULTS, metrics)
+    if metrics is not None:
+        write_json(output_dir / TEST_RESULTS, metrics)
     return metrics
 
 

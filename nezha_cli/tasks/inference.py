@@ -1,17 +1,19 @@
 """Running a task's model over features: outputs per feature, for the task's post-processing.
 
 Used in two places: inside fine-tuning (through the engine's ``Trainer.predict``, on every process) and by
-``nezha evaluate`` (a plain no-grad loop on one device).
+``nezha evaluate`` (:func:`predict_batches`, a plain no-grad loop on one device under the same autocast); both feed
+:func:`nezha_cli.tasks.evaluate.evaluate_features`, so that their numbers are one computation.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
+from nezha_cli.engine.precision import autocast
 from nezha_cli.engine.trainer import input_length
 
 MODEL_INPUTS = ("input_ids", "token_type_ids", "attention_mask", "word_feature_ids")
@@ -67,27 +69,34 @@ def in_feature_order(outputs: dict[str, list[np.ndarray]], order: Sequence[int])
     return restored
 
 
-def predict(task, model: torch.nn.Module, features: Sequence[dict[str, Any]], batch_size: int,
-            device: torch.device | str = "cpu", progress=None) -> dict[str, list[np.ndarray]]:
-    """Outputs of ``model`` for ``features`` on one device, in feature order (``nezha evaluate``); the batches
-    are formed in :func:`length_order`."""
+def predict_batches(task, model: torch.nn.Module, features: Sequence[dict[str, Any]], batch_size: int,
+                    device: torch.device | str = "cpu", mixed_precision: str = "no",
+                    progress=None) -> Iterator[dict[str, torch.Tensor]]:
+    """:func:`forward_outputs` of ``model`` for consecutive batches of ``features`` on one device, in eval mode,
+    without gradients and under the autocast of ``mixed_precision`` (as the Trainer's prepared model runs)."""
     model.eval()
     model.to(device)
+    device_type = torch.device(device).type
+    task_id = progress.add_task("predict", total=len(features)) if progress is not None else None
+    for start in range(0, len(features), batch_size):
+        chunk = features[start:start + batch_size]
+        batch = {k: v.to(device) for k, v in task.collate(chunk).items()}
+        with torch.no_grad(), autocast(mixed_precision, device_type):
+            out = forward_outputs(task, model, batch)
+        if progress is not None:
+            progress.update(task_id, advance=len(chunk))
+        yield {k: v.cpu() for k, v in out.items()}
+
+
+def predict(task, model: torch.nn.Module, features: Sequence[dict[str, Any]], batch_size: int,
+            device: torch.device | str = "cpu", progress=None,
+            mixed_precision: str = "no") -> dict[str, list[np.ndarray]]:
+    """Outputs of ``model`` for ``features`` on one device, in feature order; the batches are formed in
+    :func:`length_order`."""
     order = length_order(features)
-    ordered = [features[i] for i in order]
-
-    def batches():
-        task_id = progress.add_task("predict", total=len(ordered)) if progress is not None else None
-        for start in range(0, len(ordered), batch_size):
-            chunk = ordered[start:start + batch_size]
-            batch = {k: v.to(device) for k, v in task.collate(chunk).items()}
-            with torch.no_grad():
-                out = forward_outputs(task, model, batch)
-            if progress is not None:
-                progress.update(task_id, advance=len(chunk))
-            yield {k: v.cpu() for k, v in out.items()}
-
-    return in_feature_order(split_outputs(batches(), task.output_names), order)
+    batches = predict_batches(task, model, [features[i] for i in order], batch_size, device, mixed_precision,
+                              progress)
+    return in_feature_order(split_outputs(batches, task.output_names), order)
 
 
 def numeric_metrics(metrics: dict[str, Any]) -> dict[str, float]:

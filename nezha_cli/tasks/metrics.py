@@ -23,6 +23,15 @@ def accuracy(predictions: Sequence, references: Sequence) -> float:
     return sum(p == r for p, r in zip(predictions, references)) / len(references)
 
 
+def majority_accuracy(references: Sequence) -> float:
+    """The accuracy of always answering the most frequent reference: the baseline an accuracy must beat."""
+    if not references:
+        return 0.0
+    from collections import Counter
+
+    return Counter(references).most_common(1)[0][1] / len(references)
+
+
 # ------------------------------------------------------------------------------------- entities (conlleval)
 
 

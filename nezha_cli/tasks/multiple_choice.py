@@ -4,15 +4,17 @@ choice [SEP]`` and the highest-scoring choice is the answer. Accuracy."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from nezha_cli.errors import DataError
 from nezha_cli.tasks.base import Task
-from nezha_cli.tasks.metrics import accuracy
+from nezha_cli.tasks.metrics import accuracy, majority_accuracy
 from nezha_cli.tasks.sequence_classification import encode_pair
+
+if TYPE_CHECKING:
+    import torch
 
 
 class MultipleChoiceTask(Task):
@@ -44,6 +46,8 @@ class MultipleChoiceTask(Task):
         return features
 
     def collate(self, features: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        import torch
+
         length = max(len(ids) for f in features for ids in f["input_ids"])
         batch = {
             key: torch.tensor([[row + [0] * (length - len(row)) for row in f[key]] for f in features], dtype=torch.long)
@@ -60,7 +64,9 @@ class MultipleChoiceTask(Task):
         return all(e.label is not None for e in examples)
 
     def compute_metrics(self, examples: Sequence, predictions: Sequence) -> dict[str, Any]:
-        return {"accuracy": accuracy(list(predictions), [e.label for e in examples]), "examples": len(examples)}
+        references = [e.label for e in examples]
+        return {"accuracy": accuracy(list(predictions), references), "majority_accuracy": majority_accuracy(references),
+                "examples": len(examples)}
 
     def prediction_records(self, examples: Sequence, predictions: Sequence) -> list[dict[str, Any]]:
         return [{"id": e.guid, "prediction": p, "answer": e.choices[p],

@@ -13,10 +13,9 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from nezha_cli.errors import DataError
 from nezha_cli.io import read_json
@@ -46,6 +45,9 @@ class AnswerCheck:
             path, self.mismatched, self.answers, self.first_mismatch, self.realigned,
             self.mismatched - self.realigned,
         )
+
+if TYPE_CHECKING:
+    import torch
 
 
 def locate_answer(context: str, text: str, start: int) -> int | None:
@@ -180,6 +182,8 @@ class QuestionAnsweringTask(Task):
         return features
 
     def collate(self, features: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        import torch
+
         batch = pad_batch(features, {"input_ids": 0, "token_type_ids": 0, "attention_mask": 0})
         if "start_positions" in features[0]:
             batch["start_positions"] = torch.tensor([f["start_positions"] for f in features], dtype=torch.long)

@@ -6,13 +6,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from nezha_cli.tasks.base import ClassificationExample, Task, check_not_empty, pad_batch
-from nezha_cli.tasks.metrics import accuracy
+from nezha_cli.tasks.metrics import accuracy, majority_accuracy
 from nezha_cli.tasks.readers import Columns, check_label, read_tsv, split_header
 from nezha_cli.tasks.tokenization import encode_prefix
 
@@ -24,6 +23,9 @@ TEXT_B_NAMES = ("text_b", "sentence2", "hypothesis", "hypo", "query2", "q2")
 LABEL_NAMES = ("label", "gold_label")
 ID_NAMES = ("id", "qid", "guid", "index")
 KNOWN_NAMES = TEXT_A_NAMES + TEXT_B_NAMES + LABEL_NAMES + ID_NAMES + ("language",)
+
+if TYPE_CHECKING:
+    import torch
 
 
 def truncate_pair(tokens_a: list, tokens_b: list | None, max_tokens: int) -> bool:
@@ -109,6 +111,8 @@ class SequenceClassificationTask(Task):
         return features
 
     def collate(self, features: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        import torch
+
         batch = pad_batch(features, {"input_ids": 0, "token_type_ids": 0, "attention_mask": 0})
         if "labels" in features[0]:
             batch["labels"] = torch.tensor([f["labels"] for f in features], dtype=torch.long)
@@ -122,7 +126,9 @@ class SequenceClassificationTask(Task):
         return all(e.label is not None for e in examples)
 
     def compute_metrics(self, examples: Sequence, predictions: Sequence) -> dict[str, Any]:
-        return {"accuracy": accuracy(list(predictions), [e.label for e in examples]), "examples": len(examples)}
+        references = [e.label for e in examples]
+        return {"accuracy": accuracy(list(predictions), references), "majority_accuracy": majority_accuracy(references),
+                "examples": len(examples)}
 
     def prediction_records(self, examples: Sequence, predictions: Sequence) -> list[dict[str, Any]]:
         return [{"id": e.guid, "prediction": p, **({"label": e.label} if e.label is not None else {})}

@@ -19,13 +19,11 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from nezha_cli.errors import DataError
-from nezha_cli.modeling.crf import IGNORE_INDEX, CrfTransitions, model_crf
 from nezha_cli.tasks.base import NerExample, Task, check_not_empty, pad_batch
 from nezha_cli.tasks.metrics import entity_scores
 from nezha_cli.tasks.readers import check_label, looks_like_conll, read_conll, read_tsv, split_header
@@ -34,6 +32,11 @@ from nezha_cli.text.word_features import PAD_ID, WordFeaturizer
 
 TOKENS_NAMES = ("text_a", "tokens", "text", "chars")
 TAGS_NAMES = ("label", "labels", "tags", "ner_tags")
+
+if TYPE_CHECKING:
+    import torch
+
+    from nezha_cli.modeling.crf import CrfTransitions
 
 
 def join_units(units: Sequence[str]) -> tuple[str, list[int]]:
@@ -224,6 +227,9 @@ class TokenClassificationTask(Task):
                        training: bool, word_features: str | None = None) -> list[dict[str, Any]]:
         """Windows of at most ``max_seq_length`` tokens; with ``word_features`` (a scheme of
         :mod:`nezha_cli.text.word_features`) also each token's ``word_feature_ids``."""
+        # Imported here: the task classes are listed by `nezha finetune --help`, which must not import torch.
+        from nezha_cli.modeling.crf import IGNORE_INDEX
+
         max_tokens = max_seq_length - 2
         if max_tokens < 2:
             raise DataError(f"max_seq_length={max_seq_length} leaves no room for tokens; use at least 4")
@@ -259,11 +265,15 @@ class TokenClassificationTask(Task):
         return features
 
     def collate(self, features: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        from nezha_cli.modeling.crf import IGNORE_INDEX
+
         return pad_batch(features, {"input_ids": 0, "token_type_ids": 0, "attention_mask": 0, "labels": IGNORE_INDEX,
                                     "word_feature_ids": PAD_ID})
 
     # -- predictions ------------------------------------------------------------------------------------------
     def decoding(self, model: torch.nn.Module) -> dict[str, Any]:
+        from nezha_cli.modeling.crf import model_crf
+
         crf = model_crf(model)
         return {"crf": crf.numpy_transitions()} if crf is not None else {}
 

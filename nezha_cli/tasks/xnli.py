@@ -19,6 +19,9 @@ XNLI_LABELS = ("contradiction", "entailment", "neutral")
 class XnliTask(SequenceClassificationTask):
     name = "xnli"
     description = "XNLI Chinese natural language inference (contradiction/entailment/neutral), accuracy"
+    data_source = ("XNLI (Conneau et al., EMNLP 2018) is the public XNLI-1.0 release (xnli.dev.tsv, xnli.test.tsv) "
+                   "with the machine-translated training set of XNLI-MT-1.0 (multinli.train.zh.tsv); a header row "
+                   "names the columns (premise/hypo/label or sentence1/sentence2/gold_label).")
     defaults = Hyperparameters(learning_rate=3e-5, max_seq_length=128, epochs=3)
     label_list = XNLI_LABELS
     headerless_columns = ("text_a", "text_b", "label")
