@@ -115,7 +115,7 @@ def bert_config(model) -> dict:
 def write_tf_release(directory: Path, tensors: dict[str, np.ndarray], config: dict, step: int = 900000,
                      block_size: int = 1024) -> Path:
     """A directory laid out like the NEZHA TensorFlow releases: checkpoint state, bundle, config, vocab."""
-    from nezha_cli.export.tf_bundle import write_bundle
+    from tf_bundle_writer import write_bundle
 
     directory.mkdir(parents=True, exist_ok=True)
     write_bundle(directory / f"model.ckpt-{step}", tensors, block_size=block_size)

@@ -108,9 +108,24 @@ def test_build_optimizer_choices(tmp_path):
     assert build_optimizer(model, args).defaults["fused"] is True  # frozen parameters do not count
     # Under an fp16 loss scaler accelerate must see skipped steps: no fused kernel then.
     assert not build_optimizer(model, args, loss_scaling=True).defaults["fused"]
-    with torch.device("meta"):
-        on_meta = nn.Linear(2, 2)
-    assert not build_optimizer(on_meta, args).defaults["fused"]
+    # A device whose fused kernel torch's own constructor refuses: the per-parameter loop. (Asked through the
+    # public constructor; torch has no public list of those devices.)
+    from nezha_cli.engine import optim
+
+    def refuses(params, **kwargs):
+        if kwargs.get("fused"):
+            raise RuntimeError("`fused=True` requires all the params to be floating point Tensors of supported devices")
+        return real_adamw(params, **kwargs)
+
+    real_adamw = torch.optim.AdamW
+    optim._fused_adamw_on.cache_clear()
+    try:
+        torch.optim.AdamW = refuses
+        assert optim._fused_adamw_on("cpu") is False
+    finally:
+        torch.optim.AdamW = real_adamw
+        optim._fused_adamw_on.cache_clear()
+    assert optim._fused_adamw_on("cpu") is True
 
 
 def test_lamb_mixed_dtypes_and_parameters_without_gradients():

@@ -76,6 +76,18 @@ def assert_bit_identical(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor])
         assert torch.equal(a[name], b[name]), name
 
 
+def test_two_trainers_in_one_process_use_their_own_settings(data_dir, tmp_path):
+    # accelerate's state is a process-wide singleton; the Trainer resets it (a private call, see _make_accelerator).
+    data = load_pretraining_data(data_dir)
+    collate, _ = make_collators(data, 1)
+    first = Trainer(make_model(), make_args(tmp_path / "a", per_device_batch_size=2), data.train, collate,
+                    pretraining_step)
+    assert (first.accelerator.mixed_precision, first.accelerator.gradient_accumulation_steps) == ("no", 4)
+    second = Trainer(make_model(), make_args(tmp_path / "b", mixed_precision="bf16", per_device_batch_size=8),
+                     data.train, collate, pretraining_step)
+    assert (second.accelerator.mixed_precision, second.accelerator.gradient_accumulation_steps) == ("bf16", 1)
+
+
 def test_loss_falls_and_outputs(data_dir, tmp_path):
     out = tmp_path / "run"
     result = train(data_dir, out, max_steps=40, logging_steps=5, eval_examples=16, eval_steps=20,

@@ -5,10 +5,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tf_bundle_writer import write_bundle
 
 from nezha_cli.errors import CheckpointError
-from nezha_cli.export.crc32c import crc32c, mask, unmask
-from nezha_cli.export.tf_bundle import TensorBundle, read_table, resolve_prefix, write_bundle
+from nezha_cli.export.tf_bundle import TensorBundle, crc32c, mask, read_table, resolve_prefix, unmask
 
 LEVELDB_TABLE = Path(__file__).parent / "data" / "leveldb-table.ldb"
 

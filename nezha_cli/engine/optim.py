@@ -16,6 +16,8 @@ paper) happens before ``step`` in the training loop (``accelerator.clip_grad_nor
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 
@@ -137,10 +139,18 @@ def build_optimizer(model: nn.Module, args: TrainingArguments, loss_scaling: boo
 
 
 def fused_supported(model: nn.Module) -> bool:
-    """Whether torch's fused AdamW takes every trainable parameter (floating point, on a supported device)."""
+    """Whether torch's fused AdamW takes every trainable parameter (floating point, on a device that has it)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return all(p.is_floating_point() for p in params) and all(
+        _fused_adamw_on(device) for device in {p.device.type for p in params})
+
+
+@functools.cache
+def _fused_adamw_on(device_type: str) -> bool:
+    # Asked of torch's public constructor, which refuses fused=True where there is no kernel (torch has no public
+    # list of those devices).
     try:
-        from torch.optim.optimizer import _get_fused_kernels_supported_devices
-    except ImportError:  # a torch without the helper: the default loop
+        torch.optim.AdamW([torch.zeros(1, device=device_type, requires_grad=True)], fused=True)
+    except (RuntimeError, ValueError):
         return False
-    devices = _get_fused_kernels_supported_devices()
-    return all(p.is_floating_point() and p.device.type in devices for p in model.parameters() if p.requires_grad)
+    return True

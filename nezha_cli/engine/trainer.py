@@ -223,7 +223,10 @@ class Trainer:
         device_type = current_device_type()
         mixed_precision = resolve_mixed_precision(self.args.mixed_precision, device_type, cuda_supports_bf16())
         # accelerate keeps its state in process-wide singletons; a second run in the same process (tests, notebooks)
-        # may use another precision or accumulation. The distributed part (PartialState) is kept.
+        # may use another precision or accumulation. The distributed part (PartialState) is kept. accelerate has no
+        # public way to do this (huggingface/accelerate#2463); transformers' TrainingArguments calls the same
+        # private reset. tests/test_engine_trainer.py::test_two_trainers_in_one_process_use_their_own_settings
+        # checks the behaviour we rely on, so that an accelerate release that changes it fails there.
         AcceleratorState._reset_state()
         GradientState._reset_state()
         num_processes = PartialState(cpu=device_type == "cpu").num_processes
@@ -264,10 +267,6 @@ class Trainer:
 
     # -------------------------------------------------------------------------------------------------- train
     def train(self) -> TrainResult:
-        from nezha_cli.malloc import tune_malloc
-
-        tune_malloc()  # the CLI did already; for Python callers
-
         args = self.args
         global_batch = args.global_batch_size
         steps_per_epoch = len(self.train_dataset) // global_batch

@@ -19,21 +19,31 @@ import numpy as np
 import torch
 from torch import nn
 
-from nezha_cli.modeling import NezhaPreTrainedModel
+from nezha_cli.modeling import (
+    NezhaForMaskedLM,
+    NezhaForMultipleChoice,
+    NezhaForNextSentencePrediction,
+    NezhaForPreTraining,
+    NezhaForQuestionAnswering,
+    NezhaForSequenceClassification,
+    NezhaForTokenClassification,
+    NezhaModel,
+    NezhaPreTrainedModel,
+)
 
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 WORD_FEATURE_INPUT = "word_feature_ids"
 
 # The outputs of each head, main output first (as transformers orders them).
-HEAD_OUTPUTS: dict[str, tuple[str, ...]] = {
-    "NezhaModel": ("last_hidden_state", "pooler_output"),
-    "NezhaForPreTraining": ("prediction_logits", "seq_relationship_logits"),
-    "NezhaForMaskedLM": ("logits",),
-    "NezhaForNextSentencePrediction": ("logits",),
-    "NezhaForSequenceClassification": ("logits",),
-    "NezhaForMultipleChoice": ("logits",),
-    "NezhaForTokenClassification": ("logits",),
-    "NezhaForQuestionAnswering": ("start_logits", "end_logits"),
+HEAD_OUTPUTS: dict[type[NezhaPreTrainedModel], tuple[str, ...]] = {
+    NezhaModel: ("last_hidden_state", "pooler_output"),
+    NezhaForPreTraining: ("prediction_logits", "seq_relationship_logits"),
+    NezhaForMaskedLM: ("logits",),
+    NezhaForNextSentencePrediction: ("logits",),
+    NezhaForSequenceClassification: ("logits",),
+    NezhaForMultipleChoice: ("logits",),
+    NezhaForTokenClassification: ("logits",),
+    NezhaForQuestionAnswering: ("start_logits", "end_logits"),
 }
 
 # The lengths the exported graph is checked at: a short one and one past BERT's 512-position cap. The graph is
@@ -66,14 +76,14 @@ def input_names(model: NezhaPreTrainedModel) -> tuple[str, ...]:
 
 
 def output_names(model: NezhaPreTrainedModel) -> tuple[str, ...]:
-    names = HEAD_OUTPUTS[type(model).__name__]
-    if type(model).__name__ == "NezhaModel" and model.pooler is None:
+    names = HEAD_OUTPUTS[type(model)]
+    if isinstance(model, NezhaModel) and model.pooler is None:
         names = ("last_hidden_state",)
     return names
 
 
 def is_multiple_choice(model: NezhaPreTrainedModel) -> bool:
-    return type(model).__name__ == "NezhaForMultipleChoice"
+    return isinstance(model, NezhaForMultipleChoice)
 
 
 def sample_inputs(model: NezhaPreTrainedModel, length: int, batch: int = 2, seed: int = 0) -> dict[str, torch.Tensor]:

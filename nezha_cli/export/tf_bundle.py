@@ -1,4 +1,4 @@
-"""TensorFlow checkpoints (the "tensor bundle" format) read and written without TensorFlow.
+"""TensorFlow checkpoints (the "tensor bundle" format) read without TensorFlow.
 
 A checkpoint ``PREFIX`` is ``PREFIX.index`` plus ``PREFIX.data-00000-of-0000N``:
 
@@ -10,7 +10,8 @@ A checkpoint ``PREFIX`` is ``PREFIX.index`` plus ``PREFIX.data-00000-of-0000N``:
 * ``.data-*`` files hold the raw little-endian tensor bytes at those offsets.
 
 Only the few protobuf fields these two messages use are decoded (varints and length-delimited fields); both
-checksums are verified. :func:`write_bundle` writes the same format; the tests create checkpoints with it.
+checksums are verified (CRC-32C by google-crc32c, a C extension; a TensorFlow checkpoint of NEZHA-large is 1.3 GB).
+The tests write checkpoints in this format with their own writer (tests/tf_bundle_writer.py).
 """
 
 from __future__ import annotations
@@ -25,9 +26,9 @@ import numpy as np
 import torch
 
 from nezha_cli.errors import CheckpointError
-from nezha_cli.export.crc32c import crc32c, mask, unmask
 
 TABLE_MAGIC = 0xDB4775248B80FB57
+_MASK_DELTA = 0xA282EAD8
 FOOTER_SIZE = 48  # two block handles padded to 40 bytes, then the 8-byte magic number
 BLOCK_TRAILER_SIZE = 5
 NO_COMPRESSION = 0
@@ -40,6 +41,26 @@ TF_DTYPES: dict[int, torch.dtype] = {
 TF_DTYPE_NAMES = {1: "float32", 2: "float64", 3: "int32", 4: "uint8", 5: "int16", 6: "int8", 7: "string",
                   9: "int64", 10: "bool", 14: "bfloat16", 19: "float16"}
 DTYPE_CODES = {dtype: code for code, dtype in TF_DTYPES.items()}
+
+
+# ------------------------------------------------------------------------------------------------- checksums
+
+
+def crc32c(data: bytes) -> int:
+    """CRC-32C (Castagnoli) of ``data``."""
+    import google_crc32c
+
+    return google_crc32c.value(bytes(data))
+
+
+def mask(crc: int) -> int:
+    """The "masked" CRC that LevelDB-style tables and TensorFlow store (a CRC of CRC-bearing data stays robust)."""
+    return (((crc >> 15) | (crc << 17)) + _MASK_DELTA) & 0xFFFFFFFF
+
+
+def unmask(masked: int) -> int:
+    rot = (masked - _MASK_DELTA) & 0xFFFFFFFF
+    return ((rot >> 17) | (rot << 15)) & 0xFFFFFFFF
 
 
 # ------------------------------------------------------------------------------------------- varints, protobuf
@@ -56,19 +77,6 @@ def read_varint(buf: bytes | memoryview, pos: int, where: str) -> tuple[int, int
         if not byte & 0x80:
             return result, pos
         shift += 7
-
-
-def encode_varint(value: int) -> bytes:
-    value &= (1 << 64) - 1  # negative int64 values take ten bytes, as protobuf writes them
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
 
 
 def _signed64(value: int) -> int:
@@ -103,18 +111,6 @@ def parse_message(buf: bytes, where: str) -> dict[int, list]:
     return fields
 
 
-def _field_varint(number: int, value: int) -> bytes:
-    return encode_varint(number << 3) + encode_varint(value)
-
-
-def _field_bytes(number: int, value: bytes) -> bytes:
-    return encode_varint(number << 3 | 2) + encode_varint(len(value)) + value
-
-
-def _field_fixed32(number: int, value: int) -> bytes:
-    return encode_varint(number << 3 | 5) + struct.pack("<I", value)
-
-
 # ------------------------------------------------------------------------------------------- bundle messages
 
 
@@ -145,21 +141,6 @@ class BundleEntry:
         return cls(name=name, dtype=f.get(1, [0])[0], shape=tuple(shape), shard_id=f.get(3, [0])[0],
                    offset=f.get(4, [0])[0], size=f.get(5, [0])[0], crc32c=f.get(6, [0])[0], sliced=7 in f)
 
-    def encode(self) -> bytes:
-        dims = b"".join(_field_bytes(2, _field_varint(1, d) if d else b"") for d in self.shape)
-        out = _field_varint(1, self.dtype) + _field_bytes(2, dims)
-        if self.shard_id:
-            out += _field_varint(3, self.shard_id)
-        if self.offset:
-            out += _field_varint(4, self.offset)
-        if self.size:
-            out += _field_varint(5, self.size)
-        return out + _field_fixed32(6, self.crc32c)
-
-
-def _encode_header(num_shards: int) -> bytes:
-    # BundleHeaderProto: num_shards, endianness LITTLE (the default, omitted), VersionDef{producer: 1}.
-    return _field_varint(1, num_shards) + _field_bytes(3, _field_varint(1, 1))
 
 
 # ------------------------------------------------------------------------------------------------ table reading
@@ -291,79 +272,6 @@ class TensorBundle:
         if not raw:
             return torch.empty(entry.shape, dtype=dtype)
         return torch.frombuffer(raw, dtype=dtype).reshape(entry.shape)
-
-
-# ---------------------------------------------------------------------------------------------- table writing
-
-
-def _build_block(items: list[tuple[bytes, bytes]], restart_interval: int) -> bytes:
-    out = bytearray()
-    restarts: list[int] = []
-    previous = b""
-    for i, (key, value) in enumerate(items):
-        if i % restart_interval == 0:
-            restarts.append(len(out))
-            shared = 0
-        else:
-            shared = 0
-            while shared < min(len(key), len(previous)) and key[shared] == previous[shared]:
-                shared += 1
-        out += encode_varint(shared) + encode_varint(len(key) - shared) + encode_varint(len(value))
-        out += key[shared:] + value
-        previous = key
-    restarts = restarts or [0]
-    out += b"".join(struct.pack("<I", r) for r in restarts) + struct.pack("<I", len(restarts))
-    return bytes(out)
-
-
-def _append_block(out: bytearray, block: bytes) -> bytes:
-    """Append a block with its trailer; return its encoded handle."""
-    handle = encode_varint(len(out)) + encode_varint(len(block))
-    trailer_type = bytes([NO_COMPRESSION])
-    out += block + trailer_type + struct.pack("<I", mask(crc32c(block + trailer_type)))
-    return handle
-
-
-def write_table(path: Path, items: list[tuple[bytes, bytes]], block_size: int = 4096,
-                restart_interval: int = 16) -> None:
-    """A LevelDB-format table of ``items`` (sorted by key); data blocks are cut after ``block_size`` bytes."""
-    out = bytearray()
-    index: list[tuple[bytes, bytes]] = []
-    pending: list[tuple[bytes, bytes]] = []
-    pending_size = 0
-    for key, value in sorted(items):
-        pending.append((key, value))
-        pending_size += len(key) + len(value)
-        if pending_size >= block_size:
-            # The last key of a block is a valid separator: >= every key in it, < the first key of the next.
-            index.append((pending[-1][0], _append_block(out, _build_block(pending, restart_interval))))
-            pending, pending_size = [], 0
-    if pending:
-        index.append((pending[-1][0], _append_block(out, _build_block(pending, restart_interval))))
-    metaindex = _append_block(out, _build_block([], restart_interval))
-    index_handle = _append_block(out, _build_block(index, 1))
-    footer = (metaindex + index_handle).ljust(FOOTER_SIZE - 8, b"\0") + struct.pack("<Q", TABLE_MAGIC)
-    out += footer
-    Path(path).write_bytes(bytes(out))
-
-
-def write_bundle(prefix: Path | str, tensors: dict[str, torch.Tensor | np.ndarray], block_size: int = 4096) -> None:
-    """Write ``tensors`` as a single-shard TensorFlow checkpoint ``PREFIX.index`` + ``PREFIX.data-00000-of-00001``."""
-    prefix = Path(prefix)
-    entries: list[tuple[bytes, bytes]] = [(b"", _encode_header(1))]
-    offset = 0
-    with open(data_file(prefix, 0, 1), "wb") as f:
-        for name in sorted(tensors):
-            tensor = torch.as_tensor(tensors[name]).contiguous().cpu()
-            if tensor.dtype not in DTYPE_CODES:
-                raise CheckpointError(f"{name}: dtype {tensor.dtype} cannot be written to a TensorFlow checkpoint")
-            raw = tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b""
-            f.write(raw)
-            entry = BundleEntry(name=name, dtype=DTYPE_CODES[tensor.dtype], shape=tuple(tensor.shape), shard_id=0,
-                                offset=offset, size=len(raw), crc32c=mask(crc32c(raw)))
-            entries.append((name.encode("utf-8"), entry.encode()))
-            offset += len(raw)
-    write_table(Path(f"{prefix}.index"), entries, block_size=block_size)
 
 
 # ------------------------------------------------------------------------------------------------ discovery
