@@ -236,6 +236,14 @@ def atomic_output_file(path: Path, overwrite: bool = True, mode: str = "w", enco
             raise
 
 
+def sha256_file(path: Path | str) -> str:
+    """The SHA-256 of a file's bytes, hex (vocab identity, checkpoint manifests, fine-tuning's data fingerprints)."""
+    import hashlib
+
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
 def write_json(path: Path, obj: Any, overwrite: bool = True) -> None:
     """Write ``obj`` as indented UTF-8 JSON, atomically."""
     with atomic_output_file(path, overwrite=overwrite) as f:

@@ -261,6 +261,93 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch, batc
         assert [epoch for epoch, _ in evals] == [1, 2, 3]
 
 
+def _settings_run(tmp_path: Path) -> tuple[list, Path, Path]:
+    """A finished 4-step run with a checkpoint every 2 steps: (its arguments less -o, OUT, the training file)."""
+    train = _write_rows(tmp_path / "train.jsonl", _sentiment_rows(16, 0))
+    dev = _write_rows(tmp_path / "dev.jsonl", _sentiment_rows(4, 1))
+    model = model_for(tmp_path, train, dev)
+    args = ["finetune", "--task", "classification", "--model", model, "--train-file", train, "--validation-file",
+            dev, "--text-column", "review", "--label-column", "stars", "--max-steps", "4", "--save-steps", "2",
+            "--batch-size", "4", "--max-seq-length", "16", "--learning-rate", "1e-3", *FAST]
+    out = tmp_path / "out"
+    ok(run(*args, "-o", out))
+    return args, out, train
+
+
+def _snapshot(out: Path) -> dict[str, int]:
+    return {str(p.relative_to(out)): p.stat().st_mtime_ns for p in out.rglob("*")}
+
+
+def test_finetune_yaml_records_the_run_settings(tmp_path):
+    import yaml
+
+    args, out, train = _settings_run(tmp_path)
+    text = (out / "finetune.yaml").read_text(encoding="utf-8")
+    assert (out / "final" / "finetune.yaml").read_text(encoding="utf-8") == text
+    settings = yaml.safe_load(text)
+    result, other = settings["result"], settings["other"]
+    assert result["task"] == {"name": "classification", "id_column": None, "label_column": "stars",
+                              "text_column": "review", "text_pair_column": None}
+    assert result["model"]["path"] == str((tmp_path / "pretrained").resolve())
+    assert len(result["model"]["config.json"]["sha256"]) == len(result["model"]["model.safetensors"]["sha256"]) == 64
+    (recorded_train,) = result["train_files"]
+    assert recorded_train["path"] == str(train.resolve()) and recorded_train["size"] == train.stat().st_size
+    assert result["validation_file"]["path"].endswith("dev.jsonl") and result["test_file"] is None
+    assert {k: result[k] for k in ("seed", "batch_size", "learning_rate", "max_steps", "epochs", "max_seq_length",
+                                   "warmup_ratio", "weight_decay", "optimizer", "mixed_precision", "crf")} == {
+        "seed": 42, "batch_size": 4, "learning_rate": 1e-3, "max_steps": 4, "epochs": None, "max_seq_length": 16,
+        "warmup_ratio": 0.1, "weight_decay": 0.01, "optimizer": "adamw", "mixed_precision": "no", "crf": False}
+    assert other["logging_steps"] == 1 and other["save_steps"] == 2 and other["gradient_checkpointing"] is False
+
+
+def test_resume_refuses_settings_that_change_the_result(tmp_path):
+    args, out, train = _settings_run(tmp_path)
+    before = _snapshot(out)
+    for change, fragments in (
+        (["--learning-rate", "2e-3"], ("records learning_rate 0.001", "gives 0.002", "--learning-rate 0.001")),
+        (["--seed", "7"], ("records seed 42", "gives 7", "rerun with --seed 42")),
+        (["--max-seq-length", "24"], ("records max_seq_length 16", "gives 24", "--max-seq-length 16")),
+        (["--max-steps", "6"], ("records max_steps 4", "gives 6", "--max-steps 4")),
+        (["--group-by-length"], ("records group_by_length False", "rerun without --group-by-length")),
+    ):
+        result = run(*args, "-o", out, "--resume", *change)
+        assert_one_line_error(result, "finetune.yaml", *fragments, "or start over with --overwrite")
+    # The training file changed since the run began: same path, other contents.
+    _write_rows(train, _sentiment_rows(16, 1))
+    result = run(*args, "-o", out, "--resume")
+    assert_one_line_error(result, "records train_files", str(train.resolve()), "restore the recorded contents",
+                          "--overwrite")
+    assert _snapshot(out) == before  # nothing written, nothing removed
+
+
+def test_resume_accepts_the_same_settings_and_those_that_do_not_change_the_result(tmp_path, monkeypatch):
+    from nezha_cli.engine.trainer import Trainer
+
+    args, whole, _ = _settings_run(tmp_path)
+    ok(run(*args, "-o", whole, "--resume"))  # a finished run, unchanged: reported as complete
+    out = tmp_path / "interrupted"
+    original_step = Trainer._micro_step
+    steps = {"n": 0}
+
+    def interrupt_at_third_step(self, batch):
+        steps["n"] += 1
+        if steps["n"] == 3:  # after the checkpoint of step 2
+            raise KeyboardInterrupt
+        return original_step(self, batch)
+
+    monkeypatch.setattr(Trainer, "_micro_step", interrupt_at_third_step)
+    assert run(*args, "-o", out).exit_code == 130
+    monkeypatch.undo()
+    ok(run(*args, "-o", out, "--resume", "--logging-steps", "2", "--gradient-checkpointing"))
+    assert max(r["step"] for r in read_metrics(out)) == 4
+    assert "logging_steps: 2" in (out / "finetune.yaml").read_text(encoding="utf-8")
+
+    # A run of an older nezha-cli (no finetune.yaml) resumes unchecked, with a warning.
+    (whole / "finetune.yaml").unlink()
+    result = ok(run(*args, "-o", whole, "--resume", "--learning-rate", "2e-3"))
+    assert "settings cannot be checked" in result.stderr
+
+
 # ---------------------------------------------------------------------------------- gradient checkpointing
 
 

@@ -138,7 +138,9 @@ def relaunch_args(ctx: click.Context) -> list[str]:
                    "kept in OUT/final, computed again by `nezha evaluate`.")
 @click.option("--vocab", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="vocab.txt when the model directory has none.")
-@click.option("--resume", is_flag=True, help="Continue the run in OUT from its newest checkpoint.")
+@click.option("--resume", is_flag=True,
+              help="Continue the run in OUT from its newest checkpoint, with the settings recorded in "
+                   "OUT/finetune.yaml (a change that would alter the result is refused).")
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty OUT.")
 @column_options
 @click.pass_context

@@ -14,7 +14,6 @@ make the resumed run differ silently) makes ``--resume`` skip that checkpoint wi
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
@@ -23,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from nezha_cli.errors import CheckpointError, NezhaError
-from nezha_cli.io import give_default_mode, read_json, write_errors, write_json
+from nezha_cli.io import give_default_mode, read_json, sha256_file, write_errors, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -61,16 +60,11 @@ def list_checkpoints(output_dir: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
 def write_manifest(directory: Path) -> None:
     """List every file of ``directory`` with its size and SHA-256 in ``manifest.json`` (the last file written)."""
     files = {}
     for path in sorted(p for p in directory.rglob("*") if p.is_file() and p.name != MANIFEST_NAME):
-        files[path.relative_to(directory).as_posix()] = {"size": path.stat().st_size, "sha256": _sha256(path)}
+        files[path.relative_to(directory).as_posix()] = {"size": path.stat().st_size, "sha256": sha256_file(path)}
     write_json(directory / MANIFEST_NAME, {"files": files})
 
 
@@ -91,7 +85,7 @@ def checkpoint_problem(path: Path, checksums: bool = True) -> str | None:
             return f"{name} is missing"
         if file.stat().st_size != size:
             return f"{name} has {file.stat().st_size:,} bytes, its manifest says {size:,}"
-        if checksums and _sha256(file) != digest:
+        if checksums and sha256_file(file) != digest:
             return f"{name} does not match its checksum"
     return None
 

@@ -3,7 +3,9 @@
 Everything that can fail on the user's input (files, columns, labels, model directory, output directory) is
 checked before the engine creates anything in OUT, so bad input leaves no partial output. The engine then trains
 with evaluation on the dev split after every epoch and keeps the best model (by the task's main metric) as
-``OUT/final/``: a model directory with its head, the label names in ``config.json`` and ``vocab.txt``.
+``OUT/final/``: a model directory with its head, the label names in ``config.json`` and ``vocab.txt``. The run's
+settings go to ``OUT/finetune.yaml`` (and ``OUT/final/``), against which ``--resume`` checks the command's
+(:mod:`~nezha_cli.tasks.finetune_settings`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,13 @@ from nezha_cli.io import check_not_replacing, write_json
 from nezha_cli.modeling.crf import model_crf
 from nezha_cli.tasks.base import Task
 from nezha_cli.tasks.evaluate import MIXED_PRECISION_KEY, EvalFeatures, evaluate_examples, evaluate_features
+from nezha_cli.tasks.finetune_settings import (
+    SETTINGS_NAME,
+    check_resume_settings,
+    file_fingerprint,
+    model_fingerprint,
+    settings_text,
+)
 from nezha_cli.tasks.inference import forward_outputs, numeric_metrics
 from nezha_cli.tasks.tokenization import VOCAB_NAME, load_tokenizer
 from nezha_cli.text.vocab import check_vocab_fits
@@ -162,9 +171,51 @@ def load_task_model(task: Task, model_dir: Path, labels: list[str], from_scratch
     return cls.from_pretrained(model_dir, ignore_mismatched_sizes=True, **overrides)
 
 
+def run_settings(task: Task, model_dir: Path, files: DataFiles,
+                 options: FinetuneOptions) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The run's settings for OUT/finetune.yaml, as the run uses them (the task's defaults applied, ``auto``
+    precision resolved): those that decide the result, and the others (see :mod:`~nezha_cli.tasks.finetune_settings`).
+    """
+    from nezha_cli.engine.precision import cuda_supports_bf16, current_device_type, resolve_mixed_precision
+
+    defaults = task.defaults
+    columns = {name: value for name, value in sorted(vars(task).items()) if name.endswith("_column")}
+    result = {
+        "task": {"name": task.name, **columns},
+        "model": model_fingerprint(model_dir),
+        "from_scratch": options.from_scratch,
+        "vocab": file_fingerprint(options.vocab) if options.vocab else None,
+        "train_files": [file_fingerprint(path) for path in files.train],
+        "validation_file": file_fingerprint(files.dev) if files.dev else None,
+        "test_file": file_fingerprint(files.test) if files.test else None,
+        "seed": options.seed,
+        "batch_size": options.batch_size or defaults.batch_size,
+        "per_device_batch_size": options.per_device_batch_size,
+        "learning_rate": options.learning_rate or defaults.learning_rate,
+        "crf_learning_rate": (options.crf_learning_rate or CRF_LEARNING_RATE) if options.crf else None,
+        # The schedule's length: max_steps when given, else epochs (which the engine then ignores).
+        "max_steps": options.max_steps,
+        "epochs": None if options.max_steps else (options.epochs if options.epochs is not None else defaults.epochs),
+        "max_seq_length": options.max_seq_length or defaults.max_seq_length,
+        "warmup_ratio": options.warmup_ratio if options.warmup_ratio is not None else defaults.warmup_ratio,
+        "weight_decay": options.weight_decay if options.weight_decay is not None else defaults.weight_decay,
+        "optimizer": options.optimizer,
+        "mixed_precision": resolve_mixed_precision(options.mixed_precision, current_device_type(),
+                                                   cuda_supports_bf16()),
+        "crf": options.crf,
+        "word_features": options.word_features,
+        "group_by_length": options.group_by_length,
+    }
+    other = {"gradient_checkpointing": options.gradient_checkpointing, "compile": options.compile,
+             "logging_steps": options.logging_steps, "save_steps": options.save_steps,
+             "save_total_limit": options.save_total_limit, "eval_batch_size": options.eval_batch_size}
+    return result, other
+
+
 def finetune(task: Task, model_dir: Path, output_dir: Path, files: DataFiles,
              options: FinetuneOptions | None = None) -> FinetuneResult:
     from nezha_cli.engine import StepOutput, Trainer, TrainingArguments
+    from nezha_cli.engine.checkpoints import checkpoint_candidates
     from nezha_cli.engine.trainer import check_run_output
 
     options = options or FinetuneOptions()
@@ -178,6 +229,10 @@ def finetune(task: Task, model_dir: Path, output_dir: Path, files: DataFiles,
     feature_options = word_feature_overrides(task, options.word_features)
     if not model_dir.is_dir():
         raise CheckpointError(f"{model_dir}: model directory not found")
+    result_settings, other_settings = run_settings(task, model_dir, files, options)
+    if options.resume and checkpoint_candidates(output_dir):
+        check_resume_settings(output_dir, result_settings)
+    settings = settings_text(result_settings, other_settings)
 
     # -- data: read and check everything before OUT is touched ------------------------------------------------
     train_examples = [example for path in files.train for example in task.read(path)]
@@ -266,9 +321,11 @@ def finetune(task: Task, model_dir: Path, output_dir: Path, files: DataFiles,
     def save_model(model, directory: Path) -> None:
         model.save_pretrained(directory)
         shutil.copyfile(vocab, Path(directory) / VOCAB_NAME)
+        (Path(directory) / SETTINGS_NAME).write_text(settings, encoding="utf-8")
 
     trainer = Trainer(model, args, train_features, task.collate, step,
-                      evaluate=evaluate if dev is not None else None, save_model=save_model)
+                      evaluate=evaluate if dev is not None else None, save_model=save_model,
+                      output_files={SETTINGS_NAME: settings})
     # The dev metric is computed under the run's autocast rather than in fp32: accelerate replaces the prepared
     # model's forward with one under its autocast and has no public way to run the model without it (under FSDP the
     # sharded model is usable only through that wrapper); transformers' Trainer evaluates in its training precision

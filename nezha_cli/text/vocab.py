@@ -7,7 +7,6 @@ would import TensorFlow). :func:`build_vocab` learns a new vocab from a corpus.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -140,11 +139,9 @@ def write_vocab(tokens: Iterable[str], path: Path | str) -> Path:
 
 def vocab_sha256(path: Path | str) -> str:
     """sha256 of the vocab file's bytes: how a data directory and a model check that they use the same vocab."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    from nezha_cli.io import sha256_file
+
+    return sha256_file(path)
 
 
 def checked_vocab_sha256(directory: Path, manifest: dict, written_by: str, required: bool = True) -> str:
