@@ -159,9 +159,9 @@ def main() -> None:
                         help="where to run; on cuda peak memory is the GPU's (torch.cuda.max_memory_allocated)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    from nezha_cli.malloc import tune_malloc
+    from nezha_cli.cli.malloc import tune_malloc
 
-    # As nezha's commands and training engine do: freed memory kept for reuse (see nezha_cli.malloc).
+    # As nezha's commands and training engine do: freed memory kept for reuse (see nezha_cli.cli.malloc).
     malloc_tuned = tune_malloc()
 
     if args.child:
@@ -174,7 +174,7 @@ def main() -> None:
     precisions = [p.strip() for p in args.precision.replace("both", "fp32,bf16").split(",")]
     if not set(precisions) <= {"fp32", "bf16"}:
         parser.error(f"--precision: expected fp32, bf16 or both, got {args.precision!r}")
-    from nezha_cli.modeling import relative_kernels
+    from nezha_cli.modeling.kernels import dispatch as relative_kernels
 
     kernels = relative_kernels.available(torch.zeros(1, device=args.device))
     if args.device == "cuda":

@@ -91,7 +91,7 @@ def main() -> None:
     parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
     parser.add_argument("--steps", type=int, default=20, help="timed rounds (medians reported)")
     args = parser.parse_args()
-    from nezha_cli.malloc import tune_malloc
+    from nezha_cli.cli.malloc import tune_malloc
 
     tune_malloc()  # as nezha's commands do (both taggers alike)
     print(measure(args.model, args.batch, args.length, args.device, args.precision, args.steps), flush=True)

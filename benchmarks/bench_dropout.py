@@ -1,4 +1,4 @@
-"""What the parallel CPU dropout masks (nezha_cli.modeling.dropout) save in a training step.
+"""What the parallel CPU dropout masks (nezha_cli.modeling.kernels.dropout) save in a training step.
 
 The same NezhaForPreTraining (BERT-base width, dropout 0.1 as in the paper's recipes, all 12 heads) takes
 forward+backward steps in turn with this package's ``Dropout`` and with ``torch.nn.Dropout`` (ABAB...); the
@@ -30,7 +30,7 @@ def time_length(length: int, batch: int, layers: int, precision: str, steps: int
     import torch
 
     from nezha_cli.modeling import NezhaConfig, NezhaForPreTraining
-    from nezha_cli.modeling.dropout import Dropout
+    from nezha_cli.modeling.kernels.dropout import Dropout
 
     torch.manual_seed(0)
     model = NezhaForPreTraining(NezhaConfig(num_hidden_layers=layers)).train()

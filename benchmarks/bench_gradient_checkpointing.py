@@ -38,8 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 # The same random pretraining batches as the pretraining benchmark (this folder is on sys.path when run).
 from bench_pretrain import make_batch  # noqa: E402
 
-from nezha_cli.engine.pretrain import pretraining_step  # noqa: E402
 from nezha_cli.modeling import NezhaConfig, NezhaForPreTraining  # noqa: E402
+from nezha_cli.pretraining.run import pretraining_step  # noqa: E402
 
 MIB = 2**20
 
@@ -118,7 +118,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.smoke:
         args.layers, args.hidden, args.length, args.batch, args.vocab, args.steps = 2, 64, 64, 2, 500, 1
-    from nezha_cli.malloc import tune_malloc
+    from nezha_cli.cli.malloc import tune_malloc
 
     tune_malloc()  # as nezha's commands do
     device = torch.device(args.device)

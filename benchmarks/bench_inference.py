@@ -25,8 +25,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from nezha_cli.export import export_model  # noqa: E402
-from nezha_cli.export.onnx import INT8_NAME, ONNX_NAME, session  # noqa: E402
+from nezha_cli.interchange import export_model  # noqa: E402
+from nezha_cli.interchange.onnx import INT8_NAME, ONNX_NAME, session  # noqa: E402
 from nezha_cli.modeling import NezhaConfig, NezhaForSequenceClassification  # noqa: E402
 
 

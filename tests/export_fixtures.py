@@ -1,7 +1,7 @@
 """Tiny model directories and released-style checkpoints (TF bundle, NEZHA-PyTorch) for the export/import tests.
 
 The TensorFlow names are written out here from the released NEZHA/BERT checkpoints' naming, independently of the
-mapping in ``nezha_cli.export.convert``, so that the import tests check that mapping rather than repeat it.
+mapping in ``nezha_cli.interchange.convert``, so that the import tests check that mapping rather than repeat it.
 """
 
 from __future__ import annotations

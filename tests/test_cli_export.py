@@ -125,8 +125,8 @@ def test_torch_export_of_a_word_feature_tagger_takes_the_feature_ids(tmp_path):
 def test_a_failed_parity_check_writes_nothing(tmp_path, monkeypatch):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
-    from nezha_cli.export import onnx as onnx_export
-    from nezha_cli.export.program import Parity
+    from nezha_cli.interchange import onnx as onnx_export
+    from nezha_cli.interchange.program import Parity
 
     # Stand-ins for the (slow) trace and onnxruntime run: a graph whose outputs are off by 0.5 at L = 600.
     monkeypatch.setattr(onnx_export, "write_onnx", lambda model, path, opset: path.write_bytes(b"graph"))

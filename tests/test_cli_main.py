@@ -233,3 +233,18 @@ def test_a_process_whose_peer_reported_an_error_exits_without_a_traceback(tmp_pa
         assert result.exit_code == 2 and result.output == ""
     finally:
         cli.commands.pop("barrier")
+
+
+def test_python_api_is_the_commands_library_calls():
+    import nezha_cli
+    from nezha_cli.interchange import export_model
+    from nezha_cli.pretraining.run import pretrain
+    from nezha_cli.tasks.finetune import finetune
+
+    assert nezha_cli.pretrain is pretrain and nezha_cli.finetune is finetune and nezha_cli.export_model is export_model
+    for name in nezha_cli._API:
+        assert callable(getattr(nezha_cli, name)), name
+    assert not hasattr(nezha_cli, "no_such_call")
+    code = "import sys, nezha_cli; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() \
+        == "False"

@@ -237,8 +237,8 @@ def test_raw_corpus_is_tokenized_masked_and_cached(corpus_file, data_dir, tmp_pa
     assert [r["step"] for r in records if "loss" in r] == [2, 4]
     assert [r["step"] for r in records if "eval_perplexity" in r] == [4]
     # The run's recipe, overrides applied, next to the model: loadable, and found by `nezha export --format hf`.
-    from nezha_cli.engine.recipes import load_recipe
-    from nezha_cli.export.hf import find_recipe
+    from nezha_cli.interchange.hf import find_recipe
+    from nezha_cli.pretraining.recipes import load_recipe
 
     recipe = load_recipe(out / "recipe.yaml")
     assert recipe.training["max_steps"] == 4 and recipe.data["max_seq_length"] == 32

@@ -78,7 +78,7 @@ def test_attention_core_on_cuda_matches_the_paper_formulas(length):
 def test_bucket_kernels_on_cuda_match_the_pytorch_ops(length, dtype):
     """The Triton gather and bucket sums against the PyTorch ops they replace, and the attention core with them."""
     pytest.importorskip("triton")
-    from nezha_cli.modeling import relative_kernels
+    from nezha_cli.modeling.kernels import dispatch as relative_kernels
 
     assert relative_kernels.available(torch.zeros(1, device="cuda", dtype=dtype))
     check_kernels_against_pytorch_ops(length, dtype, "cuda")
@@ -141,8 +141,8 @@ def test_three_times_max_position_embeddings_on_cuda():
 def test_trainer_mixed_precision_on_cuda(tmp_path, precision):
     """The engine through accelerate on a GPU: the precision asked for, loss falling, fp16 loss scaling counted."""
     from nezha_cli.engine import Trainer, TrainingArguments
-    from nezha_cli.engine.pretrain import pretraining_step
-    from nezha_cli.engine.pretraining_data import load_pretraining_data, make_collators
+    from nezha_cli.pretraining.data import load_pretraining_data, make_collators
+    from nezha_cli.pretraining.run import pretraining_step
 
     data = load_pretraining_data(write_masked_data(tmp_path / "data", n=96))
     args = TrainingArguments(output_dir=tmp_path / "run", global_batch_size=8, per_device_batch_size=8,

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from pretrain_fixtures import write_masked_data
 
-from nezha_cli.engine.corpus import data_kind, default_cache_dir, first_documents, prepare_text, resolve_data
-from nezha_cli.engine.recipes import DataOptions
 from nezha_cli.errors import ConfigError, DataError
+from nezha_cli.pretraining.prepare import data_kind, default_cache_dir, first_documents, prepare_text, resolve_data
+from nezha_cli.pretraining.recipes import DataOptions
 
 
 def test_default_cache_dir(monkeypatch, tmp_path):

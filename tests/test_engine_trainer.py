@@ -20,11 +20,11 @@ from safetensors.torch import load_file
 from nezha_cli.engine import StepOutput, Trainer, TrainingArguments, TrainingDiverged
 from nezha_cli.engine.checkpoints import list_checkpoints
 from nezha_cli.engine.metrics_log import read_metrics
-from nezha_cli.engine.pretrain import mlm_evaluator, pretraining_step
-from nezha_cli.engine.pretraining_data import load_pretraining_data, make_collators
 from nezha_cli.errors import CheckpointError, ConfigError, OutputExistsError
 from nezha_cli.modeling import NezhaConfig, NezhaForPreTraining
 from nezha_cli.pretraining.collator import PretrainingCollator
+from nezha_cli.pretraining.data import load_pretraining_data, make_collators
+from nezha_cli.pretraining.run import mlm_evaluator, pretraining_step
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -8,8 +8,8 @@ import torch
 from export_fixtures import batch, model_dir
 
 from nezha_cli.errors import CheckpointError
-from nezha_cli.export import export_model
-from nezha_cli.export.hf import AUTO_CLASSES
+from nezha_cli.interchange import export_model
+from nezha_cli.interchange.hf import AUTO_CLASSES
 from nezha_cli.modeling import MODEL_CLASSES, load_model
 
 HEADS = list(MODEL_CLASSES)

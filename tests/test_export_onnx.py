@@ -14,8 +14,8 @@ ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
 from nezha_cli.cli import cli  # noqa: E402
-from nezha_cli.export import export_model  # noqa: E402
-from nezha_cli.export.onnx import large_constants  # noqa: E402
+from nezha_cli.interchange import export_model  # noqa: E402
+from nezha_cli.interchange.onnx import large_constants  # noqa: E402
 from nezha_cli.modeling import load_model  # noqa: E402
 
 pytestmark = pytest.mark.slow  # each export traces the model with torch.export (seconds)

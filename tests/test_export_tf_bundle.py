@@ -8,7 +8,7 @@ import torch
 from tf_bundle_writer import write_bundle
 
 from nezha_cli.errors import CheckpointError
-from nezha_cli.export.tf_bundle import TensorBundle, crc32c, mask, read_table, resolve_prefix, unmask
+from nezha_cli.interchange.tf_bundle import TensorBundle, crc32c, mask, read_table, resolve_prefix, unmask
 
 LEVELDB_TABLE = Path(__file__).parent / "data" / "leveldb-table.ldb"
 

@@ -19,8 +19,8 @@ from export_fixtures import (
 
 from nezha_cli.cli import cli
 from nezha_cli.errors import CheckpointError, ConfigError
-from nezha_cli.export import import_checkpoint
-from nezha_cli.export.convert import POSITION_REASON, tf_decision, tf_name, torch_decision
+from nezha_cli.interchange import import_checkpoint
+from nezha_cli.interchange.convert import POSITION_REASON, tf_decision, tf_name, torch_decision
 from nezha_cli.modeling import load_model
 
 

@@ -8,7 +8,7 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-import nezha_cli.malloc as malloc
+import nezha_cli.cli.malloc as malloc
 from nezha_cli.cli import cli
 
 
@@ -22,7 +22,7 @@ def _glibc() -> bool:
 # mmap (mallinfo2's hblkhd counts the bytes of mmapped blocks).
 PROBE = """
 import ctypes, json
-from nezha_cli.malloc import glibc, tune_malloc
+from nezha_cli.cli.malloc import glibc, tune_malloc
 tuned = tune_malloc()
 libc = glibc()
 class Mallinfo2(ctypes.Structure):

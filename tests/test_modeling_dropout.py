@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from nezha_cli.modeling import NezhaConfig, NezhaForPreTraining
-from nezha_cli.modeling import dropout as dropout_module
-from nezha_cli.modeling.dropout import Dropout, keep_mask, random_words
+from nezha_cli.modeling.kernels import dropout as dropout_module
+from nezha_cli.modeling.kernels.dropout import Dropout, keep_mask, random_words
 
 
 @pytest.fixture

@@ -6,8 +6,8 @@ import pytest
 from click.testing import CliRunner
 
 from nezha_cli.cli import cli
-from nezha_cli.engine.recipes import apply_override, list_recipes, load_recipe
 from nezha_cli.errors import ConfigError
+from nezha_cli.pretraining.recipes import apply_override, list_recipes, load_recipe
 
 
 def test_shipped_recipes_are_valid():
@@ -114,4 +114,13 @@ def test_recipes_ship_inside_the_wheel(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     for recipe in list_recipes():
         assert f"nezha_cli/recipes/{recipe}.yaml" in names
-    assert "nezha_cli/modeling/_relative_cpu.c" in names  # compiled on first use (relative_kernels)
+    assert "nezha_cli/modeling/kernels/relative_cpu.c" in names  # compiled on first use (relative_kernels)
+
+
+def test_one_default_dupe_factor():
+    from nezha_cli.cli.mask import mask
+    from nezha_cli.pretraining.instances import InstanceConfig
+    from nezha_cli.pretraining.recipes import DataOptions
+
+    cli_default = next(p.default for p in mask.params if p.name == "dupe_factor")
+    assert cli_default == InstanceConfig.dupe_factor == DataOptions.dupe_factor == 1

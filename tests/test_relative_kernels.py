@@ -1,4 +1,4 @@
-"""The kernels of the relative attention (nezha_cli.modeling.relative_kernels) against the PyTorch ops they replace:
+"""The kernels of the relative attention (nezha_cli.modeling.kernels.dispatch) against the PyTorch ops they replace:
 the C kernels compiled for this CPU, and the Triton kernels through Triton's interpreter (their index arithmetic).
 tests/test_cuda.py runs the Triton kernels compiled, with the same checks
 (:func:`check_kernels_against_pytorch_ops`)."""
@@ -19,7 +19,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from nezha_cli.modeling import _relative_cpu, relative_kernels
+from nezha_cli.modeling.kernels import dispatch as relative_kernels
+from nezha_cli.modeling.kernels import relative_cpu as _relative_cpu
 from nezha_cli.modeling.relative_attention import (
     RelativePositions,
     expand_buckets,
@@ -159,7 +160,7 @@ def test_kernel_dispatch_rules():
 
 
 def test_kernels_can_be_turned_off():
-    script = "from nezha_cli.modeling import relative_kernels as k; print(k.ENABLED, k.CPU_ENABLED)"
+    script = "from nezha_cli.modeling.kernels import dispatch as k; print(k.ENABLED, k.CPU_ENABLED)"
     for variable, expected in (("NEZHA_TRITON", "False True"), ("NEZHA_CPU_KERNELS", "True False")):
         result = subprocess.run([sys.executable, "-c", script], env={**os.environ, variable: "0"},
                                 capture_output=True, text=True)

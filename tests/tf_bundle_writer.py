@@ -1,5 +1,5 @@
 """A TensorFlow checkpoint writer for the tests: ``PREFIX.index`` (a LevelDB-format table) plus
-``PREFIX.data-00000-of-00001``, the format :mod:`nezha_cli.export.tf_bundle` reads. Test-only: nezha never writes
+``PREFIX.data-00000-of-00001``, the format :mod:`nezha_cli.interchange.tf_bundle` reads. Test-only: nezha never writes
 TensorFlow checkpoints."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from nezha_cli.errors import CheckpointError
-from nezha_cli.export.tf_bundle import (
+from nezha_cli.interchange.tf_bundle import (
     DTYPE_CODES,
     FOOTER_SIZE,
     NO_COMPRESSION,

@@ -187,7 +187,7 @@ def cli(ctx: click.Context, debug: bool, quiet: bool, log_format: str | None) ->
     on CUDA where Triton is installed (NEZHA_TRITON=0 turns them off) and as C kernels on a Linux CPU with a C
     compiler, built once into ~/.cache/nezha-cli (NEZHA_CPU_KERNELS=0 turns them off).
     """
-    from nezha_cli.malloc import tune_malloc
+    from nezha_cli.cli.malloc import tune_malloc
 
     if log_format is not None:
         os.environ[LOG_FORMAT_ENV] = log_format  # processes started by --num-processes inherit it

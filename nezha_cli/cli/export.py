@@ -63,7 +63,7 @@ def export(ctx: click.Context, model_dir: Path, fmt: str, output: Path, quantize
     """
     from nezha_cli.console import make_progress
     from nezha_cli.errors import ConfigError
-    from nezha_cli.export import EXPORT_FORMATS, export_model
+    from nezha_cli.interchange import EXPORT_FORMATS, export_model
 
     if fmt not in EXPORT_FORMATS:
         raise ConfigError(f"unknown export format {fmt!r}; choose one of {', '.join(EXPORT_FORMATS)}")

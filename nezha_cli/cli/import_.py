@@ -44,7 +44,7 @@ def import_(ctx: click.Context, fmt: str, source: Path, output: Path, config_fil
       nezha import --from hf ./nezha-cn-base -o models/nezha-cn-base --architecture NezhaForMaskedLM
     """
     from nezha_cli.console import make_progress
-    from nezha_cli.export import import_checkpoint
+    from nezha_cli.interchange import import_checkpoint
 
     quiet = bool(ctx.obj and ctx.obj.get("quiet"))
     with make_progress("bytes", disable=quiet or as_json) as progress:

@@ -75,7 +75,7 @@ def pretrain(ctx: click.Context, overrides: tuple[str, ...], recipe: str, data: 
           --recipe nezha-large
     """
     from nezha_cli.engine.launch import in_launched_process, launch_processes
-    from nezha_cli.engine.recipes import load_recipe
+    from nezha_cli.pretraining.recipes import load_recipe
 
     check_resume_or_overwrite(resume, overwrite)
     loaded = load_recipe(recipe, overrides)
@@ -95,7 +95,7 @@ def pretrain(ctx: click.Context, overrides: tuple[str, ...], recipe: str, data: 
         argv += ["--overwrite"] if overwrite else []
         ctx.exit(launch_processes(num_processes, argv + list(overrides)))
 
-    from nezha_cli.engine.pretrain import pretrain as run_pretraining
+    from nezha_cli.pretraining.run import pretrain as run_pretraining
 
     result = run_pretraining(
         loaded, output, data, init_from=init_from, max_steps=max_steps, save_steps=save_steps, seed=seed,

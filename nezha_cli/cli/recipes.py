@@ -16,7 +16,7 @@ def recipes() -> None:
 @recipes.command("list")
 def list_() -> None:
     """List the shipped recipes with their descriptions."""
-    from nezha_cli.engine.recipes import list_recipes, load_recipe
+    from nezha_cli.pretraining.recipes import list_recipes, load_recipe
 
     for name in list_recipes():
         click.echo(f"{name:<18} {load_recipe(name).description}")
@@ -27,7 +27,7 @@ def list_() -> None:
 @click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
 def show(recipe: str, overrides: tuple[str, ...]) -> None:
     """Print RECIPE (a name or a .yaml file) with overrides applied, and the keys it accepts."""
-    from nezha_cli.engine.recipes import SECTIONS, load_recipe, recipe_keys
+    from nezha_cli.pretraining.recipes import SECTIONS, load_recipe, recipe_keys
 
     loaded = load_recipe(recipe, overrides)
     click.echo(loaded.to_yaml(), nl=False)
@@ -42,8 +42,8 @@ def show(recipe: str, overrides: tuple[str, ...]) -> None:
 @click.option("--overwrite", is_flag=True, help="Replace an existing file.")
 def copy(recipe: str, destination: Path, overwrite: bool) -> None:
     """Copy RECIPE to DESTINATION (a file or directory) for editing; use it with --recipe FILE."""
-    from nezha_cli.engine.recipes import load_recipe, resolve_recipe
     from nezha_cli.io import check_output_path
+    from nezha_cli.pretraining.recipes import load_recipe, resolve_recipe
 
     source = resolve_recipe(recipe)
     load_recipe(source)  # a file that is not a valid recipe is refused here, not at its first use

@@ -289,15 +289,3 @@ def from_pretrained(cls, pretrained_model_name_or_path: str | Path | None, *mode
     if output_loading_info:
         return model, report
     return model
-
-
-def load_model(directory: str | Path, architecture: str | None = None, **kwargs):
-    """Load a model directory as the class named by ``architecture`` or by its config's ``architectures``."""
-    from nezha_cli.modeling.modeling_nezha import MODEL_CLASSES
-
-    directory = Path(directory)
-    config = NezhaConfig.from_pretrained(directory)
-    name = architecture or (config.architectures or ["NezhaModel"])[0]
-    if name not in MODEL_CLASSES:
-        raise CheckpointError(f"{directory}: unknown architecture {name!r}; expected one of {', '.join(MODEL_CLASSES)}")
-    return from_pretrained(MODEL_CLASSES[name], directory, config=config, **kwargs)

@@ -18,9 +18,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from nezha_cli.modeling.checkpoint import from_pretrained, save_pretrained
 from nezha_cli.modeling.configuration import NezhaConfig
 from nezha_cli.modeling.crf import ConditionalRandomField
-from nezha_cli.modeling.dropout import Dropout
+from nezha_cli.modeling.kernels.dropout import Dropout
 from nezha_cli.modeling.relative_attention import (
     RelativePositions,
     relative_context,
@@ -775,14 +776,10 @@ class NezhaPreTrainedModel(nn.Module):
         return total
 
     def save_pretrained(self, save_directory: str | Path, **kwargs) -> None:
-        from nezha_cli.modeling.checkpoint import save_pretrained
-
         save_pretrained(self, save_directory, **kwargs)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | Path | None, *model_args, **kwargs):
-        from nezha_cli.modeling.checkpoint import from_pretrained
-
         return from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs)
 
     @classmethod

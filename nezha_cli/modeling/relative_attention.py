@@ -22,7 +22,7 @@ The backward of one is the other, so both directions cost one [L, L] gather and 
 plain attention; custom autograd functions keep autograd from materialising anything larger. Bucket operands are
 padded to a multiple of 8 columns (:func:`bucket_width`) for aligned GEMMs. Extra memory is O(B.H.L.(2K + 1)) and
 there is no length cap. The gather and the bucket sums are one kernel each on CUDA (Triton) and on a Linux CPU
-with a C compiler (:mod:`~nezha_cli.modeling.relative_kernels`).
+with a C compiler (:mod:`~nezha_cli.modeling.kernels.dispatch`).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import torch
 
-from nezha_cli.modeling import relative_kernels
+from nezha_cli.modeling.kernels import dispatch as relative_kernels
 
 
 def relative_position_table(max_relative_position: int, depth: int, dtype=torch.float32) -> torch.Tensor:

@@ -26,10 +26,9 @@ import numpy as np
 import torch
 
 from nezha_cli.errors import DataError
+from nezha_cli.modeling.crf import IGNORE_INDEX
 from nezha_cli.pretraining.masking import MaskingConfig, instance_keys, mask_instances
 from nezha_cli.text.vocab import VOCAB_NAME, SpecialIds, Vocab
-
-IGNORE_INDEX = -100
 
 
 def special_ids_of(source: Any) -> SpecialIds:

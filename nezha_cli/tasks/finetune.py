@@ -32,8 +32,8 @@ from nezha_cli.tasks.finetune_settings import (
     settings_text,
 )
 from nezha_cli.tasks.inference import forward_outputs, numeric_metrics
-from nezha_cli.tasks.tokenization import VOCAB_NAME, load_tokenizer
-from nezha_cli.text.vocab import check_vocab_fits
+from nezha_cli.tasks.tokenization import load_tokenizer
+from nezha_cli.text.vocab import VOCAB_NAME, check_vocab_fits
 
 logger = logging.getLogger(__name__)
 

@@ -9,8 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from nezha_cli.errors import CheckpointError
-
-VOCAB_NAME = "vocab.txt"
+from nezha_cli.text.vocab import VOCAB_NAME
 
 
 def load_tokenizer(model_dir: Path | None = None, vocab: Path | None = None, do_lower_case: bool = True):

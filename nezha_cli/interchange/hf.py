@@ -21,10 +21,11 @@ import yaml
 from nezha_cli import __version__
 from nezha_cli.engine.checkpoints import STATE_NAME, checkpoint_candidates
 from nezha_cli.errors import CheckpointError, DataError
-from nezha_cli.export.base import ExportReport, check_vocab, copy_vocab, load_for_export, write_report
+from nezha_cli.interchange.base import ExportReport, check_vocab, copy_vocab, load_for_export, write_report
 from nezha_cli.io import atomic_output_dir, check_output_path, read_json
 from nezha_cli.modeling import NezhaPreTrainedModel
 from nezha_cli.modeling.checkpoint import WEIGHTS_NAME, model_state_dict
+from nezha_cli.text.vocab import VOCAB_NAME
 
 logger = logging.getLogger(__name__)
 
@@ -191,7 +192,7 @@ def export_hf(model_dir: Path | str, output_dir: Path | str, *, metrics: Path | 
     check_output_path(output_dir, overwrite, inputs=[model_dir, vocab, metrics])
     model = load_for_export(model_dir, word_feature_input=False)
     check_vocab(model_dir, vocab, model)
-    if vocab is None and not (model_dir / "vocab.txt").is_file():
+    if vocab is None and not (model_dir / VOCAB_NAME).is_file():
         raise CheckpointError(f"{model_dir}: no vocab.txt; pass --vocab with the vocab the model was trained with "
                               "(a transformers directory needs it for its tokenizer)")
     found_metrics = find_metrics(model_dir, metrics)

@@ -14,10 +14,10 @@ from nezha_cli.io import write_json
 from nezha_cli.modeling import NezhaPreTrainedModel, load_model
 from nezha_cli.modeling.configuration import CONFIG_NAME
 from nezha_cli.modeling.crf import model_crf
+from nezha_cli.text.vocab import VOCAB_NAME
 
 logger = logging.getLogger(__name__)
 
-VOCAB_NAME = "vocab.txt"
 REPORT_NAME = "export_report.json"
 CRF_NAME = "crf.json"
 

@@ -2,8 +2,9 @@
 
 MLM + NSP with :class:`~nezha_cli.modeling.NezhaForPreTraining`, scoring the vocabulary only at the masked
 positions (as NVIDIA's BERT does), on the shared :class:`~nezha_cli.engine.Trainer`. The data is anything
-:func:`~nezha_cli.engine.corpus.resolve_data` takes (prepared and cached on the way); the resolved recipe is written
-to ``OUT/recipe.yaml`` and ``OUT/final/recipe.yaml``, where ``nezha export --format hf`` finds it for the model card.
+:func:`~nezha_cli.pretraining.prepare.resolve_data` takes (prepared and cached on the way); the resolved recipe is
+written to ``OUT/recipe.yaml`` and ``OUT/final/recipe.yaml``, where ``nezha export --format hf`` finds it for the
+model card.
 """
 
 from __future__ import annotations
@@ -20,12 +21,12 @@ import torch.nn.functional as F
 import yaml
 
 from nezha_cli import __version__
-from nezha_cli.engine.pretraining_data import VOCAB_NAME, check_model_vocab, load_pretraining_data, make_collators
-from nezha_cli.engine.recipes import Recipe
 from nezha_cli.engine.trainer import StepOutput, Trainer, TrainResult, check_output_dir
 from nezha_cli.errors import OutputExistsError
 from nezha_cli.io import check_not_replacing, holds_run_files
 from nezha_cli.modeling import NezhaConfig, NezhaForPreTraining
+from nezha_cli.pretraining.data import VOCAB_NAME, check_model_vocab, load_pretraining_data, make_collators
+from nezha_cli.pretraining.recipes import Recipe
 
 logger = logging.getLogger(__name__)
 
@@ -165,15 +166,15 @@ def pretrain(recipe: Recipe, output_dir: Path | None = None, data: Path | None =
     final/.
 
     ``data``: a `nezha mask` or `nezha tokenize` output, or raw text (a file or directory), prepared and cached in
-    ``cache_dir`` (see :mod:`nezha_cli.engine.corpus`); None: the embedded default corpus. ``output_dir=None``:
+    ``cache_dir`` (see :mod:`nezha_cli.pretraining.prepare`); None: the embedded default corpus. ``output_dir=None``:
     ``runs/pretrain-RECIPE``, where an earlier run of the same recipe and data is continued (a finished one is left
     as it is) unless ``overwrite``. ``max_steps``, ``save_steps``, ``seed``, ``mixed_precision``,
     ``gradient_checkpointing`` and ``compile`` override the recipe's training section when given (not None).
     """
     from accelerate import PartialState
 
-    from nezha_cli.engine.corpus import resolve_data
     from nezha_cli.engine.precision import current_device_type
+    from nezha_cli.pretraining.prepare import resolve_data
 
     values = {k: v for k, v in (("max_steps", max_steps), ("save_steps", save_steps), ("seed", seed),
                                 ("mixed_precision", mixed_precision),

@@ -1,4 +1,4 @@
-"""The Triton kernels of :mod:`nezha_cli.modeling.relative_kernels` (imported there at the first CUDA tensor:
+"""The Triton kernels of :mod:`nezha_cli.modeling.kernels.dispatch` (imported there at the first CUDA tensor:
 importing Triton takes a few tenths of a second that CPU runs need not pay)."""
 
 import triton

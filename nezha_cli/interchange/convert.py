@@ -3,7 +3,7 @@
 Three sources:
 
 * ``tf``: the original NEZHA TensorFlow checkpoints (``model.ckpt-N.index`` + ``.data-*``, ``bert_config.json``),
-  read by :mod:`nezha_cli.export.tf_bundle` without TensorFlow. BERT names (``bert/encoder/layer_0/attention/
+  read by :mod:`nezha_cli.interchange.tf_bundle` without TensorFlow. BERT names (``bert/encoder/layer_0/attention/
   self/query/kernel``), dense kernels stored [in, out] (transposed here), optimizer slots and ``global_step``.
 * ``pytorch``: NEZHA-PyTorch / pytorch-pretrained-bert files: ``bert.`` prefix, LayerNorm ``gamma``/``beta``.
 * ``hf``: transformers model directories (``config.json`` + ``model.safetensors`` or ``pytorch_model.bin``,
@@ -39,12 +39,12 @@ from nezha_cli.modeling.checkpoint import (
     load_state_dict,
     model_state_dict,
 )
+from nezha_cli.text.vocab import VOCAB_NAME
 
 logger = logging.getLogger(__name__)
 
 IMPORT_FORMATS = ("tf", "pytorch", "hf")
 REPORT_NAME = "import_report.json"
-VOCAB_NAME = "vocab.txt"
 BERT_CONFIG_NAME = "bert_config.json"
 
 POSITION_REASON = "absolute position embeddings: NEZHA uses functional relative positions instead"
@@ -275,7 +275,7 @@ def _first_file(directory: Path, names: tuple[str, ...]) -> Path | None:
 
 
 def open_tf(path: Path) -> Source:
-    from nezha_cli.export.tf_bundle import TensorBundle, resolve_prefix
+    from nezha_cli.interchange.tf_bundle import TensorBundle, resolve_prefix
 
     prefix = resolve_prefix(path)
     bundle = TensorBundle(prefix)

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from nezha_cli.errors import NezhaError
-from nezha_cli.export.base import (
+from nezha_cli.interchange.base import (
     ExportReport,
     check_vocab,
     copy_vocab,
@@ -21,7 +21,7 @@ from nezha_cli.export.base import (
     word_features_note,
     write_report,
 )
-from nezha_cli.export.program import CHECK_LENGTHS, check_parity, export_program, input_names, output_names
+from nezha_cli.interchange.program import CHECK_LENGTHS, check_parity, export_program, input_names, output_names
 from nezha_cli.io import atomic_output_dir, check_output_path
 
 PROGRAM_NAME = "model.pt2"

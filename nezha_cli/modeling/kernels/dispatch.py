@@ -7,10 +7,10 @@ kernel launch (or a pass of the CPU's thread pool) and a pass over memory. Here 
 They compute the same values (the clipped buckets' sums in fp32, rounded once) and serve in eager mode, outside
 torch.compile, torch.export and tracing; everything else takes the PyTorch ops.
 
-* CUDA tensors (fp32/bf16/fp16) where Triton is installed (it ships with PyTorch's CUDA wheels): ``_relative_triton``,
+* CUDA tensors (fp32/bf16/fp16) where Triton is installed (it ships with PyTorch's CUDA wheels): ``relative_triton``,
   imported at the first CUDA tensor. ``NEZHA_TRITON=0`` in the environment turns them off.
-* CPU tensors (fp32/bf16) on Linux with a C compiler: ``_relative_cpu.c``, compiled at the first CPU tensor
-  (a quarter of a second, then cached; see :mod:`~nezha_cli.modeling._relative_cpu`). ``NEZHA_CPU_KERNELS=0``
+* CPU tensors (fp32/bf16) on Linux with a C compiler: ``relative_cpu.c``, compiled at the first CPU tensor
+  (a quarter of a second, then cached; see :mod:`~nezha_cli.modeling.kernels.relative_cpu`). ``NEZHA_CPU_KERNELS=0``
   turns them off.
 """
 
@@ -70,7 +70,7 @@ def available(x: torch.Tensor) -> bool:
 def _triton():
     """The module of jit kernels, or None without Triton (CPU-only installs)."""
     try:
-        from nezha_cli.modeling import _relative_triton
+        from nezha_cli.modeling.kernels import relative_triton as _relative_triton
     except ImportError:
         return None
     return _relative_triton
@@ -78,7 +78,7 @@ def _triton():
 
 @functools.cache
 def _cpu() -> ctypes.CDLL | None:
-    from nezha_cli.modeling import _relative_cpu
+    from nezha_cli.modeling.kernels import relative_cpu as _relative_cpu
 
     return _relative_cpu.load()
 

@@ -1,7 +1,7 @@
-"""The C kernels of :mod:`nezha_cli.modeling.relative_kernels` for CPU tensors: compiled once per machine, loaded
+"""The C kernels of :mod:`nezha_cli.modeling.kernels.dispatch` for CPU tensors: compiled once per machine, loaded
 through ctypes.
 
-``_relative_cpu.c`` is built with the C compiler the machine has (``$CC``, else ``gcc``; about a quarter of a
+``relative_cpu.c`` is built with the C compiler the machine has (``$CC``, else ``gcc``; about a quarter of a
 second) into ``$XDG_CACHE_HOME/nezha-cli/kernels`` (``~/.cache/...``), under a name that hashes the source, the
 compiler, the flags and the CPU's features (``-march=native``: a cache shared by different machines keeps one build
 per kind; a new build removes the builds made more than 30 days before it). Nothing is compiled at install time,
@@ -28,7 +28,7 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("_relative_cpu.c")
+SOURCE = Path(__file__).with_name("relative_cpu.c")
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-std=gnu11")
 
 

@@ -24,9 +24,9 @@ from importlib import metadata
 from pathlib import Path
 
 from nezha_cli import __version__
-from nezha_cli.engine.recipes import DataOptions
 from nezha_cli.errors import DataError
 from nezha_cli.pretraining.instances import MASKED_KIND
+from nezha_cli.pretraining.recipes import DataOptions
 from nezha_cli.text.pipeline import MANIFEST_NAME, TOKENIZED_KIND
 from nezha_cli.text.vocab import vocab_sha256
 

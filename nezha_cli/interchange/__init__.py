@@ -2,7 +2,7 @@
 
 ::
 
-    from nezha_cli.export import export_model, import_checkpoint
+    from nezha_cli.interchange import export_model, import_checkpoint
 
     export_model("runs/chnsenti/final", "deploy/chnsenti-onnx", "onnx", quantize="int8")
     import_checkpoint("NEZHA-Base/", "models/nezha-base", "tf")      # no TensorFlow needed
@@ -15,8 +15,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from nezha_cli.errors import ConfigError
-from nezha_cli.export.base import ExportReport
-from nezha_cli.export.convert import IMPORT_FORMATS, ImportReport, import_checkpoint
+from nezha_cli.interchange.base import ExportReport
+from nezha_cli.interchange.convert import IMPORT_FORMATS, ImportReport, import_checkpoint
 
 EXPORT_FORMATS = ("hf", "onnx", "torch-export")
 
@@ -31,14 +31,14 @@ def export_model(model_dir: Path | str, output_dir: Path | str, fmt: str, *, qua
     if fmt != "onnx" and (quantize is not None or fp16):
         raise ConfigError("--quantize and --fp16 apply to --format onnx only")
     if fmt == "hf":
-        from nezha_cli.export.hf import export_hf
+        from nezha_cli.interchange.hf import export_hf
 
         return export_hf(model_dir, output_dir, **options)
     if fmt == "onnx":
-        from nezha_cli.export.onnx import export_onnx
+        from nezha_cli.interchange.onnx import export_onnx
 
         return export_onnx(model_dir, output_dir, quantize=quantize, fp16=fp16, **options)
-    from nezha_cli.export.pt2 import export_torch_program
+    from nezha_cli.interchange.pt2 import export_torch_program
 
     return export_torch_program(model_dir, output_dir, **options)
 

@@ -1,6 +1,6 @@
 """``nezha export --format onnx``: ``OUT/model.onnx`` checked in onnxruntime, optionally int8 and fp16 variants.
 
-The graph comes from ``torch.export`` (see :mod:`nezha_cli.export.program`) through the dynamo ONNX exporter.
+The graph comes from ``torch.export`` (see :mod:`nezha_cli.interchange.program`) through the dynamo ONNX exporter.
 After export it is checked in onnxruntime against PyTorch at a short length and past 512 tokens (max |diff| must
 stay within the tolerance), and its constants are checked: no tensor of rank 3 or more (an [L, L, head_size]
 relative table would be one) and nothing with L x L x head_size elements or more unless it is a model parameter.
@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from nezha_cli.errors import ConfigError, NezhaError
-from nezha_cli.export.base import (
+from nezha_cli.interchange.base import (
     ExportReport,
     check_vocab,
     copy_vocab,
@@ -25,7 +25,7 @@ from nezha_cli.export.base import (
     write_crf,
     write_report,
 )
-from nezha_cli.export.program import (
+from nezha_cli.interchange.program import (
     CHECK_LENGTHS,
     TRACE_LENGTH,
     InferenceModule,
