@@ -358,13 +358,13 @@ def test_sparse_word_gradient_gives_the_dense_gradient(head, mlm_loss, bf16, mon
     # backward (NSP loss alone).
     from torch.profiler import ProfilerActivity, profile
 
-    from nezha_cli.modeling import modeling_nezha
+    from nezha_cli.modeling.kernels import fast_paths
 
     config = tiny_config()
     ids = torch.randint(1, V, (B, L))
     grads, ops = {}, {}
     for sparse in (False, True):
-        monkeypatch.setattr(modeling_nezha, "sparse_word_gradient", lambda weight, sparse=sparse: sparse)
+        monkeypatch.setattr(fast_paths, "sparse_word_gradient", lambda weight, sparse=sparse: sparse)
         torch.manual_seed(0)
         # Under autocast the decoder's gradient reaches the alias through a dtype cast (a fresh fp32 tensor too).
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):

@@ -21,6 +21,7 @@ from torch.utils.checkpoint import checkpoint
 from nezha_cli.modeling.checkpoint import from_pretrained, save_pretrained
 from nezha_cli.modeling.configuration import NezhaConfig
 from nezha_cli.modeling.crf import ConditionalRandomField
+from nezha_cli.modeling.kernels import fast_paths
 from nezha_cli.modeling.kernels.dropout import Dropout
 from nezha_cli.modeling.relative_attention import (
     RelativePositions,
@@ -170,62 +171,6 @@ ACT2FN = {
 
 
 # ------------------------------------------------------------------------------------------------------ blocks
-
-
-def sparse_word_gradient(weight: torch.Tensor) -> bool:
-    """Whether the word-embedding lookup of a model whose MLM decoder shares ``weight`` may take the sparse path.
-
-    The weight's gradient is the decoder's dense [V, H] product plus the lookup's. Left to autograd, a dense lookup
-    gradient costs a zero-filled [V, H] tensor and a full add, and a sparse one is still added out of place (a fresh
-    [V, H] copy: autograd adds a sparse gradient into a dense one in place only when the sparse one came first, and
-    the decoder's always comes first). :class:`_TiedWordWeight` instead hands each use its own alias and adds the
-    lookup's rows into the decoder's gradient in place: on a 2-core CPU these passes were about 8% of a
-    BERT-base-width pretraining step at 512 tokens. ``.grad`` is dense as before, also when the decoder is not in
-    the backward (a loss on the NSP head alone), so optimizers, clipping and DDP see what they always saw. CPU only
-    (on a GPU those passes take microseconds; the sparse path is not measured there), for a plain leaf parameter
-    under autograd, outside torch.compile/export (FSDP and DeepSpeed ZeRO-3 hand out views or placeholders).
-    """
-    return (weight.device.type == "cpu" and torch.is_grad_enabled() and isinstance(weight, nn.Parameter)
-            and weight.requires_grad and weight.is_leaf
-            and weight._base is None and weight.layout == torch.strided and not hasattr(weight, "ds_id")
-            and not torch.compiler.is_compiling() and not torch.compiler.is_exporting())
-
-
-class _TiedWordWeight(torch.autograd.Function):
-    """Two aliases of the word-embedding weight shared with the MLM decoder: one for the lookup, one for the decoder.
-
-    Their gradients meet in :meth:`backward`, which runs once both have arrived: the lookup's sparse rows are added
-    into the decoder's dense gradient in place (see :func:`sparse_word_gradient`).
-    """
-
-    @staticmethod
-    def forward(ctx, weight):
-        return weight.view_as(weight), weight.view_as(weight)
-
-    @staticmethod
-    def backward(ctx, grad_lookup, grad_decoder):
-        # grad_lookup, when present, is the sparse gradient of the lookup (F.embedding(..., sparse=True)).
-        if grad_lookup is None:
-            return grad_decoder
-        if grad_decoder is None:
-            return grad_lookup.to_dense()
-        # grad_decoder is the decoder's own fresh product, referenced nowhere else: safe to add into.
-        return grad_decoder.index_add_(0, grad_lookup._indices()[0], grad_lookup._values())
-
-
-def tied_word_lookup(model: NezhaPreTrainedModel, input_ids, inputs_embeds) -> tuple:
-    """``(input_ids, inputs_embeds, decoder_weight)`` for a head with a tied MLM decoder, on the sparse path if it may.
-
-    On that path the lookup is done here into ``inputs_embeds`` (``input_ids`` becomes None) and the decoder is to
-    use the returned alias; otherwise the arguments come back unchanged with ``decoder_weight`` None.
-    """
-    embeddings = model.get_input_embeddings()
-    weight = embeddings.weight
-    if (input_ids is None or inputs_embeds is not None
-            or model.get_output_embeddings().weight is not weight or not sparse_word_gradient(weight)):
-        return input_ids, inputs_embeds, None
-    lookup, decoder = _TiedWordWeight.apply(weight)
-    return None, F.embedding(input_ids, lookup, embeddings.padding_idx, sparse=True), decoder
 
 
 class NezhaEmbeddings(nn.Module):
@@ -868,7 +813,7 @@ class NezhaModel(NezhaPreTrainedModel):
         mask = None
         if attention_mask is not None:
             mask = extended_attention_mask(attention_mask, embedding_output.dtype, causal=causal)
-            if not causal and _keeps_every_key(attention_mask):
+            if not causal and fast_paths.keeps_every_key(attention_mask):
                 mask = None  # adding zeros: a pass over every layer's scores for nothing
         cross_mask = None
         if encoder_hidden_states is not None:
@@ -898,15 +843,6 @@ class NezhaModel(NezhaPreTrainedModel):
             last_hidden_state=sequence_output, pooler_output=pooled_output, hidden_states=hidden_states,
             attentions=attentions, cross_attentions=cross_attentions)
         return output if return_dict else output.to_tuple()
-
-
-def _keeps_every_key(attention_mask: torch.Tensor) -> bool:
-    """Whether ``attention_mask`` masks nothing (no padding), checked on the CPU in eager mode only.
-
-    Elsewhere the check would cost a device sync or a data-dependent branch in a compiled/exported graph.
-    """
-    return (attention_mask.device.type == "cpu" and not torch.compiler.is_compiling()
-            and not torch.compiler.is_exporting() and not torch.jit.is_tracing() and bool(attention_mask.all()))
 
 
 def _last_layer_rows(positions: torch.Tensor | None, output_attentions: bool, output_hidden_states: bool) -> dict:
@@ -950,7 +886,7 @@ class NezhaForPreTraining(NezhaPreTrainedModel):
         output_attentions, output_hidden_states, return_dict = self._prepare_outputs(
             output_attentions, output_hidden_states, return_dict)
         rows = _last_layer_rows(masked_lm_positions, output_attentions, output_hidden_states)
-        input_ids, inputs_embeds, decoder_weight = tied_word_lookup(self, input_ids, inputs_embeds)
+        input_ids, inputs_embeds, decoder_weight = fast_paths.tied_word_lookup(self, input_ids, inputs_embeds)
         outputs = self.nezha(input_ids, attention_mask, token_type_ids, head_mask, inputs_embeds,
                              output_attentions=output_attentions, output_hidden_states=output_hidden_states,
                              return_dict=True, **rows)
@@ -989,7 +925,7 @@ class NezhaForMaskedLM(NezhaPreTrainedModel):
                 output_hidden_states=None, return_dict=None):
         output_attentions, output_hidden_states, return_dict = self._prepare_outputs(
             output_attentions, output_hidden_states, return_dict)
-        input_ids, inputs_embeds, decoder_weight = tied_word_lookup(self, input_ids, inputs_embeds)
+        input_ids, inputs_embeds, decoder_weight = fast_paths.tied_word_lookup(self, input_ids, inputs_embeds)
         outputs = self.nezha(input_ids, attention_mask, token_type_ids, head_mask, inputs_embeds,
                              encoder_hidden_states, encoder_attention_mask, output_attentions=output_attentions,
                              output_hidden_states=output_hidden_states, return_dict=True)

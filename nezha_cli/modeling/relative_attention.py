@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import torch
 
 from nezha_cli.modeling.kernels import dispatch as relative_kernels
+from nezha_cli.modeling.kernels import fast_paths
 
 
 def relative_position_table(max_relative_position: int, depth: int, dtype=torch.float32) -> torch.Tensor:
@@ -172,11 +173,7 @@ def expand_buckets(y: torch.Tensor, positions: RelativePositions) -> torch.Tenso
     if kernels is not None and positions.bucket_index.dim() == 2:
         return kernels.expand_buckets(y, positions.length, positions.max_relative_position)
     index = positions.bucket_index.expand(*y.shape[:-1], positions.length)
-    if y.device.type == "cpu" and y.element_size() == 2 and y.is_floating_point() and not torch.compiler.is_exporting():
-        # A gather only moves bits: through an int16 view it takes a 2x faster CPU kernel than for bf16/fp16
-        # (which also makes [L, L] temporaries).
-        return y.view(torch.int16).gather(-1, index).view(y.dtype)
-    return y.gather(-1, index)
+    return fast_paths.gather_last(y, index)
 
 
 def sum_buckets(x: torch.Tensor, positions: RelativePositions, dtype: torch.dtype | None = None) -> torch.Tensor:
