@@ -69,7 +69,9 @@ class Lamb(torch.optim.Optimizer):
         exp_avgs = [s["exp_avg"] for s in states]
         exp_avg_sqs = [s["exp_avg_sq"] for s in states]
         # Fewest passes over memory (what a CPU step costs): lerp is b1 m + (1 - b1) g in one pass, and
-        # u = wd x + m / (sqrt(v_hat) + eps) / (1 - b1^t) in one addcdiv.
+        # u = wd x + m / (sqrt(v_hat) + eps) / (1 - b1^t) in one addcdiv. torch's multi-tensor ops are still
+        # underscore-named, as torch's own optimizers use them (pytorch/pytorch#58833 tracks making them public);
+        # tests/test_engine_optim.py checks this step against a plain per-parameter LAMB.
         torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
         torch._foreach_mul_(exp_avg_sqs, beta2)
         torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1 - beta2)

@@ -4,6 +4,11 @@ The layout is exactly what ``datasets`` writes (Arrow stream shards ``data-XXXXX
 ``dataset_info.json``), so ``datasets.load_from_disk`` opens the result; but rows are appended as Arrow record
 batches as they are produced, and read back with plain file reads rather than a memory map (whose touched pages
 would count toward the reader's resident memory).
+
+``state.json``'s keys are datasets' own file format, not a public API: datasets has no public way to write a
+dataset row batch by row batch in constant memory (huggingface/datasets#4417, #3142 ask for one). The tests open
+every directory written here with ``datasets.load_from_disk`` (tests/test_cli_tokenize.py, tests/test_cli_mask.py),
+so a datasets release that changes the format fails there.
 """
 
 from __future__ import annotations
