@@ -340,6 +340,10 @@ class Trainer:
                     batches = acc.skip_first_batches(loader, skip) if skip else loader
                     # accelerate's loaders pass their own iteration count to the sampler on each pass: set it.
                     batches.set_epoch(st["epoch"])
+                    # And set the sampler's own: accelerate's set_epoch looks two wrappers deep, and a resumed
+                    # epoch under several processes has three (SkipBatchSampler, BatchSamplerShard, BatchSampler),
+                    # so the sampler kept epoch 0's order and the run drifted (test_engine_distributed.py).
+                    self._sampler.set_epoch(st["epoch"])
                     for batch in batches:
                         if not self._micro_step(batch):
                             continue
