@@ -110,7 +110,8 @@ def test_loss_falls_and_outputs(data_dir, tmp_path):
     assert reloaded.config.hidden_size == TINY_MODEL["hidden_size"]
     assert [p.name for p in list_checkpoints(out)] == ["step-00000036", "step-00000040"]
     state = json.loads((out / "checkpoints" / "step-00000040" / "trainer_state.json").read_text())
-    assert state["global_step"] == 40 and state["epoch"] == 3 and state["step_in_epoch"] == 10
+    # Written after the final step closed the fourth epoch (and after the final evaluation).
+    assert state["global_step"] == 40 and state["epoch"] == 4 and state["step_in_epoch"] == 0
 
 
 class Crash(Exception):
@@ -583,3 +584,14 @@ def test_input_length_of_single_and_multiple_choice_examples():
 
     assert input_length({"input_ids": [1, 2, 3]}) == 3
     assert input_length({"input_ids": [[1, 2], [1, 2, 3, 4]]}) == 4
+
+
+def test_resuming_a_finished_run_changes_nothing(data_dir, tmp_path):
+    # The last step is a save step but not an evaluation step: its checkpoint must come after the final evaluation,
+    # else a resume of the finished run evaluates (and logs) the last step again.
+    kw = dict(max_steps=8, save_steps=4, eval_examples=16, eval_steps=3)
+    train(data_dir, tmp_path / "run", **kw)
+    before = (tmp_path / "run" / "metrics.jsonl").read_text()
+    assert sum('"eval_mlm_loss"' in line for line in before.splitlines()) == 3  # steps 3, 6 and the final 8
+    again = train(data_dir, tmp_path / "run", resume=True, **kw)
+    assert again.global_step == 8 and (tmp_path / "run" / "metrics.jsonl").read_text() == before

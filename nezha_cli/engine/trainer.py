@@ -355,8 +355,10 @@ class Trainer:
                             last_record = self._log(log, shown)
                         if args.eval_steps and step % args.eval_steps == 0:
                             self._evaluate(log)
-                        if args.save_steps and step % args.save_steps == 0:
-                            if st["step_in_epoch"] == steps_per_epoch and step < total_steps:
+                        if args.save_steps and step % args.save_steps == 0 and step < total_steps:
+                            # (The last step's checkpoint is written after the final evaluation, below, so that
+                            # resuming a finished run does not evaluate and log it again.)
+                            if st["step_in_epoch"] == steps_per_epoch:
                                 # The epoch's last step: save once the epoch is closed (and evaluated, below), so
                                 # that a resume neither re-runs nor re-logs that evaluation.
                                 save_after_epoch = True
