@@ -24,9 +24,18 @@ from rich.progress import (
 UNWRAPPED_WIDTH = 1 << 16
 
 
+# `nezha --log-format json` sets it, so that processes started by --num-processes log the same way.
+LOG_FORMAT_ENV = "NEZHA_LOG_FORMAT"
+
+
+def json_logs() -> bool:
+    """Whether every stderr line is a JSON record (``nezha --log-format json``)."""
+    return os.environ.get(LOG_FORMAT_ENV) == "json"
+
+
 def stderr_console() -> Console:
     """The console for progress and logs: stderr, so that stdout stays clean for results that scripts parse."""
-    if os.environ.get("NEZHA_LOG_FORMAT") == "json":
+    if json_logs():
         # Every stderr line a JSON record (`nezha --log-format json`): no progress display.
         return Console(stderr=True, quiet=True)
     console = Console(stderr=True)

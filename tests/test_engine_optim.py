@@ -95,7 +95,7 @@ def test_param_groups_exclude_bias_and_layernorm():
     assert total == model.num_parameters()
 
 
-def test_build_optimizer_choices(tmp_path):
+def test_build_optimizer_choices(tmp_path, monkeypatch):
     model = nn.Sequential(nn.Linear(2, 2), nn.LayerNorm(2))
     args = TrainingArguments(output_dir=tmp_path, max_steps=1)
     assert isinstance(build_optimizer(model, args), Lamb)
@@ -119,12 +119,10 @@ def test_build_optimizer_choices(tmp_path):
 
     real_adamw = torch.optim.AdamW
     optim._fused_adamw_on.cache_clear()
-    try:
-        torch.optim.AdamW = refuses
+    with monkeypatch.context() as patched:
+        patched.setattr(torch.optim, "AdamW", refuses)
         assert optim._fused_adamw_on("cpu") is False
-    finally:
-        torch.optim.AdamW = real_adamw
-        optim._fused_adamw_on.cache_clear()
+    optim._fused_adamw_on.cache_clear()
     assert optim._fused_adamw_on("cpu") is True
 
 

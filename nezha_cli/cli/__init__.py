@@ -110,19 +110,13 @@ def stopped_message(terminated: bool, command: str | None) -> str:
     return f"{what}. Nothing was left half-written; run the command again to redo it."
 
 
-def json_logs() -> bool:
-    """Whether logs are JSON lines (``nezha --log-format json``, kept in NEZHA_LOG_FORMAT for launched processes)."""
-    return os.environ.get(LOG_FORMAT_ENV) == "json"
-
-
 def emit_line(message: str, level: str) -> None:
-    """One line on stderr: as it is, or as a JSON record under ``--log-format json``."""
-    if json_logs():
-        import json
-        import time
+    """One line on stderr: as it is, or as a JSON record under ``--log-format json`` (the logs' own format)."""
+    from nezha_cli.console import json_logs  # here, not at import: rich is not needed to print help
 
-        message = json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "level": level, "logger": "nezha_cli",
-                              "message": message}, ensure_ascii=False)
+    if json_logs():
+        record = logging.makeLogRecord({"name": "nezha_cli", "levelname": level, "msg": message})
+        message = JsonLogFormatter().format(record)
     click.echo(message, err=True)
 
 
@@ -161,8 +155,6 @@ def os_error_message(exc: OSError) -> str:
     return f"{where}{reason}; {hint}"
 
 
-LOG_FORMAT_ENV = "NEZHA_LOG_FORMAT"
-
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "show_default": True, "max_content_width": 110}
 
 
@@ -190,6 +182,8 @@ def cli(ctx: click.Context, debug: bool, quiet: bool, log_format: str | None) ->
     from nezha_cli.cli.malloc import tune_malloc
 
     if log_format is not None:
+        from nezha_cli.console import LOG_FORMAT_ENV
+
         os.environ[LOG_FORMAT_ENV] = log_format  # processes started by --num-processes inherit it
     tune_malloc()
     ctx.ensure_object(dict)
@@ -212,7 +206,7 @@ class JsonLogFormatter(logging.Formatter):
 def _configure_logging(debug: bool, quiet: bool) -> None:
     from rich.logging import RichHandler
 
-    from nezha_cli.console import stderr_console
+    from nezha_cli.console import json_logs, stderr_console
 
     level = logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO
     if not debug and int(os.environ.get("RANK", "0")) > 0:

@@ -46,18 +46,19 @@ def checkpoint_name(step: int) -> str:
     return f"step-{step:08d}"
 
 
-def list_checkpoints(output_dir: Path) -> list[Path]:
-    """The checkpoints in ``output_dir`` (those that have a manifest), oldest first; :func:`checkpoint_problem`
-    says whether one is still whole."""
+def checkpoint_candidates(output_dir: Path) -> list[Path]:
+    """Every ``step-N`` directory in ``output_dir``, newest first, whole or not."""
     root = Path(output_dir) / CHECKPOINTS_DIR
     if not root.is_dir():
         return []
-    found = []
-    for path in root.iterdir():
-        m = _STEP_DIR.match(path.name)
-        if m and (path / MANIFEST_NAME).is_file():
-            found.append((int(m.group(1)), path))
-    return [p for _, p in sorted(found)]
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_DIR.match(p.name)) and p.is_dir()]
+    return [p for _, p in sorted(found, reverse=True)]
+
+
+def list_checkpoints(output_dir: Path) -> list[Path]:
+    """The checkpoints in ``output_dir`` that have a manifest, oldest first; :func:`checkpoint_problem` says
+    whether one is still whole."""
+    return [p for p in reversed(checkpoint_candidates(output_dir)) if (p / MANIFEST_NAME).is_file()]
 
 
 def write_manifest(directory: Path) -> None:
@@ -154,15 +155,6 @@ def load_checkpoint(accelerator, path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: cannot restore the checkpoint ({type(exc).__name__}: {message}); "
                               "was it written with the same model and optimizer?") from None
     return state
-
-
-def checkpoint_candidates(output_dir: Path) -> list[Path]:
-    """Every ``step-N`` directory in ``output_dir``, newest first, whole or not."""
-    root = Path(output_dir) / CHECKPOINTS_DIR
-    if not root.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_DIR.match(p.name)) and p.is_dir()]
-    return [p for _, p in sorted(found, reverse=True)]
 
 
 def load_newest_checkpoint(accelerator, output_dir: Path) -> tuple[dict[str, Any], Path] | None:

@@ -16,7 +16,7 @@ from torch import nn
 
 from nezha_cli.errors import CheckpointError, ModelFileNotFoundError
 from nezha_cli.io import give_default_mode
-from nezha_cli.modeling.configuration import CONFIG_NAME, NezhaConfig
+from nezha_cli.modeling.configuration import CONFIG_NAME, HUB_OPTIONS, LOCAL_ONLY, NezhaConfig
 
 logger = logging.getLogger(__name__)
 
@@ -214,10 +214,8 @@ def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> LoadR
 
 # from_pretrained options that concern the Hub, devices or loading speed: accepted so that transformers code runs,
 # with no effect here (nothing is downloaded; the model is built on the CPU and moved by the caller).
-_IGNORED_LOAD_OPTIONS = ("cache_dir", "force_download", "resume_download", "proxies", "local_files_only", "token",
-                         "use_auth_token", "revision", "mirror", "trust_remote_code", "low_cpu_mem_usage",
-                         "_fast_init", "from_tf", "from_flax", "offload_folder", "offload_state_dict", "variant",
-                         "attn_implementation", "use_safetensors")
+_IGNORED_LOAD_OPTIONS = (*HUB_OPTIONS, "low_cpu_mem_usage", "_fast_init", "from_tf", "from_flax", "offload_folder",
+                         "offload_state_dict", "variant", "attn_implementation", "use_safetensors")
 
 
 def from_pretrained(cls, pretrained_model_name_or_path: str | Path | None, *model_args,
@@ -242,9 +240,7 @@ def from_pretrained(cls, pretrained_model_name_or_path: str | Path | None, *mode
     if pretrained_model_name_or_path is not None:
         directory = Path(pretrained_model_name_or_path) / subfolder
         if not directory.is_dir():
-            raise ModelFileNotFoundError(
-                f"{directory}: model directory not found (nezha reads local directories only and never downloads: "
-                "fetch a Hub model first, e.g. with `huggingface-cli download`, and give its directory)")
+            raise ModelFileNotFoundError(f"{directory}: model directory not found ({LOCAL_ONLY})")
     elif config is None or state_dict is None:
         raise CheckpointError("from_pretrained(None, ...) needs both config= and state_dict=")
     if isinstance(config, (str, Path)):

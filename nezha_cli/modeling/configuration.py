@@ -83,6 +83,13 @@ GENERAL_DEFAULTS: dict[str, Any] = {
     "problem_type": None,
 }
 
+# transformers' from_pretrained options for the Hub: accepted so that transformers code runs, with no effect (nothing
+# is downloaded; a name that is not a local directory is refused with LOCAL_ONLY).
+HUB_OPTIONS = ("cache_dir", "force_download", "resume_download", "proxies", "local_files_only", "token",
+               "use_auth_token", "revision", "mirror", "trust_remote_code")
+LOCAL_ONLY = ("nezha reads local directories only and never downloads: fetch a Hub model first, e.g. with "
+              "`huggingface-cli download`, and give its directory")
+
 # Keys written only when they differ from their default, so that configs of models that never use them stay as
 # transformers writes them.
 _OMITTED_WHEN_DEFAULT = {"use_crf", "word_features", "architectures"}
@@ -320,16 +327,12 @@ class NezhaConfig:
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | Path, subfolder: str = "", **kwargs: Any):
         """Read a model directory's ``config.json`` (or the file itself); ``kwargs`` replace its settings."""
-        for option in ("cache_dir", "force_download", "resume_download", "proxies", "local_files_only", "token",
-                       "revision", "trust_remote_code", "use_auth_token"):
-            kwargs.pop(option, None)  # Hub options: nothing is downloaded here
+        for option in HUB_OPTIONS:
+            kwargs.pop(option, None)
         directory = Path(pretrained_model_name_or_path) / subfolder
         path = directory / CONFIG_NAME if directory.is_dir() else directory
         if not path.exists():
-            raise ModelFileNotFoundError(
-                f"{directory}: no {CONFIG_NAME}; is this a model directory? (nezha reads local directories only and "
-                "never downloads: fetch a Hub model first, e.g. with `huggingface-cli download`, and give its "
-                "directory)")
+            raise ModelFileNotFoundError(f"{directory}: no {CONFIG_NAME}; is this a model directory? ({LOCAL_ONLY})")
         from nezha_cli.io import read_json
 
         data = read_json(path, what="model config")

@@ -251,8 +251,7 @@ def diagonal_band(x: torch.Tensor, first: int, index: torch.Tensor, valid: torch
     valid = valid.to(x.dtype)
     length = x.shape[-1]
     if (exact or index.dim() != 2 or x.shape[-2] != length or not x.is_contiguous() or x.numel() == 0
-            or (x.requires_grad and torch.is_grad_enabled()) or torch.jit.is_tracing()
-            or torch.compiler.is_compiling()):
+            or (x.requires_grad and torch.is_grad_enabled()) or _tracing()):
         return x.gather(-1, index.expand(*x.shape[:-1], width)).mul_(valid)
     n = x.numel() // (length * length)
     # Rows lo .. hi read only inside the tensor, from the first matrix to the last.
