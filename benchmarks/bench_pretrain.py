@@ -28,6 +28,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -84,14 +85,21 @@ def reference_model(config: NezhaConfig, ours: NezhaForPreTraining, device):
     return hf.to(device)
 
 
-def time_steps(runs, batches, steps: int, warmup: int, autocast: torch.dtype | None, device) -> list[list[float]]:
+def engine_adamw(model: torch.nn.Module) -> torch.optim.Optimizer:
+    """The AdamW of our engine (fused where torch has the kernel)."""
+    return torch.optim.AdamW(model.parameters(), lr=1e-4, fused=fused_supported(model))
+
+
+def time_steps(runs, batches, steps: int, warmup: int, autocast: torch.dtype | None, device,
+               optimizer: Callable[[torch.nn.Module], torch.optim.Optimizer] = engine_adamw,
+               max_grad_norm: float | None = None) -> list[list[float]]:
     """Seconds per training step of each (model, step_fn) in ``runs``, the models taking steps in turn.
 
     Taking turns step by step exposes every model to the same drift in machine load; ratios of the same round
-    cancel most of it.
+    cancel most of it. A step: forward, backward, clipping of the gradients' global norm to ``max_grad_norm``
+    (None: none; the Trainer clips before each step), the step of ``optimizer(model)`` and zero_grad.
     """
-    # The AdamW of our engine (fused where torch has the kernel), for both models.
-    optimizers = [torch.optim.AdamW(model.parameters(), lr=1e-4, fused=fused_supported(model)) for model, _ in runs]
+    optimizers = [optimizer(model) for model, _ in runs]
     times: list[list[float]] = [[] for _ in runs]
     for i in range(warmup + steps):
         batch = batches[i % len(batches)]
@@ -103,6 +111,8 @@ def time_steps(runs, batches, steps: int, warmup: int, autocast: torch.dtype | N
             with torch.autocast(device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
                 loss = step_fn(model, batch)
             loss.backward()
+            if max_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             if device.type == "cuda":
@@ -181,10 +191,31 @@ def our_training_flops(config: NezhaConfig, batch: int, length: int, predictions
                           last_layer_rows=1 + predictions)
 
 
+def reference_training_flops(config: NezhaConfig, batch: int, length: int) -> float:
+    """transformers' Nezha: relative terms over all L keys, every layer and the MLM head on every position."""
+    return training_flops(config, batch, length, batch * length, length)
+
+
 def flop_ratio(config: NezhaConfig, batch: int, length: int, predictions: int) -> float:
     """transformers' training FLOPs over ours: the most a speed-up can be while both are compute-bound."""
-    reference = training_flops(config, batch, length, batch * length, length)
-    return reference / our_training_flops(config, batch, length, predictions)
+    return reference_training_flops(config, batch, length) / our_training_flops(config, batch, length, predictions)
+
+
+def describe_device(device: torch.device) -> str:
+    """The device and the software that ran a benchmark, for its header."""
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
+    return (f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU capability "
+            f"{torch.backends.cpu.get_cpu_capability()}")
+
+
+def gpu_peak_tflops(name: str) -> float | None:
+    """Dense bf16 peak of a GPU by its name (NVIDIA's data sheets), for MFU; None for a GPU not listed here."""
+    if "H100" in name or "H200" in name:
+        return 989.0
+    if "A100" in name:
+        return 312.0
+    return None
 
 
 def main() -> None:
@@ -219,10 +250,7 @@ def main() -> None:
     if device.type == "cuda":
         # Batches that fill a GPU, after the issue's CPU shapes.
         shapes += [(128, 64, 20), (512, 16, 80)] if not args.smoke else []
-        where = f"{torch.cuda.get_device_name()}, torch {torch.__version__}"
-    else:
-        where = (f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU capability "
-                 f"{torch.backends.cpu.get_cpu_capability()}")
+    where = describe_device(device)
     config = NezhaConfig(vocab_size=args.vocab, hidden_size=args.hidden, num_hidden_layers=args.layers,
                          num_attention_heads=args.heads, intermediate_size=4 * args.hidden,
                          hidden_dropout_prob=args.dropout, attention_probs_dropout_prob=args.dropout)
@@ -259,7 +287,7 @@ def main() -> None:
 
     if device.type == "cuda":
         name = torch.cuda.get_device_name()
-        peak = args.peak_tflops or (989.0 if ("H100" in name or "H200" in name) else 312.0)
+        peak = args.peak_tflops or gpu_peak_tflops(name) or 312.0
         print(f"\nGPU {name}: bf16 autocast, peak {peak:.0f} TFLOP/s assumed for MFU")
         for length, batch_size, predictions in ([(128, 64, 20), (512, 16, 80)] if not args.smoke else shapes):
             batches = [{k: v.to(device) for k, v in make_batch(batch_size, length, predictions, args.vocab,

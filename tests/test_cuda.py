@@ -207,3 +207,86 @@ def test_finetune_with_crf_on_cuda(tmp_path):
     metrics = tmp_path / "m.json"
     ok(run("evaluate", "pd-ner", "--model", out / "final", "--file", gold, "--output", metrics))
     assert json.loads(metrics.read_text(encoding="utf-8"))["f1"] == pytest.approx(max(logged))
+
+
+# -- the fused forms of the attention (nezha_cli.modeling.kernels.frpe), compiled: the interpreter's checks ------------
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_fused_kernel_on_cuda_equals_the_definition(dtype):
+    from test_modeling_fused_attention import CLIPS, kernel_errors, query_subset_errors
+    from test_modeling_fused_attention import LENGTHS as FUSED_LENGTHS
+
+    tolerance = 1e-5 if dtype == torch.float32 else 1e-2
+    for K in CLIPS:
+        for length in FUSED_LENGTHS:
+            errors = kernel_errors(length, K, dtype, "cuda")
+            assert max(errors) < tolerance, (length, K, errors)
+    assert max(query_subset_errors(dtype, "cuda")) < tolerance
+
+
+def test_fused_kernel_dropout_on_cuda():
+    from test_modeling_fused_attention import dropout_errors
+
+    for length, K in ((66, 8), (130, 64), (600, 64)):
+        result = dropout_errors(length, K, torch.float32, "cuda")
+        assert max(result["given"]) < 1e-5 and max(result["philox"]) < 1e-5, (length, K, result)
+        assert result["same_mask"] and 0.78 < result["kept"] < 0.82, (length, K, result)
+
+
+@pytest.mark.parametrize("length", [1, 9, 40, 65])
+def test_sdpa_form_on_cuda_equals_the_definition(length):
+    from test_modeling_fused_attention import compare, definition, inputs
+
+    from nezha_cli.modeling.kernels import frpe
+
+    q, k, v, grad, valid = inputs(length, heads=2)
+    for dtype, tolerance in ((torch.float32, 1e-5), (torch.bfloat16, 1e-2)):
+        mask = frpe.padding_mask(valid.cuda(), dtype)
+        errors = compare(lambda q, k, v, mask=mask: frpe.sdpa_attention(q.cuda() / math.sqrt(q.shape[-1]), k.cuda(),
+                                                                        v.cuda(), mask, 64).cpu(),
+                         q, k, v, grad, lambda q, k, v: definition(q, k, v, valid, 64), dtype)
+        assert max(errors) < tolerance, (dtype, errors)
+
+
+@pytest.mark.parametrize("implementation", ["fused", "sdpa"])
+def test_model_on_the_fused_paths_on_cuda_equals_eager(implementation):
+    from test_modeling_fused_attention import model_outputs, relative_error, tiny_config
+
+    results = {}
+    for name in ("eager", implementation):
+        torch.manual_seed(0)
+        model = NezhaForPreTraining(tiny_config(attn_implementation=name)).cuda().train()
+        results[name] = model_outputs(_OnDevice(model), 17 if implementation == "sdpa" else 40)
+    eager, got = results["eager"], results[implementation]
+    assert relative_error(got[0].cpu(), eager[0].cpu().double()) < 1e-5
+    assert relative_error(got[1].cpu(), eager[1].cpu().double()) < 1e-4
+    for n, g in eager[2].items():
+        assert relative_error(got[2][n].cpu(), g.cpu().double(), 1e-6) < 1e-4, n
+
+
+class _OnDevice(torch.nn.Module):
+    """The model with its (CPU-built) inputs moved to its device."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, *args, **kwargs):
+        move = lambda x: x.cuda() if isinstance(x, torch.Tensor) else x  # noqa: E731
+        return self.model(*map(move, args), **{k: move(v) for k, v in kwargs.items()})
+
+    def named_parameters(self, *args, **kwargs):
+        return self.model.named_parameters(*args, **kwargs)
+
+
+def test_fused_model_compiles_with_inductor_on_cuda():
+    from test_modeling_fused_attention import model_outputs, relative_error, tiny_config
+
+    torch.manual_seed(0)
+    model = NezhaForPreTraining(tiny_config(attn_implementation="fused")).cuda().train()
+    eager = model_outputs(_OnDevice(model), 40)
+    model.compile(fullgraph=True)
+    got = model_outputs(_OnDevice(model), 40)
+    assert relative_error(got[1].cpu(), eager[1].cpu().double()) < 1e-4
+    for n, g in eager[2].items():
+        assert relative_error(got[2][n].cpu(), g.cpu().double(), 1e-6) < 1e-3, n

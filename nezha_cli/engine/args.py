@@ -49,6 +49,10 @@ class TrainingArguments:
     # torch.compile the model (nn.Module.compile: checkpoints keep their parameter names): fused kernels on GPUs,
     # for a compilation of about a minute at the start and whenever the input shapes change much.
     compile: bool = False
+    # How the attention is computed: "eager" (relative buckets), "sdpa" (one SDPA call where L <= K + 1) or "fused"
+    # (the Triton kernel, CUDA); None leaves the model's own setting (automatic). Each falls back to eager where
+    # it does not apply (NezhaPreTrainedModel.set_attn_implementation).
+    attention: str | None = None
     seed: int = 42
     logging_steps: int = 10
     # Checkpoint every save_steps optimizer steps (0: only at the end); keep the last save_total_limit.

@@ -140,6 +140,15 @@ def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
     enable()
 
 
+def set_attention(model: torch.nn.Module, attention: str) -> None:
+    """Choose the model's attention implementation (``training.attention``), before accelerate wraps it."""
+    choose = getattr(model, "set_attn_implementation", None)
+    if not callable(choose):
+        raise ConfigError(f"attention: {type(model).__name__} has no set_attn_implementation(); leave the option "
+                          "unset for this model")
+    choose(attention)
+
+
 def compile_model(model: torch.nn.Module) -> None:
     """torch.compile the model in place (``training.compile``), before accelerate wraps it.
 
@@ -209,6 +218,8 @@ class Trainer:
         self.model = model
         if args.gradient_checkpointing:
             enable_gradient_checkpointing(model)
+        if args.attention is not None:
+            set_attention(model, args.attention)
         if args.compile:
             compile_model(model)
         self.state: dict[str, Any] = {}
@@ -318,9 +329,10 @@ class Trainer:
                          resume_step=st["global_step"] if resume_from else None,
                          tensorboard=args.tensorboard)
         logger.info("training %d steps: global batch %d = %d per device x %d process(es) x %d accumulation; "
-                    "mixed precision %s; %s%s%s", total_steps, global_batch, self.per_device_batch_size,
+                    "mixed precision %s; %s%s%s%s", total_steps, global_batch, self.per_device_batch_size,
                     acc.num_processes, self.gradient_accumulation_steps, self.mixed_precision, args.optimizer,
                     "; gradient checkpointing" if args.gradient_checkpointing else "",
+                    f"; {args.attention} attention" if args.attention else "",
                     "; torch.compile" if args.compile else "")
 
         self._reset_window()

@@ -215,7 +215,7 @@ def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> LoadR
 # from_pretrained options that concern the Hub, devices or loading speed: accepted so that transformers code runs,
 # with no effect here (nothing is downloaded; the model is built on the CPU and moved by the caller).
 _IGNORED_LOAD_OPTIONS = (*HUB_OPTIONS, "low_cpu_mem_usage", "_fast_init", "from_tf", "from_flax", "offload_folder",
-                         "offload_state_dict", "variant", "attn_implementation", "use_safetensors")
+                         "offload_state_dict", "variant", "use_safetensors")
 
 
 def from_pretrained(cls, pretrained_model_name_or_path: str | Path | None, *model_args,

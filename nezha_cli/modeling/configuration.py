@@ -90,6 +90,10 @@ HUB_OPTIONS = ("cache_dir", "force_download", "resume_download", "proxies", "loc
 LOCAL_ONLY = ("nezha reads local directories only and never downloads: fetch a Hub model first, e.g. with "
               "`huggingface-cli download`, and give its directory")
 
+# config.attn_implementation (transformers' name): how the attention is computed, a run-time choice that is never
+# written to config.json. None picks automatically; see nezha_cli.modeling.kernels.dispatch.attention_path.
+ATTENTION_IMPLEMENTATIONS = ("eager", "sdpa", "fused")
+
 # Keys written only when they differ from their default, so that configs of models that never use them stay as
 # transformers writes them.
 _OMITTED_WHEN_DEFAULT = {"use_crf", "word_features", "architectures"}
@@ -108,6 +112,7 @@ class NezhaConfig:
             self.torch_dtype = _torch_dtype(self.torch_dtype)
         # transformers' old name for gradient checkpointing in a config; the model reads it when built.
         self.gradient_checkpointing = kwargs.pop("gradient_checkpointing", False)
+        self.attn_implementation = kwargs.pop("attn_implementation", kwargs.pop("_attn_implementation", None))
         self.name_or_path = str(kwargs.pop("name_or_path", kwargs.pop("_name_or_path", "")))
         id2label = kwargs.pop("id2label", None)
         label2id = kwargs.pop("label2id", None)
@@ -238,6 +243,9 @@ class NezhaConfig:
             from nezha_cli.text.word_features import check_scheme
 
             check_scheme(self.word_features, what="config field word_features")
+        if self.attn_implementation not in (None, *ATTENTION_IMPLEMENTATIONS):
+            raise ConfigError(f"attn_implementation={self.attn_implementation!r}: use one of "
+                              f"{', '.join(ATTENTION_IMPLEMENTATIONS)} (or leave it unset)")
         if self.problem_type not in (None, "regression", "single_label_classification", "multi_label_classification"):
             raise ConfigError(f"config field problem_type={self.problem_type!r}: unknown problem type")
 
@@ -250,7 +258,7 @@ class NezhaConfig:
         """Every setting, as ``config.json`` holds it (transformers' ``to_dict``)."""
         out: dict[str, Any] = {"model_type": MODEL_TYPE}
         for key, value in vars(self).items():
-            if key.startswith("_") or key in ("name_or_path", "gradient_checkpointing"):
+            if key.startswith("_") or key in ("name_or_path", "gradient_checkpointing", "attn_implementation"):
                 continue
             if key in _OMITTED_WHEN_DEFAULT and value == MODEL_FIELDS.get(key, (None, None))[1]:
                 continue

@@ -22,7 +22,9 @@ from nezha_cli.modeling.checkpoint import from_pretrained, save_pretrained
 from nezha_cli.modeling.configuration import NezhaConfig
 from nezha_cli.modeling.crf import ConditionalRandomField
 from nezha_cli.modeling.kernels import fast_paths
+from nezha_cli.modeling.kernels.dispatch import attention_path
 from nezha_cli.modeling.kernels.dropout import Dropout
+from nezha_cli.modeling.kernels.frpe import fused_attention, padding_mask, sdpa_attention
 from nezha_cli.modeling.relative_attention import (
     RelativePositions,
     relative_context,
@@ -202,19 +204,23 @@ class NezhaSelfAttention(nn.Module):
         self.key = nn.Linear(config.hidden_size, self.all_head_size)
         self.value = nn.Linear(config.hidden_size, self.all_head_size)
         self.dropout = Dropout(config.attention_probs_dropout_prob)
+        self.max_relative_position = config.max_relative_position
         # Benchmarks switch this off to measure what the relative terms cost; a released NEZHA always has them.
         self.use_relative_positions = True
+        self.attn_implementation = config.attn_implementation
 
     def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
         return x.unflatten(-1, (self.num_attention_heads, self.attention_head_size)).transpose(1, 2)
 
     def forward(self, hidden_states, attention_mask, relative_table, positions, output_attentions=False,
-                query_states=None, head_mask=None):
+                query_states=None, head_mask=None, key_valid=None):
         """``hidden_states`` give the keys and values, ``query_states`` (default: the same rows) the queries.
 
         Cross-attention passes the encoder's states as ``hidden_states``: the relative position of query i and key j
         is then j - i across the two sequences, as in transformers' Nezha (which needs equal lengths).
         ``head_mask`` ([1 or B, H, 1, 1], 0 = drop) multiplies the dropped-out probabilities, as in transformers.
+        ``key_valid`` ([B, L] bool): ``attention_mask`` as a key padding mask, where it is one; with it (or with no
+        mask) the whole attention may be one fused call (kernels.dispatch.attention_path).
         """
         query_states = hidden_states if query_states is None else query_states
         # Scaling q first equals scaling the summed scores: (q.k + q.a) / sqrt(d) = (q / sqrt(d)).(k + a).
@@ -222,6 +228,21 @@ class NezhaSelfAttention(nn.Module):
         key = self._split_heads(self.key(hidden_states))
         value = self._split_heads(self.value(hidden_states))
 
+        path = "eager"
+        if self.use_relative_positions:
+            path = attention_path(self.attn_implementation, query, key.shape[-2], self.max_relative_position,
+                                  plain_mask=attention_mask is None or key_valid is not None,
+                                  query_subset=positions.query_positions is not None,
+                                  output_attentions=output_attentions, head_mask=head_mask)
+        if path != "eager":
+            dropout_p = self.dropout.p if self.training else 0.0
+            if path == "fused":
+                context = fused_attention(query, key, value, key_valid, positions.query_positions,
+                                          self.max_relative_position, dropout_p=dropout_p)
+            else:
+                mask = None if key_valid is None else padding_mask(key_valid, query.dtype)
+                context = sdpa_attention(query, key, value, mask, self.max_relative_position, dropout_p)
+            return context.transpose(1, 2).flatten(-2), None
         if self.use_relative_positions:
             scores = relative_scores(query, key, relative_table, positions)
         else:
@@ -298,9 +319,9 @@ class NezhaAttention(nn.Module):
         self.pruned_heads |= heads
 
     def forward(self, hidden_states, attention_mask, relative_table, positions, output_attentions=False,
-                query_states=None, head_mask=None):
+                query_states=None, head_mask=None, key_valid=None):
         context, probs = self.self(hidden_states, attention_mask, relative_table, positions, output_attentions,
-                                   query_states, head_mask)
+                                   query_states, head_mask, key_valid)
         return self.output(context, hidden_states if query_states is None else query_states), probs
 
 
@@ -339,9 +360,11 @@ class NezhaLayer(nn.Module):
         self.output = NezhaOutput(config)
 
     def forward(self, hidden_states, attention_mask, relative_table, positions, output_attentions=False,
-                query_states=None, head_mask=None, encoder_hidden_states=None, encoder_attention_mask=None):
+                query_states=None, head_mask=None, encoder_hidden_states=None, encoder_attention_mask=None,
+                key_valid=None):
         attention_output, probs = self.attention(
-            hidden_states, attention_mask, relative_table, positions, output_attentions, query_states, head_mask
+            hidden_states, attention_mask, relative_table, positions, output_attentions, query_states, head_mask,
+            key_valid,
         )
         cross_probs = None
         if encoder_hidden_states is not None:
@@ -378,8 +401,10 @@ class NezhaEncoder(nn.Module):
         self.gradient_checkpointing_kwargs: dict = {"use_reentrant": False}
 
     def forward(self, hidden_states, attention_mask=None, output_attentions=False, output_hidden_states=False,
-                output_positions=None, head_mask=None, encoder_hidden_states=None, encoder_attention_mask=None):
+                output_positions=None, head_mask=None, encoder_hidden_states=None, encoder_attention_mask=None,
+                key_valid=None):
         """``output_positions`` ([B, P]): the last layer computes only these rows (see NezhaModel.forward).
+        ``key_valid`` ([B, L] bool): ``attention_mask`` as a key padding mask, where it is one.
 
         Returns the last layer's states and the tuples of hidden states, attentions and cross-attentions (None
         where not asked for).
@@ -407,7 +432,7 @@ class NezhaEncoder(nn.Module):
                     mask = mask.gather(2, output_positions[:, None, :, None].expand(-1, 1, -1, mask.shape[-1]))
             layer_head_mask = None if head_mask is None else head_mask[n]
             arguments = (hidden_states, mask, table, layer_positions, output_attentions, query_states,
-                         layer_head_mask, encoder_hidden_states, encoder_attention_mask)
+                         layer_head_mask, encoder_hidden_states, encoder_attention_mask, key_valid)
             if self.gradient_checkpointing and self.training:
                 hidden_states, probs, cross_probs = checkpoint(layer, *arguments,
                                                                **self.gradient_checkpointing_kwargs)
@@ -667,6 +692,18 @@ class NezhaPreTrainedModel(nn.Module):
                              f"{tuple(head_mask.shape)}")
         return head_mask.to(self.dtype)
 
+    # -- attention implementation ---------------------------------------------------------------------------------
+    def set_attn_implementation(self, attn_implementation: str | None) -> None:
+        """Compute the attention with "eager" (buckets), "sdpa" (one SDPA call where L <= K + 1) or "fused" (the
+        Triton kernel), or None (automatic); each falls back to eager where it does not apply
+        (:func:`~nezha_cli.modeling.kernels.dispatch.attention_path`). Also ``from_pretrained(...,
+        attn_implementation=...)`` and ``NezhaConfig(attn_implementation=...)``, as in transformers."""
+        self.config.attn_implementation = attn_implementation
+        self.config.validate()
+        for module in self.modules():
+            if isinstance(module, NezhaSelfAttention):
+                module.attn_implementation = attn_implementation
+
     # -- gradient checkpointing -------------------------------------------------------------------------------
     def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
         """Recompute each layer in the backward instead of keeping its activations (less memory, ~30% more time).
@@ -810,11 +847,13 @@ class NezhaModel(NezhaPreTrainedModel):
         causal = bool(self.config.is_decoder)
         if causal and attention_mask is None:
             attention_mask = torch.ones(embedding_output.shape[:2], device=embedding_output.device)
-        mask = None
+        mask = key_valid = None
         if attention_mask is not None:
             mask = extended_attention_mask(attention_mask, embedding_output.dtype, causal=causal)
             if not causal and fast_paths.keeps_every_key(attention_mask):
                 mask = None  # adding zeros: a pass over every layer's scores for nothing
+            elif not causal and attention_mask.dim() == 2 and not attention_mask.is_floating_point():
+                key_valid = attention_mask != 0  # the same mask for a fused attention (a float one may weigh)
         cross_mask = None
         if encoder_hidden_states is not None:
             if not self.config.is_decoder:
@@ -832,7 +871,7 @@ class NezhaModel(NezhaPreTrainedModel):
         sequence_output, hidden_states, attentions, cross_attentions = self.encoder(
             embedding_output, mask, output_attentions=output_attentions, output_hidden_states=output_hidden_states,
             output_positions=rows if sparse else None, head_mask=head_mask,
-            encoder_hidden_states=encoder_hidden_states, encoder_attention_mask=cross_mask,
+            encoder_hidden_states=encoder_hidden_states, encoder_attention_mask=cross_mask, key_valid=key_valid,
         )
         if rows is not None and not sparse:
             sequence_output = gather_positions(sequence_output, rows)

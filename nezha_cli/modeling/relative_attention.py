@@ -81,6 +81,7 @@ class RelativePositions:
     # Its transpose, stored contiguous: multiplying by a transposed view was 0.15-0.25 ms slower per call on CPU.
     high_mask: torch.Tensor | None = None
     table_offset: int = 0  # the first row of the full (2K + 1)-row table E that some (i, j) uses
+    query_positions: torch.Tensor | None = None  # [B, Q]: the queries' positions, for a subset of rows (rows())
 
     def reachable(self, table: torch.Tensor) -> torch.Tensor:
         """The rows of the full table E ([2K + 1, d]) that the buckets here index: all of them, or for a sequence
@@ -114,6 +115,7 @@ class RelativePositions:
             remainder_index=take(self.remainder_index),
             remainder_valid=take(self.remainder_valid),
             table_offset=self.table_offset,
+            query_positions=index,
         )
 
     @classmethod

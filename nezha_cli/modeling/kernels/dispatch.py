@@ -24,6 +24,8 @@ from dataclasses import dataclass
 
 import torch
 
+from nezha_cli.modeling.configuration import ATTENTION_IMPLEMENTATIONS  # noqa: F401  (documented here)
+
 ENABLED = os.environ.get("NEZHA_TRITON", "1") != "0"
 CPU_ENABLED = os.environ.get("NEZHA_CPU_KERNELS", "1") != "0"
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -139,4 +141,56 @@ def _cpu_sum_buckets(x: torch.Tensor, max_relative_position: int, width: int, dt
 
 
 TRITON = Backend("triton", _triton_expand_buckets, _triton_sum_buckets)
+
+
+# -- the attention as a whole ---------------------------------------------------------------------------------------
+
+# What each ``config.attn_implementation`` (ATTENTION_IMPLEMENTATIONS; None: automatic, today "eager") computes with:
+#
+# * "eager": the bucket path of relative_attention (with the kernels above where they serve);
+# * "sdpa": one scaled_dot_product_attention call of head size 2d where every pair is in the band (L <= K + 1),
+#   else eager (frpe.sdpa_attention);
+# * "fused": the FlashAttention-style Triton kernel (frpe.fused_attention) on CUDA where Triton is installed (and
+#   on the CPU under TRITON_INTERPRET=1, for tests), else eager.
+#
+# The automatic choice stays eager until the fused kernel has been measured on a GPU (benchmarks/bench_gpu.py): on
+# the CPU the one-call form was slower than the buckets (benchmarks/RESULTS.md).
+
+
+def attention_path(requested: str | None, query: torch.Tensor, key_length: int, max_relative_position: int, *,
+                   plain_mask: bool, query_subset: bool, output_attentions: bool, head_mask) -> str:
+    """Which implementation computes one attention call: "eager", "sdpa" or "fused".
+
+    ``plain_mask``: the mask is None or a key padding mask given as ``key_valid`` (3-D, causal or cross-attention
+    masks, and float masks with values other than 0/1, stay eager); ``query_subset``: the queries are some rows
+    of the sequence (the last layer under ``output_positions``). Probabilities asked for (``output_attentions``),
+    a head mask, tracing and export always take the eager path, which has them.
+    """
+    if (requested in (None, "eager") or output_attentions or head_mask is not None or not plain_mask
+            or torch.jit.is_tracing() or torch.compiler.is_exporting()):
+        return "eager"
+    if requested == "sdpa":
+        length = query.shape[-2]
+        return "sdpa" if not query_subset and length == key_length and length <= max_relative_position + 1 \
+            else "eager"
+    if requested == "fused" and _fused_runs_on(query):
+        return "fused"
+    return "eager"
+
+
+def _fused_runs_on(x: torch.Tensor) -> bool:
+    from nezha_cli.modeling.kernels import frpe
+
+    if x.is_cuda:
+        return ENABLED and x.dtype in _DTYPES and _has_triton()
+    return x.device.type == "cpu" and frpe.interpreted() and _has_triton()
+
+
+@functools.cache
+def _has_triton() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
 CPU = Backend("cpu", _cpu_expand_buckets, _cpu_sum_buckets)
