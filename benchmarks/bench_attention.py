@@ -5,7 +5,9 @@ Three attention implementations in the same model, weights and data (only the at
 * ``bucketed``  this package: relative terms over the 2K+1 distinct distances (no [L, L, d] tensor);
 * ``table``     the formulation of the released code and transformers: a_ij gathered into an [L, L, head_size]
                 tensor, multiplied in the [L, B*H, .] layout (written here, so the rest of the model is identical);
-* ``no-rel``    the relative terms switched off: plain attention, the lower limit.
+* ``no-rel``    the relative terms switched off: plain attention, the lower limit;
+* ``sdpa``, ``fused`` (with ``--impls``): the model's other attention implementations (``attn_implementation``):
+                one SDPA call of head size 2d (lengths up to K + 1 = 65), the Triton kernel (CUDA).
 
 Timing: the three models take training steps in turn, in alternating order (ABC CBA ABC ...), so drifting load on a
 shared machine hits them alike and no model always runs right after the same other one; the cost printed is the
@@ -17,6 +19,7 @@ precision) runs again in a fresh subprocess, so its peak RSS is its own.
     python benchmarks/bench_attention.py --device cuda --steps 20 --lengths 128:64,512:16   # on a GPU
     NEZHA_TRITON=0 python benchmarks/bench_attention.py --device cuda ...   # the GPU without the Triton kernels
     NEZHA_CPU_KERNELS=0 python benchmarks/bench_attention.py ...            # the CPU without the C kernels
+    python benchmarks/bench_attention.py --impls bucketed,no-rel,sdpa --lengths 64:32   # the one-call form
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ import subprocess
 import sys
 import time
 
-IMPLEMENTATIONS = ("bucketed", "table", "no-rel")
+IMPLEMENTATIONS = ("bucketed", "table", "no-rel", "sdpa", "fused")
+DEFAULT_IMPLEMENTATIONS = "bucketed,table,no-rel"
 
 
 def _table_attention_forward(self, hidden_states, attention_mask, relative_table, positions, output_attentions=False,
@@ -74,6 +78,8 @@ def make_step(impl: str, length: int, batch: int, layers: int, precision: str, d
     for module in model.modules():
         if isinstance(module, NezhaSelfAttention):
             module.use_relative_positions = impl != "no-rel"
+            if impl in ("sdpa", "fused"):
+                module.attn_implementation = impl
             if impl == "table":
                 module.forward = types.MethodType(_table_attention_forward, module)
     g = torch.Generator().manual_seed(1)
@@ -123,23 +129,24 @@ def peak_memory(impl: str, length: int, batch: int, layers: int, precision: str,
     return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024  # KiB on Linux
 
 
-def interleaved_times(length: int, batch: int, layers: int, precision: str, device: str, steps: int) -> dict:
-    """Seconds per step of each implementation, the three models stepping in turn (ABC CBA ABC ...).
+def interleaved_times(length: int, batch: int, layers: int, precision: str, device: str, steps: int,
+                      impls: tuple[str, ...] = IMPLEMENTATIONS[:3]) -> dict:
+    """Seconds per step of each implementation, the models stepping in turn (ABC CBA ABC ...).
 
     Load on a shared machine drifts over minutes; taking turns step by step exposes all three to the same drift,
     and the per-round ratios to no-rel cancel most of it. The order alternates because a step's time depends on
     which model ran just before it (cache and allocator state): on a 2-core EPYC, bucketed / no-rel at L = 128 was
     1.066 (mean of 3 runs) with bucketed always after no-rel, 1.038 always after the table model.
     """
-    runs = {impl: make_step(impl, length, batch, layers, precision, device) for impl in IMPLEMENTATIONS}
+    runs = {impl: make_step(impl, length, batch, layers, precision, device) for impl in impls}
     for run in runs.values():
         run()  # warm-up (allocator, kernels)
-    times: dict[str, list[float]] = {impl: [] for impl in IMPLEMENTATIONS}
+    times: dict[str, list[float]] = {impl: [] for impl in impls}
     for round_ in range(steps):
-        for impl in IMPLEMENTATIONS if round_ % 2 == 0 else reversed(IMPLEMENTATIONS):
+        for impl in impls if round_ % 2 == 0 else reversed(impls):
             times[impl].append(runs[impl]())
     results = {}
-    for impl in IMPLEMENTATIONS:
+    for impl in impls:
         ratios = [t / n for t, n in zip(times[impl], times["no-rel"])]
         # The quartiles show how far single rounds scatter (several points on a shared 2-core machine).
         quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
@@ -157,8 +164,14 @@ def main() -> None:
                         help="comma-separated fp32 and/or bf16 (autocast); 'both' = fp32,bf16")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                         help="where to run; on cuda peak memory is the GPU's (torch.cuda.max_memory_allocated)")
+    parser.add_argument("--impls", default=DEFAULT_IMPLEMENTATIONS,
+                        help=f"comma-separated, from {', '.join(IMPLEMENTATIONS)}; no-rel is always run (the ratios' "
+                             "base) (default: %(default)s)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    impls = tuple(dict.fromkeys(["no-rel", *(i.strip() for i in args.impls.split(","))]))
+    if not set(impls) <= set(IMPLEMENTATIONS):
+        parser.error(f"--impls: expected some of {', '.join(IMPLEMENTATIONS)}, got {args.impls!r}")
     from nezha_cli.cli.malloc import tune_malloc
 
     # As nezha's commands and training engine do: freed memory kept for reuse (see nezha_cli.cli.malloc).
@@ -191,7 +204,7 @@ def main() -> None:
     memory = {}
     for precision in precisions:
         for length, batch in pairs:
-            for impl in IMPLEMENTATIONS:
+            for impl in impls:
                 spec = dict(impl=impl, length=length, batch=batch, layers=args.layers, precision=precision,
                             device=args.device)
                 out = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], check=True,
@@ -200,8 +213,8 @@ def main() -> None:
     results = {}
     for precision in precisions:
         for length, batch in pairs:
-            timing = interleaved_times(length, batch, args.layers, precision, args.device, args.steps)
-            for impl in IMPLEMENTATIONS:
+            timing = interleaved_times(length, batch, args.layers, precision, args.device, args.steps, impls)
+            for impl in impls:
                 timing[impl]["peak_mib"] = memory[(precision, length, batch, impl)]
             results[(precision, length, batch)] = timing
     print(header)
@@ -212,7 +225,15 @@ def main() -> None:
                   f"{r['peak_mib']:9.0f}")
     print()
     for (precision, length, _), timing in results.items():
-        b, t, n = (timing[impl] for impl in IMPLEMENTATIONS)
+        n = timing["no-rel"]
+        for impl in ("sdpa", "fused"):
+            if impl in timing and "bucketed" in timing:
+                r, b = timing[impl], timing["bucketed"]
+                print(f"{precision} L={length}: {impl} takes {r['ratio'] / b['ratio']:.2f}x the bucketed time and "
+                      f"{r['peak_mib'] - b['peak_mib']:+.0f} MiB (falls back to bucketed where it does not apply)")
+        if not {"bucketed", "table"} <= set(timing):
+            continue
+        b, t = timing["bucketed"], timing["table"]
         table_mib = length * length * 64 * 4 / 2**20
         # The absolute extra time too: a faster rest of the model (e.g. its dropout) raises the share alone.
         print(f"{precision} L={length}: relative terms cost {b['ratio'] - 1:+.1%} time (median of per-round ratios, "

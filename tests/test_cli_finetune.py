@@ -4,6 +4,7 @@ learning, resume, and bad input (one line, exit code 2, no partial OUT)."""
 from __future__ import annotations
 
 import json
+import math
 import random
 from pathlib import Path
 
@@ -383,6 +384,26 @@ def test_gradient_checkpointing_gives_the_same_run(tmp_path, monkeypatch):
         assert (plain[key] - checkpointed[key]).abs().max() <= 1e-5, key
     losses = [[r["loss"] for r in read_metrics(tmp_path / name) if "loss" in r] for name in ("plain", "checkpointed")]
     assert len(losses[0]) == 4 and losses[0] == pytest.approx(losses[1], abs=1e-5)
+
+
+def test_attention_flag_runs_the_sdpa_form(tmp_path, monkeypatch):
+    # K = 16 here: batches of up to 17 tokens take the one-SDPA-call form (its math is tested in
+    # test_modeling_fused_attention.py), longer ones the eager path.
+    from nezha_cli.modeling.kernels import frpe
+
+    calls = []
+    original = frpe.sdpa_attention
+    monkeypatch.setattr("nezha_cli.modeling.modeling_nezha.sdpa_attention",
+                        lambda *a, **k: calls.append(1) or original(*a, **k))
+    train = _write_rows(tmp_path / "train.jsonl", _sentiment_rows(8, 0))
+    model = model_for(tmp_path, train, num_hidden_layers=2, max_relative_position=16)
+    args = ["finetune", "--task", "classification", "--model", model,
+            "--train-file", train, "--text-column", "review", "--label-column", "stars", "--max-steps", "2",
+            "--batch-size", "4", "--max-seq-length", "16", *FAST]
+    ok(run(*args, "-o", tmp_path / "sdpa", "--attention", "sdpa"))
+    assert len(calls) == 2 * 2  # every layer (the last on [CLS] alone) of both steps
+    losses = [r["loss"] for r in read_metrics(tmp_path / "sdpa") if "loss" in r]
+    assert len(losses) == 2 and all(math.isfinite(x) for x in losses)
 
 
 def test_compile_flag_compiles_the_model_once(tmp_path, monkeypatch):

@@ -144,13 +144,15 @@ def test_num_processes_relaunches_itself(data_dir, tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr("nezha_cli.engine.launch.launch_processes", lambda n, argv: calls.append((n, argv)) or 0)
     result = run("pretrain", "--data", str(data_dir), "-o", str(tmp_path / "o"), "--num-processes", "2",
-                 "--max-steps", "3", "--resume", "--gradient-checkpointing", "--compile", "learning_rate=0.01")
+                 "--max-steps", "3", "--resume", "--gradient-checkpointing", "--compile", "--attention", "sdpa",
+                 "learning_rate=0.01")
     assert result.exit_code == 0, result.output
     n, argv = calls[0]
     assert n == 2
     assert argv[:2] == ["--quiet", "pretrain"] and "--num-processes" not in argv
     assert argv[argv.index("--max-steps") + 1] == "3" and "--resume" in argv and argv[-1] == "learning_rate=0.01"
     assert "--gradient-checkpointing" in argv and "--compile" in argv
+    assert argv[argv.index("--attention") + 1] == "sdpa"
 
 
 def test_gradient_checkpointing_flag_and_key_give_the_same_run(data_dir, tmp_path, monkeypatch):
@@ -205,6 +207,25 @@ def test_compile_flag_and_key_compile_the_model(data_dir, tmp_path, monkeypatch)
         assert result.exit_code == 0, result.output
         assert compiled[before:] == ([] if name == "plain" else ["NezhaForPreTraining"]), name
     assert "compile: true" in (tmp_path / "key" / "recipe.yaml").read_text(encoding="utf-8")
+
+
+def test_attention_flag_and_key_reach_the_model(data_dir, tmp_path, monkeypatch):
+    # What each implementation computes is tested on the model (tests/test_modeling_fused_attention.py).
+    from nezha_cli.engine import trainer
+
+    chosen = []
+    original = trainer.set_attention
+    monkeypatch.setattr(trainer, "set_attention", lambda model, name: chosen.append(name) or original(model, name))
+    common = ["--data", str(data_dir), "--max-steps", "1", "--mixed-precision", "no", *TINY]
+    for name, extra in {"plain": [], "flag": ["--attention", "sdpa"], "key": ["training.attention=fused"]}.items():
+        before = len(chosen)
+        result = run("pretrain", "-o", str(tmp_path / name), *common, *extra)
+        assert result.exit_code == 0, result.output
+        assert chosen[before:] == {"plain": [], "flag": ["sdpa"], "key": ["fused"]}[name], name
+    assert "attention: fused" in (tmp_path / "key" / "recipe.yaml").read_text(encoding="utf-8")
+    result = run("pretrain", "-o", str(tmp_path / "bad"), *common, "training.attention=flash")
+    assert result.exit_code == 2 and "attention='flash': use one of eager, sdpa, fused" in result.output
+    assert not (tmp_path / "bad").exists()
 
 
 # ------------------------------------------------------------------------------------------ raw text, default corpus

@@ -128,18 +128,31 @@ def test_sdpa_form_refuses_clipped_lengths():
         frpe.sdpa_attention(q, q, q, None, 8)
 
 
+def test_sdpa_form_on_a_query_subset_equals_the_definition():
+    length, K = 40, 64
+    q, k, v, grad, valid = inputs(length, heads=2)
+    positions = torch.tensor([[0, 5, 39], [3, 3, 20], [1, 2, 3]])
+    rows = torch.stack([q[b][:, positions[b]] for b in range(3)])
+    mask = frpe.padding_mask(valid, F64)
+    errors = compare(lambda q, k, v: frpe.sdpa_attention(q / math.sqrt(q.shape[-1]), k, v, mask, K,
+                                                         query_positions=positions),
+                     rows, k, v, grad[:, :, :3],
+                     lambda q, k, v: definition(q, k, v, valid, K, query_positions=positions), F64)
+    assert max(errors) < 1e-12, errors
+
+
 # ------------------------------------------------------------------------------------------ dispatch
 
 
 def test_attention_path_takes_the_eager_path_where_a_fused_form_does_not_apply():
     q = torch.zeros(2, 4, 20, 8)
-    path = dict(plain_mask=True, query_subset=False, output_attentions=False, head_mask=None)
+    path = dict(plain_mask=True, output_attentions=False, head_mask=None)
     assert dispatch.attention_path(None, q, 20, 64, **path) == "eager"  # automatic: eager until measured on a GPU
     assert dispatch.attention_path("eager", q, 20, 64, **path) == "eager"
     assert dispatch.attention_path("sdpa", q, 20, 64, **path) == "sdpa"
     assert dispatch.attention_path("sdpa", q, 20, 8, **path) == "eager"  # L > K + 1: pairs are clipped
     assert dispatch.attention_path("sdpa", q, 20, 19, **path) == "sdpa"  # L = K + 1: every pair in the band
-    assert dispatch.attention_path("sdpa", q, 20, 64, **{**path, "query_subset": True}) == "eager"
+    assert dispatch.attention_path("sdpa", q[:, :, :3], 20, 64, **path) == "sdpa"  # a query subset
     for other in ({"plain_mask": False}, {"output_attentions": True}, {"head_mask": torch.ones(4)}):
         assert dispatch.attention_path("sdpa", q, 20, 64, **{**path, **other}) == "eager"
     # The Triton kernel runs on CUDA, or on the CPU only through the interpreter.
@@ -419,3 +432,24 @@ def test_fused_dropout_repeats_and_survives_gradient_checkpointing_in_the_triton
     assert result["dropped"] > 1e-3, result  # attention dropout does act on the fused path
     assert max(result["repeat"]) == 0.0, result
     assert max(result["checkpointed"]) < 1e-6, result
+
+
+def test_cli_offers_the_model_attention_implementations():
+    from nezha_cli import cli
+    from nezha_cli.modeling.configuration import ATTENTION_IMPLEMENTATIONS
+
+    assert cli.ATTENTION_IMPLEMENTATIONS == ATTENTION_IMPLEMENTATIONS  # spelled out there to keep torch out of --help
+
+
+def test_training_attention_is_validated_and_set_on_the_model():
+    from nezha_cli.engine import TrainingArguments
+    from nezha_cli.engine.trainer import set_attention
+    from nezha_cli.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="attention='flash': use one of eager, sdpa, fused"):
+        TrainingArguments(output_dir="x", max_steps=1, attention="flash")
+    model = NezhaForPreTraining(tiny_config())
+    set_attention(model, "sdpa")
+    assert {m.attn_implementation for m in model.modules() if hasattr(m, "attn_implementation")} == {"sdpa"}
+    with pytest.raises(ConfigError, match="has no set_attn_implementation"):
+        set_attention(torch.nn.Linear(2, 2), "sdpa")

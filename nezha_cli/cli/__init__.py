@@ -138,6 +138,13 @@ class ShardParam(click.ParamType):
         return value if isinstance(value, Shard) else Shard.parse(value)
 
 
+# NezhaConfig's ATTENTION_IMPLEMENTATIONS, spelled out: importing the model would import torch for --help
+# (tests/test_modeling_fused_attention.py checks that the two agree).
+ATTENTION_IMPLEMENTATIONS = ("eager", "sdpa", "fused")
+ATTENTION_HELP = ("How the attention is computed: eager (relative-position buckets), sdpa (one "
+                  "scaled_dot_product_attention call, sequences of at most K + 1 tokens) or fused (the Triton kernel, "
+                  "CUDA GPUs); where one does not apply, eager runs.")
+
 SHARD = ShardParam()
 SHARD_HELP = ("Prepare only shard I of N (0-based, like torchrun ranks: 0/N .. N-1/N), for N machines to share the "
               "work; the N outputs together hold exactly the unsharded instances. `nezha pretrain --data` takes "

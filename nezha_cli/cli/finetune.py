@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from nezha_cli.cli import check_resume_or_overwrite
+from nezha_cli.cli import ATTENTION_HELP, ATTENTION_IMPLEMENTATIONS, check_resume_or_overwrite
 from nezha_cli.engine.args import MIXED_PRECISIONS, OPTIMIZERS
 from nezha_cli.text.word_features import SCHEMES as WORD_FEATURE_SCHEMES
 
@@ -116,6 +116,8 @@ def relaunch_args(ctx: click.Context) -> list[str]:
 @click.option("--compile", is_flag=True,
               help="torch.compile the model: faster steps on GPUs after about a minute of compilation (again when "
                    "input lengths change).")
+@click.option("--attention", type=click.Choice(ATTENTION_IMPLEMENTATIONS), default=None,
+              help=ATTENTION_HELP + " [default: automatic, eager]")
 @click.option("--group-by-length", is_flag=True,
               help="Form training batches of inputs of similar length (drawn at random from the whole data, like "
                    "transformers' option): less padding, so faster training on inputs of mixed length.")

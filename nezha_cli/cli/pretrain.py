@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from nezha_cli.cli import check_resume_or_overwrite
+from nezha_cli.cli import ATTENTION_HELP, ATTENTION_IMPLEMENTATIONS, check_resume_or_overwrite
 
 MIXED_PRECISION_CHOICES = ("auto", "no", "fp16", "bf16")
 
@@ -45,6 +45,8 @@ MIXED_PRECISION_CHOICES = ("auto", "no", "fp16", "bf16")
 @click.option("--compile", "compile_model", is_flag=True, default=None,
               help="torch.compile the model: faster steps on GPUs after about a minute of compilation (again when "
                    "input shapes change). [default: the recipe's training.compile, false]")
+@click.option("--attention", type=click.Choice(ATTENTION_IMPLEMENTATIONS), default=None,
+              help=ATTENTION_HELP + " [default: the recipe's training.attention, automatic: eager]")
 @click.option("--num-processes", type=click.IntRange(min=1), default=1,
               help="Launch N processes on this machine (GPUs, or CPU processes over gloo). For several nodes, "
                    "DeepSpeed or FSDP use `accelerate launch -m nezha_cli pretrain ...`.")
@@ -55,7 +57,7 @@ MIXED_PRECISION_CHOICES = ("auto", "no", "fp16", "bf16")
 def pretrain(ctx: click.Context, overrides: tuple[str, ...], recipe: str, data: tuple[Path, ...], output: Path | None,
              max_steps: int | None, save_steps: int | None, seed: int | None, resume: bool, overwrite: bool,
              init_from: Path | None, mixed_precision: str | None, gradient_checkpointing: bool | None,
-             compile_model: bool | None, num_processes: int, cache_dir: Path | None) -> None:
+             compile_model: bool | None, attention: str | None, num_processes: int, cache_dir: Path | None) -> None:
     """Pretrain NEZHA (MLM + NSP) from a recipe; with no arguments, the tiny recipe on the embedded corpus.
 
     \b
@@ -90,7 +92,8 @@ def pretrain(ctx: click.Context, overrides: tuple[str, ...], recipe: str, data: 
             argv += ["--data", str(path)]
         for flag, value in (("-o", output), ("--max-steps", max_steps),
                             ("--save-steps", save_steps), ("--seed", seed), ("--init-from", init_from),
-                            ("--mixed-precision", mixed_precision), ("--cache-dir", cache_dir)):
+                            ("--mixed-precision", mixed_precision), ("--cache-dir", cache_dir),
+                            ("--attention", attention)):
             if value is not None:
                 argv += [flag, str(value)]
         argv += ["--gradient-checkpointing"] if gradient_checkpointing else []
@@ -104,7 +107,7 @@ def pretrain(ctx: click.Context, overrides: tuple[str, ...], recipe: str, data: 
     result = run_pretraining(
         loaded, output, list(data) or None, init_from=init_from, max_steps=max_steps, save_steps=save_steps, seed=seed,
         mixed_precision=mixed_precision, gradient_checkpointing=gradient_checkpointing, compile=compile_model,
-        resume=resume,
+        attention=attention, resume=resume,
         overwrite=overwrite, progress=not obj.get("quiet", False), cache_dir=cache_dir,
     )
     from accelerate import PartialState

@@ -106,6 +106,11 @@ class TrainingArguments:
             raise ConfigError(f"lr_schedule={self.lr_schedule!r}: use one of {', '.join(LR_SCHEDULES)}")
         if self.mixed_precision not in MIXED_PRECISIONS:
             raise ConfigError(f"mixed_precision={self.mixed_precision!r}: use one of {', '.join(MIXED_PRECISIONS)}")
+        from nezha_cli.modeling.configuration import ATTENTION_IMPLEMENTATIONS
+
+        if self.attention not in (None, *ATTENTION_IMPLEMENTATIONS):
+            raise ConfigError(f"attention={self.attention!r}: use one of {', '.join(ATTENTION_IMPLEMENTATIONS)} "
+                              "(or leave it unset: automatic)")
         if not self.learning_rate > 0:
             raise ConfigError(f"learning_rate={self.learning_rate!r}: must be > 0")
         for prefix, rate in self.learning_rates.items():

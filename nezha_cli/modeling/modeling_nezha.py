@@ -232,7 +232,6 @@ class NezhaSelfAttention(nn.Module):
         if self.use_relative_positions:
             path = attention_path(self.attn_implementation, query, key.shape[-2], self.max_relative_position,
                                   plain_mask=attention_mask is None or key_valid is not None,
-                                  query_subset=positions.query_positions is not None,
                                   output_attentions=output_attentions, head_mask=head_mask)
         if path != "eager":
             dropout_p = self.dropout.p if self.training else 0.0
@@ -241,7 +240,8 @@ class NezhaSelfAttention(nn.Module):
                                           self.max_relative_position, dropout_p=dropout_p)
             else:
                 mask = None if key_valid is None else padding_mask(key_valid, query.dtype)
-                context = sdpa_attention(query, key, value, mask, self.max_relative_position, dropout_p)
+                context = sdpa_attention(query, key, value, mask, self.max_relative_position, dropout_p,
+                                         query_positions=positions.query_positions)
             return context.transpose(1, 2).flatten(-2), None
         if self.use_relative_positions:
             scores = relative_scores(query, key, relative_table, positions)

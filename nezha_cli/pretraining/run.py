@@ -168,8 +168,8 @@ def data_paths(data: Path | str | Sequence[Path | str] | None) -> list[Path]:
 def pretrain(recipe: Recipe, output_dir: Path | None = None, data: Path | Sequence[Path] | None = None, *,
              init_from: Path | None = None, max_steps: int | None = None, save_steps: int | None = None,
              seed: int | None = None, mixed_precision: str | None = None, gradient_checkpointing: bool | None = None,
-             compile: bool | None = None, resume: bool = False, overwrite: bool = False, progress: bool = True,
-             cache_dir: Path | None = None) -> TrainResult:
+             compile: bool | None = None, attention: str | None = None, resume: bool = False,
+             overwrite: bool = False, progress: bool = True, cache_dir: Path | None = None) -> TrainResult:
     """Pretrain per ``recipe`` on ``data`` and write ``output_dir``: recipe.yaml, checkpoints/, metrics.jsonl and
     final/.
 
@@ -179,7 +179,8 @@ def pretrain(recipe: Recipe, output_dir: Path | None = None, data: Path | Sequen
     :func:`~nezha_cli.pretraining.data.load_pretraining_data`). ``output_dir=None``:
     ``runs/pretrain-RECIPE``, where an earlier run of the same recipe and data is continued (a finished one is left
     as it is) unless ``overwrite``. ``max_steps``, ``save_steps``, ``seed``, ``mixed_precision``,
-    ``gradient_checkpointing`` and ``compile`` override the recipe's training section when given (not None).
+    ``gradient_checkpointing``, ``compile`` and ``attention`` (the attention implementation: "eager", "sdpa",
+    "fused") override the recipe's training section when given (not None).
     """
     from accelerate import PartialState
 
@@ -189,7 +190,7 @@ def pretrain(recipe: Recipe, output_dir: Path | None = None, data: Path | Sequen
     values = {k: v for k, v in (("max_steps", max_steps), ("save_steps", save_steps), ("seed", seed),
                                 ("mixed_precision", mixed_precision),
                                 ("gradient_checkpointing", gradient_checkpointing),
-                                ("compile", compile)) if v is not None}
+                                ("compile", compile), ("attention", attention)) if v is not None}
     recipe = _apply_command_line(recipe, values)
     options = recipe.data_options()
     paths = data_paths(data)

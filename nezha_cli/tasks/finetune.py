@@ -99,6 +99,7 @@ class FinetuneOptions:
     mixed_precision: str = "auto"
     gradient_checkpointing: bool = False  # TrainingArguments.gradient_checkpointing
     compile: bool = False  # TrainingArguments.compile
+    attention: str | None = None  # TrainingArguments.attention
     logging_steps: int = 10
     save_steps: int | None = None
     save_total_limit: int = 2
@@ -207,6 +208,7 @@ def run_settings(task: Task, model_dir: Path, files: DataFiles,
         "group_by_length": options.group_by_length,
     }
     other = {"gradient_checkpointing": options.gradient_checkpointing, "compile": options.compile,
+             "attention": options.attention,
              "logging_steps": options.logging_steps, "save_steps": options.save_steps,
              "save_total_limit": options.save_total_limit, "eval_batch_size": options.eval_batch_size}
     return result, other
@@ -286,6 +288,7 @@ def finetune(task: Task, model_dir: Path, output_dir: Path, files: DataFiles,
         mixed_precision=options.mixed_precision,
         gradient_checkpointing=options.gradient_checkpointing,
         compile=options.compile,
+        attention=options.attention,
         seed=options.seed,
         logging_steps=max(1, min(options.logging_steps, steps_per_epoch)),
         # A checkpoint per epoch by default, so that --resume loses at most one epoch.

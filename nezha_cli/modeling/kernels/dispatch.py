@@ -158,21 +158,19 @@ TRITON = Backend("triton", _triton_expand_buckets, _triton_sum_buckets)
 
 
 def attention_path(requested: str | None, query: torch.Tensor, key_length: int, max_relative_position: int, *,
-                   plain_mask: bool, query_subset: bool, output_attentions: bool, head_mask) -> str:
+                   plain_mask: bool, output_attentions: bool, head_mask) -> str:
     """Which implementation computes one attention call: "eager", "sdpa" or "fused".
 
     ``plain_mask``: the mask is None or a key padding mask given as ``key_valid`` (3-D, causal or cross-attention
-    masks, and float masks with values other than 0/1, stay eager); ``query_subset``: the queries are some rows
-    of the sequence (the last layer under ``output_positions``). Probabilities asked for (``output_attentions``),
-    a head mask, tracing and export always take the eager path, which has them.
+    masks, and float masks with values other than 0/1, stay eager). Both fused forms take query subsets (the last
+    layer under ``output_positions``). Probabilities asked for (``output_attentions``), a head mask, tracing and
+    export always take the eager path, which has them.
     """
     if (requested in (None, "eager") or output_attentions or head_mask is not None or not plain_mask
             or torch.jit.is_tracing() or torch.compiler.is_exporting()):
         return "eager"
     if requested == "sdpa":
-        length = query.shape[-2]
-        return "sdpa" if not query_subset and length == key_length and length <= max_relative_position + 1 \
-            else "eager"
+        return "sdpa" if key_length <= max_relative_position + 1 else "eager"
     if requested == "fused" and _fused_runs_on(query):
         return "fused"
     return "eager"

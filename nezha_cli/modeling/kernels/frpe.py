@@ -68,17 +68,17 @@ def key_vectors(length: int, depth: int, max_relative_position: int, device=None
 
 
 def sdpa_attention(query, key, value, attention_mask, max_relative_position: int, dropout_p: float = 0.0,
-                   scale: float = 1.0) -> torch.Tensor:
-    """softmax(scale (q.k + q.a) + mask) (v + a) for L <= K + 1, as one SDPA call of head size 2d.
+                   scale: float = 1.0, query_positions: torch.Tensor | None = None) -> torch.Tensor:
+    """softmax(scale (q.k + q.a) + mask) (v + a) for L <= K + 1 keys, as one SDPA call of head size 2d.
 
-    ``attention_mask``: additive, broadcastable to [B, H, L, L] (the model's extended mask), or None. Query and keys
-    must have the same length (self-attention), which must not exceed K + 1.
+    ``attention_mask``: additive, broadcastable to [B, H, Q, L] (the model's extended mask), or None.
+    ``query_positions`` ([B, Q]): the positions of the query rows when they are some rows of the sequence
+    (default: all of them, 0 .. L - 1).
     """
-    length, depth = query.shape[-2:]
-    if length > max_relative_position + 1 or key.shape[-2] != length:
-        raise ValueError(f"the one-call form needs L <= K + 1 and as many keys as queries (L = {length}, "
-                         f"K = {max_relative_position}, {key.shape[-2]} keys)")
-    positions = torch.arange(length, device=query.device)
+    length, depth = key.shape[-2:]
+    if length > max_relative_position + 1:
+        raise ValueError(f"the one-call form needs L <= K + 1 (L = {length}, K = {max_relative_position})")
+    positions = torch.arange(length, device=query.device) if query_positions is None else query_positions
     e = key_vectors(length, depth, max_relative_position, query.device, query.dtype)[0]
     e = e.expand(*key.shape[:-2], length, depth)
     query = torch.cat([query, rotate(query, positions, inverse=True).to(query.dtype)], -1)
