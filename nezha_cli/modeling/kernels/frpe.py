@@ -56,8 +56,20 @@ def rotate(x: torch.Tensor, positions: torch.Tensor, inverse: bool = False) -> t
 def key_vectors(length: int, depth: int, max_relative_position: int, device=None, dtype=torch.float32) -> tuple:
     """(e [L, d], C_lo [d], C_hi [d]): e_j = PE(j + K), and the clipped rows E[0] = PE(0), E[2K] = PE(2K).
 
-    Computed from integer positions in float64 (the angles reach L + K radians), rounded once to ``dtype``.
+    Computed from integer positions in float64 (the angles reach L + K radians), rounded once to ``dtype``; in
+    eager mode kept for the next call of the same shape (every layer, forward and backward, uses the same ones).
     """
+    if torch.compiler.is_compiling():
+        return _key_vectors(length, depth, max_relative_position, device, dtype)
+    return _cached_key_vectors(length, depth, max_relative_position, torch.device(device or "cpu"), dtype)
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_key_vectors(length, depth, max_relative_position, device, dtype) -> tuple:
+    return _key_vectors(length, depth, max_relative_position, device, dtype)
+
+
+def _key_vectors(length, depth, max_relative_position, device, dtype) -> tuple:
     k = max_relative_position
     e = sinusoid(torch.arange(length, device=device) + k, depth)
     ends = sinusoid(torch.tensor([0, 2 * k], device=device), depth)
