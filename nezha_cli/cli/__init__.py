@@ -145,6 +145,9 @@ ATTENTION_HELP = ("How the attention is computed: eager (relative-position bucke
                   "scaled_dot_product_attention call, sequences of at most K + 1 tokens) or fused (the Triton kernel, "
                   "CUDA GPUs); where one does not apply, eager runs.")
 
+ACCELERATE_CONFIG_HELP = ("Run under `accelerate launch` with this accelerate config file (FSDP, DeepSpeed, several "
+                          "machines; examples in examples/accelerate/); with --num-processes, that many processes.")
+
 SHARD = ShardParam()
 SHARD_HELP = ("Prepare only shard I of N (0-based, like torchrun ranks: 0/N .. N-1/N), for N machines to share the "
               "work; the N outputs together hold exactly the unsharded instances. `nezha pretrain --data` takes "

@@ -6,7 +6,12 @@ from pathlib import Path
 
 import click
 
-from nezha_cli.cli import ATTENTION_HELP, ATTENTION_IMPLEMENTATIONS, check_resume_or_overwrite
+from nezha_cli.cli import (
+    ACCELERATE_CONFIG_HELP,
+    ATTENTION_HELP,
+    ATTENTION_IMPLEMENTATIONS,
+    check_resume_or_overwrite,
+)
 from nezha_cli.engine.args import MIXED_PRECISIONS, OPTIMIZERS
 from nezha_cli.text.word_features import SCHEMES as WORD_FEATURE_SCHEMES
 
@@ -55,14 +60,15 @@ def columns_from(kwargs: dict) -> dict:
 
 
 def relaunch_args(ctx: click.Context) -> list[str]:
-    """This command's arguments as given (less --num-processes), for the processes that --num-processes starts."""
+    """This command's arguments as given (less --num-processes and --accelerate-config), for the processes that
+    those start."""
     obj = ctx.obj or {}
     args = ["--debug"] if obj.get("debug") else []
     args += ["--quiet"] if obj.get("quiet") else []
     args.append(ctx.command.name)
     for param in ctx.command.params:
         value = ctx.params.get(param.name)
-        if param.name == "num_processes" or value is None or value is False or value == ():
+        if param.name in ("num_processes", "accelerate_config") or value is None or value is False or value == ():
             continue
         flag = param.opts[-1] if param.opts[-1].startswith("--") else param.opts[0]
         if value is True:
@@ -126,6 +132,7 @@ def relaunch_args(ctx: click.Context) -> list[str]:
               help="Checkpoint every N steps [default: every epoch].")
 @click.option("--num-processes", type=click.IntRange(min=1), default=1, show_default=True,
               help="Run N processes on this machine (GPUs, or CPU over gloo); or start with `accelerate launch`.")
+@click.option("--accelerate-config", type=click.Path(path_type=Path), default=None, help=ACCELERATE_CONFIG_HELP)
 @click.option("--from-scratch", is_flag=True,
               help="Randomly initialise the model (same architecture as --model) instead of loading its weights: "
                    "the baseline that shows what pretraining is worth.")
@@ -148,7 +155,7 @@ def relaunch_args(ctx: click.Context) -> list[str]:
 @click.pass_context
 def finetune(ctx: click.Context, task_name: str, model_dir: Path, data_dir: Path | None, train_files: tuple[Path, ...],
              validation_file: Path | None, test_file: Path | None, output_dir: Path, num_processes: int,
-             **kwargs) -> None:
+             accelerate_config: Path | None, **kwargs) -> None:
     """Fine-tune a pretrained model on a task, evaluating on the dev split every epoch.
 
     \b
@@ -165,8 +172,11 @@ def finetune(ctx: click.Context, task_name: str, model_dir: Path, data_dir: Path
           --validation-file dev.tsv -o runs/ner --crf --word-features jieba-pos
     """
     check_resume_or_overwrite(kwargs.get("resume", False), kwargs.get("overwrite", False))
-    from nezha_cli.engine.launch import in_launched_process, launch_processes
+    from nezha_cli.engine.launch import in_launched_process, launch_processes, launch_with_accelerate
 
+    if accelerate_config is not None and not in_launched_process():
+        ctx.exit(launch_with_accelerate(accelerate_config, relaunch_args(ctx), num_processes if num_processes > 1
+                                        else None))
     if num_processes > 1 and not in_launched_process():
         ctx.exit(launch_processes(num_processes, relaunch_args(ctx)))
 

@@ -6,7 +6,12 @@ from pathlib import Path
 
 import click
 
-from nezha_cli.cli import ATTENTION_HELP, ATTENTION_IMPLEMENTATIONS, check_resume_or_overwrite
+from nezha_cli.cli import (
+    ACCELERATE_CONFIG_HELP,
+    ATTENTION_HELP,
+    ATTENTION_IMPLEMENTATIONS,
+    check_resume_or_overwrite,
+)
 
 MIXED_PRECISION_CHOICES = ("auto", "no", "fp16", "bf16")
 
@@ -50,6 +55,7 @@ MIXED_PRECISION_CHOICES = ("auto", "no", "fp16", "bf16")
 @click.option("--num-processes", type=click.IntRange(min=1), default=1,
               help="Launch N processes on this machine (GPUs, or CPU processes over gloo). For several nodes, "
                    "DeepSpeed or FSDP use `accelerate launch -m nezha_cli pretrain ...`.")
+@click.option("--accelerate-config", type=click.Path(path_type=Path), default=None, help=ACCELERATE_CONFIG_HELP)
 @click.option("--cache-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Where prepared data is cached. [default: $NEZHA_CLI_CACHE, else $XDG_CACHE_HOME/nezha-cli, "
                    "else ~/.cache/nezha-cli]")
@@ -57,7 +63,8 @@ MIXED_PRECISION_CHOICES = ("auto", "no", "fp16", "bf16")
 def pretrain(ctx: click.Context, overrides: tuple[str, ...], recipe: str, data: tuple[Path, ...], output: Path | None,
              max_steps: int | None, save_steps: int | None, seed: int | None, resume: bool, overwrite: bool,
              init_from: Path | None, mixed_precision: str | None, gradient_checkpointing: bool | None,
-             compile_model: bool | None, attention: str | None, num_processes: int, cache_dir: Path | None) -> None:
+             compile_model: bool | None, attention: str | None, num_processes: int, accelerate_config: Path | None,
+             cache_dir: Path | None) -> None:
     """Pretrain NEZHA (MLM + NSP) from a recipe; with no arguments, the tiny recipe on the embedded corpus.
 
     \b
@@ -75,16 +82,16 @@ def pretrain(ctx: click.Context, overrides: tuple[str, ...], recipe: str, data: 
       nezha pretrain --data masked/ -o runs/base --resume        # after an interruption
       nezha pretrain --data masked/ -o runs/base --num-processes 8   # 8 GPUs on this machine
       nezha pretrain --data masked-0 --data masked-1 -o runs/base   # shards of `nezha mask --shard`
-      accelerate launch --config_file fsdp.yaml -m nezha_cli pretrain --data masked/ -o runs/large \\
-          --recipe nezha-large
+      nezha pretrain --data masked/ -o runs/large --recipe nezha-large \\
+          --accelerate-config examples/accelerate/fsdp.yaml   # FSDP (or DeepSpeed, several nodes)
     """
-    from nezha_cli.engine.launch import in_launched_process, launch_processes
+    from nezha_cli.engine.launch import in_launched_process, launch_processes, launch_with_accelerate
     from nezha_cli.pretraining.recipes import load_recipe
 
     check_resume_or_overwrite(resume, overwrite)
     loaded = load_recipe(recipe, overrides)
     obj = ctx.obj or {}
-    if num_processes > 1 and not in_launched_process():
+    if (num_processes > 1 or accelerate_config is not None) and not in_launched_process():
         argv = ["--debug"] if obj.get("debug") else []
         argv += ["--quiet"] if obj.get("quiet") else []
         argv += ["pretrain", "--recipe", str(recipe)]
@@ -100,7 +107,10 @@ def pretrain(ctx: click.Context, overrides: tuple[str, ...], recipe: str, data: 
         argv += ["--compile"] if compile_model else []
         argv += ["--resume"] if resume else []
         argv += ["--overwrite"] if overwrite else []
-        ctx.exit(launch_processes(num_processes, argv + list(overrides)))
+        argv += list(overrides)
+        if accelerate_config is not None:
+            ctx.exit(launch_with_accelerate(accelerate_config, argv, num_processes if num_processes > 1 else None))
+        ctx.exit(launch_processes(num_processes, argv))
 
     from nezha_cli.pretraining.run import pretrain as run_pretraining
 

@@ -38,12 +38,48 @@ def launch_processes(num_processes: int, args: list[str], env: dict[str, str] | 
     """Run ``nezha ARGS`` in ``num_processes`` processes on this machine; returns the exit code."""
     if num_processes < 1:
         raise ConfigError(f"--num-processes {num_processes}: must be >= 1")
+    return _run_launcher(launch_command(num_processes, args), num_processes, env)
+
+
+def check_accelerate_config(path: Path) -> dict:
+    """The settings of an ``accelerate config`` file, or a ConfigError naming it and what to do."""
+    import yaml
+
+    hint = "write one with `accelerate config`, or start from examples/accelerate/ (DDP, FSDP, DeepSpeed)"
+    if not path.is_file():
+        raise ConfigError(f"--accelerate-config {path}: no such file; {hint}")
+    try:
+        settings = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"--accelerate-config {path}: not YAML ({str(exc).splitlines()[0]}); {hint}") from None
+    if not isinstance(settings, dict) or "distributed_type" not in settings:
+        raise ConfigError(f"--accelerate-config {path}: not an accelerate config (no distributed_type); {hint}")
+    return settings
+
+
+def accelerate_command(config: Path, args: list[str], num_processes: int | None = None) -> list[str]:
+    """``accelerate launch --config_file CONFIG -m nezha_cli ARGS`` (``--num_processes`` overriding the file's)."""
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config)]
+    command += ["--num_processes", str(num_processes)] if num_processes else []
+    return command + ["-m", "nezha_cli", *args]
+
+
+def launch_with_accelerate(config: Path, args: list[str], num_processes: int | None = None,
+                           env: dict[str, str] | None = None) -> int:
+    """Run ``nezha ARGS`` under ``accelerate launch`` with an accelerate config file (FSDP, DeepSpeed, several
+    machines); returns the exit code. The file is checked first: a bad one is one line, and nothing starts."""
+    settings = check_accelerate_config(config)
+    count = num_processes or int(settings.get("num_processes") or 1)
+    return _run_launcher(accelerate_command(config, args, num_processes), count, env)
+
+
+def _run_launcher(command: list[str], num_processes: int, env: dict[str, str] | None) -> int:
     full_env = dict(os.environ if env is None else env)
     # torchrun sets 1 thread per process; spread the cores instead when the user did not choose.
     full_env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // num_processes)))
     with tempfile.TemporaryDirectory(prefix="nezha-errors-") as errors:
         full_env[ERROR_DIR_ENV] = errors
-        process = subprocess.Popen(launch_command(num_processes, args), env=full_env)
+        process = subprocess.Popen(command, env=full_env)
         while True:
             try:
                 code = process.wait()
