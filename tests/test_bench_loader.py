@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import logging
 import sys
 from pathlib import Path
 
@@ -17,11 +18,15 @@ def bench_loader():
     spec = importlib.util.spec_from_file_location("bench_loader", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # for its dataclass
+    # main() quiets these loggers for its table; later tests in this process read their records (caplog).
+    levels = {name: logging.getLogger(name).level for name in ("datasets", "nezha_cli", "jieba")}
     try:
         spec.loader.exec_module(module)
         yield module
     finally:
         sys.modules.pop(spec.name, None)
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
 
 
 def test_smoke_prints_the_table(bench_loader, capsys):

@@ -126,11 +126,19 @@ class PretrainingCollator:
         if self.pad_to_multiple_of:
             length = -(-length // self.pad_to_multiple_of) * self.pad_to_multiple_of
         predictions = max(1, max(len(p) for p in positions))
-        input_ids = np.full((batch_size, length), self.special.pad, np.int64)
-        attention_mask = np.zeros((batch_size, length), np.int64)
-        token_type_ids = np.zeros((batch_size, length), np.int64)
-        masked_positions = np.zeros((batch_size, predictions), np.int64)
-        masked_labels = np.full((batch_size, predictions), IGNORE_INDEX, np.int64)
+        # Every field is a view of one buffer: a DataLoader worker then hands the main process one shared-memory
+        # block per batch instead of six (each costs a file descriptor sent and mapped; benchmarks/bench_loader.py).
+        shapes = [(batch_size, length)] * 3 + [(batch_size, predictions)] * 2 + [(batch_size,)]
+        sizes = [int(np.prod(shape)) for shape in shapes]
+        buffer = torch.empty(sum(sizes), dtype=torch.int64)
+        tensors = [part.view(shape) for part, shape in zip(buffer.split(sizes), shapes)]
+        input_ids, attention_mask, token_type_ids, masked_positions, masked_labels, next_sentence_label = (
+            t.numpy() for t in tensors)
+        input_ids.fill(self.special.pad)
+        attention_mask.fill(0)
+        token_type_ids.fill(0)
+        masked_positions.fill(0)
+        masked_labels.fill(IGNORE_INDEX)
         for i, (row, example) in enumerate(zip(rows, examples)):
             n = len(row)
             input_ids[i, :n] = row
@@ -139,15 +147,10 @@ class PretrainingCollator:
             p = len(positions[i])
             masked_positions[i, :p] = positions[i]
             masked_labels[i, :p] = labels[i]
-        next_sentence_label = np.asarray([int(e["next_sentence_label"]) for e in examples], np.int64)
-        return {
-            "input_ids": torch.from_numpy(input_ids),
-            "attention_mask": torch.from_numpy(attention_mask),
-            "token_type_ids": torch.from_numpy(token_type_ids),
-            "masked_lm_positions": torch.from_numpy(masked_positions),
-            "masked_lm_labels": torch.from_numpy(masked_labels),
-            "next_sentence_label": torch.from_numpy(next_sentence_label),
-        }
+        next_sentence_label[:] = [int(e["next_sentence_label"]) for e in examples]
+        keys = ("input_ids", "attention_mask", "token_type_ids", "masked_lm_positions", "masked_lm_labels",
+                "next_sentence_label")
+        return dict(zip(keys, tensors))
 
 
 def _as_list(values: Any) -> list[int]:
