@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import importlib.util
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -176,19 +177,14 @@ def attention_path(requested: str | None, query: torch.Tensor, key_length: int, 
     return "eager"
 
 
+# Looked up once, not imported: under torch.compile the check must be a plain constant.
+_HAS_TRITON = importlib.util.find_spec("triton") is not None
+
+
 def _fused_runs_on(x: torch.Tensor) -> bool:
     from nezha_cli.modeling.kernels import frpe
 
     if x.is_cuda:
-        return ENABLED and x.dtype in _DTYPES and _has_triton()
-    return x.device.type == "cpu" and frpe.interpreted() and _has_triton()
-
-
-@functools.cache
-def _has_triton() -> bool:
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
+        return ENABLED and x.dtype in _DTYPES and _HAS_TRITON
+    return x.device.type == "cpu" and frpe.interpreted() and _HAS_TRITON
 CPU = Backend("cpu", _cpu_expand_buckets, _cpu_sum_buckets)
