@@ -215,7 +215,8 @@ def test_attention_flag_and_key_reach_the_model(data_dir, tmp_path, monkeypatch)
 
     chosen = []
     original = trainer.set_attention
-    monkeypatch.setattr(trainer, "set_attention", lambda model, name: chosen.append(name) or original(model, name))
+    monkeypatch.setattr(trainer, "set_attention",
+                        lambda model, name, device: chosen.append(name) or original(model, name, device))
     common = ["--data", str(data_dir), "--max-steps", "1", "--mixed-precision", "no", *TINY]
     for name, extra in {"plain": [], "flag": ["--attention", "sdpa"], "key": ["training.attention=fused"]}.items():
         before = len(chosen)

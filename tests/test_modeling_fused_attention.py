@@ -453,3 +453,13 @@ def test_training_attention_is_validated_and_set_on_the_model():
     assert {m.attn_implementation for m in model.modules() if hasattr(m, "attn_implementation")} == {"sdpa"}
     with pytest.raises(ConfigError, match="has no set_attn_implementation"):
         set_attention(torch.nn.Linear(2, 2), "sdpa")
+
+
+def test_fused_attention_where_it_cannot_run_says_so_once(caplog):
+    from nezha_cli.engine.trainer import set_attention
+
+    model = NezhaForPreTraining(tiny_config())
+    with caplog.at_level("WARNING", logger="nezha_cli"):
+        set_attention(model, "fused", torch.device("cpu"))
+    runs_here = frpe.interpreted() and dispatch._HAS_TRITON
+    assert ("the eager attention runs on this cpu" in caplog.text) != runs_here

@@ -140,13 +140,22 @@ def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
     enable()
 
 
-def set_attention(model: torch.nn.Module, attention: str) -> None:
-    """Choose the model's attention implementation (``training.attention``), before accelerate wraps it."""
+def set_attention(model: torch.nn.Module, attention: str, device: torch.device | None = None) -> None:
+    """Choose the model's attention implementation (``training.attention``), before accelerate wraps it.
+
+    The fused kernel needs a CUDA GPU with Triton: elsewhere the eager path runs, which the log says once.
+    """
     choose = getattr(model, "set_attn_implementation", None)
     if not callable(choose):
         raise ConfigError(f"attention: {type(model).__name__} has no set_attn_implementation(); leave the option "
                           "unset for this model")
     choose(attention)
+    if attention == "fused" and device is not None:
+        from nezha_cli.modeling.kernels.dispatch import fused_attention_runs_on
+
+        if not fused_attention_runs_on(device):
+            logger.warning("attention=fused: the Triton kernel needs a CUDA GPU with Triton installed; the eager "
+                           "attention runs on this %s", device.type)
 
 
 def compile_model(model: torch.nn.Module) -> None:
@@ -219,7 +228,7 @@ class Trainer:
         if args.gradient_checkpointing:
             enable_gradient_checkpointing(model)
         if args.attention is not None:
-            set_attention(model, args.attention)
+            set_attention(model, args.attention, self.accelerator.device)
         if args.compile:
             compile_model(model)
         self.state: dict[str, Any] = {}

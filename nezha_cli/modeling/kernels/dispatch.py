@@ -172,7 +172,7 @@ def attention_path(requested: str | None, query: torch.Tensor, key_length: int, 
         return "eager"
     if requested == "sdpa":
         return "sdpa" if key_length <= max_relative_position + 1 else "eager"
-    if requested == "fused" and _fused_runs_on(query):
+    if requested == "fused" and fused_attention_runs_on(query.device) and query.dtype in _DTYPES:
         return "fused"
     return "eager"
 
@@ -181,10 +181,12 @@ def attention_path(requested: str | None, query: torch.Tensor, key_length: int, 
 _HAS_TRITON = importlib.util.find_spec("triton") is not None
 
 
-def _fused_runs_on(x: torch.Tensor) -> bool:
+def fused_attention_runs_on(device: torch.device) -> bool:
+    """Whether the fused Triton kernel serves tensors on ``device``: CUDA with Triton (``NEZHA_TRITON`` not 0),
+    or the CPU through Triton's interpreter (``TRITON_INTERPRET=1``: tests)."""
     from nezha_cli.modeling.kernels import frpe
 
-    if x.is_cuda:
-        return ENABLED and x.dtype in _DTYPES and _HAS_TRITON
-    return x.device.type == "cpu" and frpe.interpreted() and _HAS_TRITON
+    if device.type == "cuda":
+        return ENABLED and _HAS_TRITON
+    return device.type == "cpu" and frpe.interpreted() and _HAS_TRITON
 CPU = Backend("cpu", _cpu_expand_buckets, _cpu_sum_buckets)
