@@ -52,7 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from nezha_cli.engine import Trainer, TrainingArguments  # noqa: E402
 from nezha_cli.engine.precision import current_device_type  # noqa: E402
-from nezha_cli.engine.trainer import EpochSampler, _private_generator  # noqa: E402
+from nezha_cli.engine.trainer import EpochSampler, _private_generator, pin_memory_for  # noqa: E402
 from nezha_cli.pretraining.data import PretrainingData, load_pretraining_data, make_collators  # noqa: E402
 from nezha_cli.pretraining.prepare import resolve_data  # noqa: E402
 from nezha_cli.pretraining.recipes import DataOptions  # noqa: E402
@@ -90,7 +90,8 @@ def trainer_loader(data: PretrainingData, batch: int, workers: int, run_dir: Pat
     trainer = Trainer(torch.nn.Linear(1, 1), args, data.train, collate, pretraining_step)
     sampler = EpochSampler(len(data.train), SEED, multiple=batch)
     loader = DataLoader(data.train, batch_size=batch, sampler=sampler, collate_fn=collate, drop_last=True,
-                        num_workers=workers, generator=_private_generator(SEED))
+                        num_workers=workers, generator=_private_generator(SEED),
+                        pin_memory=pin_memory_for(trainer.accelerator.device))
     return trainer.accelerator.prepare(loader), collate
 
 

@@ -595,3 +595,9 @@ def test_resuming_a_finished_run_changes_nothing(data_dir, tmp_path):
     assert sum('"eval_mlm_loss"' in line for line in before.splitlines()) == 3  # steps 3, 6 and the final 8
     again = train(data_dir, tmp_path / "run", resume=True, **kw)
     assert again.global_step == 8 and (tmp_path / "run" / "metrics.jsonl").read_text() == before
+
+
+def test_loaders_pin_memory_on_cuda_hosts_only():
+    from nezha_cli.engine.trainer import pin_memory_for
+
+    assert pin_memory_for(torch.device("cuda", 0)) and not pin_memory_for(torch.device("cpu"))

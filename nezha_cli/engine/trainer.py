@@ -180,6 +180,13 @@ def _private_generator(seed: int) -> torch.Generator:
     return g
 
 
+def pin_memory_for(device: torch.device) -> bool:
+    """Whether the DataLoaders pin their batches: on a CUDA host. The pin-memory thread then takes each batch from
+    the workers (on the CPU the training loop itself waits about a millisecond per batch for that: see
+    benchmarks/bench_loader.py) while the GPU computes, and the copy to the GPU reads pinned memory."""
+    return device.type == "cuda"
+
+
 def check_run_output(out: Path, resume: bool, overwrite: bool) -> None:
     """The rule of a training OUT, checkable before any work: a directory, new, empty, or an earlier run's with
     resume/overwrite."""
@@ -318,7 +325,8 @@ class Trainer:
         self._sampler = EpochSampler(len(self.train_dataset), args.seed, multiple=global_batch, lengths=lengths)
         loader = DataLoader(self.train_dataset, batch_size=self.per_device_batch_size * acc.num_processes,
                             sampler=self._sampler, collate_fn=self.collate_fn, drop_last=True,
-                            num_workers=args.num_workers, generator=_private_generator(args.seed))
+                            num_workers=args.num_workers, generator=_private_generator(args.seed),
+                            pin_memory=pin_memory_for(acc.device))
         model, optimizer, loader, scheduler = acc.prepare(self.model, optimizer, loader, scheduler)
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
 
@@ -505,7 +513,8 @@ class Trainer:
             per_device = batch_size or self.per_device_batch_size
             loader = acc.prepare_data_loader(DataLoader(
                 dataset, batch_size=per_device * acc.num_processes, shuffle=False, collate_fn=collate_fn,
-                num_workers=self.args.num_workers, generator=_private_generator(0)))
+                num_workers=self.args.num_workers, generator=_private_generator(0),
+                pin_memory=pin_memory_for(acc.device)))
             self._eval_loaders[id(dataset)] = loader
         was_training = self.model.training
         self.model.eval()
