@@ -143,9 +143,9 @@ def test_fp16_on_cpu(data_dir, tmp_path):
 def test_num_processes_relaunches_itself(data_dir, tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr("nezha_cli.engine.launch.launch_processes", lambda n, argv: calls.append((n, argv)) or 0)
-    result = run("pretrain", "--data", str(data_dir), "-o", str(tmp_path / "o"), "--num-processes", "2",
-                 "--max-steps", "3", "--resume", "--gradient-checkpointing", "--compile", "--attention", "sdpa",
-                 "learning_rate=0.01")
+    result = run("pretrain", "--data", str(data_dir), "--data", str(tmp_path), "-o", str(tmp_path / "o"),
+                 "--num-processes", "2", "--max-steps", "3", "--resume", "--gradient-checkpointing", "--compile",
+                 "--attention", "sdpa", "learning_rate=0.01")
     assert result.exit_code == 0, result.output
     n, argv = calls[0]
     assert n == 2
@@ -153,6 +153,7 @@ def test_num_processes_relaunches_itself(data_dir, tmp_path, monkeypatch):
     assert argv[argv.index("--max-steps") + 1] == "3" and "--resume" in argv and argv[-1] == "learning_rate=0.01"
     assert "--gradient-checkpointing" in argv and "--compile" in argv
     assert argv[argv.index("--attention") + 1] == "sdpa"
+    assert [argv[i + 1] for i, a in enumerate(argv) if a == "--data"] == [str(data_dir), str(tmp_path)]
 
 
 def test_gradient_checkpointing_flag_and_key_give_the_same_run(data_dir, tmp_path, monkeypatch):
