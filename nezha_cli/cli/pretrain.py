@@ -54,7 +54,7 @@ MIXED_PRECISION_CHOICES = ("auto", "no", "fp16", "bf16")
               help=ATTENTION_HELP + " [default: the recipe's training.attention, automatic: eager]")
 @click.option("--num-processes", type=click.IntRange(min=1), default=1,
               help="Launch N processes on this machine (GPUs, or CPU processes over gloo). For several nodes, "
-                   "DeepSpeed or FSDP use `accelerate launch -m nezha_cli pretrain ...`.")
+                   "DeepSpeed or FSDP use --accelerate-config (or `accelerate launch -m nezha_cli pretrain ...`).")
 @click.option("--accelerate-config", type=click.Path(path_type=Path), default=None, help=ACCELERATE_CONFIG_HELP)
 @click.option("--cache-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Where prepared data is cached. [default: $NEZHA_CLI_CACHE, else $XDG_CACHE_HOME/nezha-cli, "
