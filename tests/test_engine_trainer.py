@@ -11,6 +11,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -601,3 +602,31 @@ def test_loaders_pin_memory_on_cuda_hosts_only():
     from nezha_cli.engine.trainer import pin_memory_for
 
     assert pin_memory_for(torch.device("cuda", 0)) and not pin_memory_for(torch.device("cpu"))
+
+
+def test_sharded_runs_write_their_model_from_a_gathered_copy(data_dir, tmp_path, monkeypatch):
+    """FSDP / ZeRO-3 hold a part of the weights per process: the model directory is written from the weights
+    accelerate gathers, into a plain copy of the model. Here one process plays the sharded case (the gathering
+    itself is accelerate's): the saved model is the one the plain path saves, tied decoder included."""
+    from nezha_cli.engine import trainer as trainer_module
+
+    plain = train(data_dir, tmp_path / "plain", max_steps=2)
+    gathered = []
+    original = trainer_module._gathered_copy
+    monkeypatch.setattr(trainer_module, "_sharded", lambda accelerator: True)
+    monkeypatch.setattr(trainer_module, "_gathered_copy",
+                        lambda *a: gathered.append(1) or original(*a))
+    sharded = train(data_dir, tmp_path / "sharded", max_steps=2)
+    assert gathered
+    assert_bit_identical(weights(plain.final_dir), weights(sharded.final_dir))
+    model = NezhaForPreTraining.from_pretrained(sharded.final_dir)
+    assert model.cls.predictions.decoder.weight is model.nezha.embeddings.word_embeddings.weight
+
+
+def test_a_gathered_state_dict_that_does_not_fit_is_refused(monkeypatch):
+    from nezha_cli.engine import trainer as trainer_module
+
+    model = make_model()
+    fake = SimpleNamespace(is_main_process=True, get_state_dict=lambda wrapped: {"bogus.weight": torch.zeros(1)})
+    with pytest.raises(ConfigError, match="do not fit NezhaForPreTraining: missing .*unexpected \\['bogus.weight'\\]"):
+        trainer_module._gathered_copy(fake, model, model)

@@ -173,6 +173,43 @@ def _default_save(model: torch.nn.Module, directory: Path) -> None:
     model.save_pretrained(directory)
 
 
+def _sharded(accelerator) -> bool:
+    """Whether each process holds only part of the weights (FSDP, DeepSpeed ZeRO-3): a model directory is then
+    written from a gathered copy (:func:`_gathered_copy`)."""
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type == DistributedType.FSDP:
+        return True
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    return accelerator.distributed_type == DistributedType.DEEPSPEED and getattr(plugin, "zero_stage", 0) == 3
+
+
+def _gathered_copy(accelerator, wrapped: torch.nn.Module, model: torch.nn.Module) -> torch.nn.Module | None:
+    """On the main process, an unsharded CPU copy of ``model`` with the full weights; None on the others.
+
+    ``accelerator.get_state_dict`` gathers the shards (every process must call it). The copy is built from the
+    model's config, so that the save functions see a plain model whatever the sharding (needs ``config``, as the
+    NEZHA models have)."""
+    state_dict = accelerator.get_state_dict(wrapped)
+    if not accelerator.is_main_process:
+        return None
+    config = getattr(model, "config", None)
+    if config is None:
+        raise ConfigError(f"{type(model).__name__} has no config: a sharded (FSDP / ZeRO-3) run cannot write its "
+                          "model directory; train it without sharding")
+    with torch.device("cpu"):
+        copy = type(model)(config)
+    loaded = copy.load_state_dict({k: v.to("cpu") for k, v in state_dict.items()}, strict=False)
+    # A gathered state dict may leave out weights tied to others (the MLM decoder to the word embeddings).
+    missing = set(loaded.missing_keys) - set(getattr(copy, "_tied_weights_keys", None) or ())
+    if missing or loaded.unexpected_keys:
+        raise ConfigError(f"the gathered weights do not fit {type(model).__name__}: missing "
+                          f"{sorted(missing) or 'none'}, unexpected {sorted(loaded.unexpected_keys) or 'none'}")
+    if hasattr(copy, "tie_weights"):
+        copy.tie_weights()
+    return copy.eval()
+
+
 def _private_generator(seed: int) -> torch.Generator:
     # DataLoader iterators draw a base seed from their generator, or from the global RNG when they have none.
     g = torch.Generator()
@@ -558,9 +595,12 @@ class Trainer:
     def _save_model_dir(self, directory: Path) -> None:
         acc = self.accelerator
         acc.wait_for_everyone()
+        model = acc.unwrap_model(self.model)
+        if _sharded(acc):
+            model = _gathered_copy(acc, self.model, model)  # a collective: every process takes part
         if acc.is_main_process:
             with atomic_output_dir(directory, overwrite=True) as tmp:
-                self.save_model(acc.unwrap_model(self.model), tmp)
+                self.save_model(model, tmp)
         acc.wait_for_everyone()
 
     def _write_final(self) -> Path:
