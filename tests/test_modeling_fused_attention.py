@@ -210,9 +210,9 @@ def test_attn_implementation_is_validated_and_not_written(tmp_path):
 # ------------------------------------------------------------------------ the Triton kernel, interpreted
 
 
-def kernel_errors(length: int, K: int, dtype: torch.dtype, device: str = "cpu") -> list[float]:
+def kernel_errors(length: int, K: int, dtype: torch.dtype, device: str = "cpu", depth: int = 16) -> list[float]:
     """Relative errors of the kernel's output and gradients, with padding and an all-padding sequence."""
-    q, k, v, grad, valid = inputs(length, seed=length + K)
+    q, k, v, grad, valid = inputs(length, depth=depth, seed=length + K)
 
     def fused(q, k, v):
         return frpe.fused_attention(q.to(device), k.to(device), v.to(device), valid.to(device), None, K,
@@ -293,6 +293,8 @@ SCRIPT = textwrap.dedent(f"""
             for length in t.LENGTHS:
                 out[f"L={{length}} K={{K}}"] = t.kernel_errors(length, K, dtype)
         out["query subset"] = t.query_subset_errors(dtype)
+        for depth in (8, 24):  # head sizes below the 16-wide blocks and between powers of 2 (masked columns)
+            out[f"d={{depth}}"] = t.kernel_errors(70, 16, dtype, depth=depth)
     elif group == "dropout":
         for length, K in ((66, 8), (130, 64)):
             out[f"L={{length}} K={{K}}"] = t.dropout_errors(length, K, torch.float32)
@@ -316,7 +318,7 @@ def interpreted(group: str) -> dict:
 def test_kernel_equals_the_definition_in_the_triton_interpreter(dtype):
     tolerance = TOLERANCE[getattr(torch, dtype)]
     results = interpreted(dtype)
-    assert len(results) == len(LENGTHS) * len(CLIPS) + 1
+    assert len(results) == len(LENGTHS) * len(CLIPS) + 3
     bad = {case: errors for case, errors in results.items() if max(errors) > tolerance}
     assert not bad, f"out/dq/dk/dv relative errors above {tolerance}: {bad}"
 
