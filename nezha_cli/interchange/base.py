@@ -123,6 +123,19 @@ def copy_vocab(model_dir: Path, destination: Path, vocab: Path | None = None) ->
     return source
 
 
+def finish_program_export(model: NezhaPreTrainedModel, model_dir: Path, directory: Path, vocab: Path | None,
+                          report: ExportReport) -> None:
+    """What an exported program (ONNX, torch.export) has beside it: config.json, the CRF's transitions, the vocab,
+    notes on inputs to compute, and the report (written last: it lists the files)."""
+    model.config.save_pretrained(directory)
+    for note in (write_crf(model, directory), word_features_note(model)):
+        if note is not None:
+            report.notes.append(note)
+    if copy_vocab(Path(model_dir), directory, vocab) is None:
+        report.notes.append(f"{model_dir} has no vocab.txt; tokenize inputs with the model's vocab")
+    write_report(directory, report)
+
+
 def write_report(directory: Path, report: ExportReport) -> None:
     report.files = sorted(p.name for p in Path(directory).iterdir()) + [REPORT_NAME]
     write_json(Path(directory) / REPORT_NAME, report.to_dict())

@@ -19,11 +19,8 @@ from nezha_cli.errors import ConfigError, NezhaError
 from nezha_cli.interchange.base import (
     ExportReport,
     check_vocab,
-    copy_vocab,
+    finish_program_export,
     load_for_export,
-    word_features_note,
-    write_crf,
-    write_report,
 )
 from nezha_cli.interchange.program import (
     CHECK_LENGTHS,
@@ -225,14 +222,5 @@ def export_onnx(model_dir: Path | str, output_dir: Path | str, *, quantize: str 
             advance("export onnx: fp16")
         report.details = {"opset": opset, "trace_length": TRACE_LENGTH, "input_axes": axes,
                           "largest_constant_check_length": longest}
-        model.config.save_pretrained(tmp)
-        crf_note = write_crf(model, tmp)
-        if crf_note is not None:
-            report.notes.append(crf_note)
-        features_note = word_features_note(model)
-        if features_note is not None:
-            report.notes.append(features_note)
-        if copy_vocab(Path(model_dir), tmp, vocab) is None:
-            report.notes.append(f"{model_dir} has no vocab.txt; tokenize inputs with the model's vocab")
-        write_report(tmp, report)
+        finish_program_export(model, Path(model_dir), tmp, vocab, report)
     return report

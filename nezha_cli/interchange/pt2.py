@@ -16,10 +16,8 @@ from nezha_cli.errors import NezhaError
 from nezha_cli.interchange.base import (
     ExportReport,
     check_vocab,
-    copy_vocab,
+    finish_program_export,
     load_for_export,
-    word_features_note,
-    write_report,
 )
 from nezha_cli.interchange.program import CHECK_LENGTHS, check_parity, export_program, input_names, output_names
 from nezha_cli.io import atomic_output_dir, check_output_path
@@ -55,11 +53,5 @@ def export_torch_program(model_dir: Path | str, output_dir: Path | str, *, toler
                              f"at length {worst.length} (more than --tolerance {tolerance:g}); nothing was written")
         if task is not None:
             progress.advance(task)
-        model.config.save_pretrained(tmp)
-        features_note = word_features_note(model)
-        if features_note is not None:
-            report.notes.append(features_note)
-        if copy_vocab(Path(model_dir), tmp, vocab) is None:
-            report.notes.append(f"{model_dir} has no vocab.txt; tokenize inputs with the model's vocab")
-        write_report(tmp, report)
+        finish_program_export(model, Path(model_dir), tmp, vocab, report)
     return report
