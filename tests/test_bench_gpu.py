@@ -3,7 +3,6 @@ out-of-memory and a failing row, so that the short GPU run has nothing left to f
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -17,13 +16,8 @@ SCRIPT = BENCHMARKS / "bench_gpu.py"
 
 
 @pytest.fixture
-def bench_gpu(monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCHMARKS))  # for its `from bench_pretrain import ...`, as when run
-    spec = importlib.util.spec_from_file_location("bench_gpu", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, module)  # for its dataclass
-    spec.loader.exec_module(module)
-    return module
+def bench_gpu(load_benchmark):
+    return load_benchmark("bench_gpu")
 
 
 def test_tiny_cpu_run_prints_every_row_and_ratio_and_writes_json(tmp_path):

