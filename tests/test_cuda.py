@@ -238,10 +238,11 @@ def test_sdpa_form_on_cuda_equals_the_definition(length):
     from test_modeling_fused_attention import compare, definition, inputs
 
     from nezha_cli.modeling.kernels import frpe
+    from nezha_cli.modeling.modeling_nezha import extended_attention_mask
 
     q, k, v, grad, valid = inputs(length, heads=2)
     for dtype, tolerance in ((torch.float32, 1e-5), (torch.bfloat16, 1e-2)):
-        mask = frpe.padding_mask(valid.cuda(), dtype)
+        mask = extended_attention_mask(valid.cuda(), dtype)
         errors = compare(lambda q, k, v, mask=mask: frpe.sdpa_attention(q.cuda() / math.sqrt(q.shape[-1]), k.cuda(),
                                                                         v.cuda(), mask, 64).cpu(),
                          q, k, v, grad, lambda q, k, v: definition(q, k, v, valid, 64), dtype)

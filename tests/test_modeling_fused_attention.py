@@ -23,6 +23,7 @@ import torch
 
 from nezha_cli.modeling import NezhaConfig, NezhaForPreTraining
 from nezha_cli.modeling.kernels import dispatch, frpe
+from nezha_cli.modeling.modeling_nezha import extended_attention_mask
 
 F64 = torch.float64
 # The issue's grid: 65 and 66 put a 64-wide tile edge on the clip boundary j - i = -K (and at -K + 1).
@@ -91,7 +92,7 @@ def compare(fn, q, k, v, grad, reference_fn, dtype):
 @pytest.mark.parametrize(("length", "K"), [(1, 8), (7, 8), (9, 8), (40, 64), (65, 64)])
 def test_sdpa_form_equals_the_definition(length, K):
     q, k, v, grad, valid = inputs(length, heads=2)
-    mask = frpe.padding_mask(valid, F64)
+    mask = extended_attention_mask(valid, F64)
     errors = compare(lambda q, k, v: frpe.sdpa_attention(q / math.sqrt(q.shape[-1]), k, v, mask, K), q, k, v, grad,
                      lambda q, k, v: definition(q, k, v, valid, K), F64)
     assert max(errors) < 1e-12, errors
@@ -102,7 +103,7 @@ def test_sdpa_form_with_dropout_replays_the_definition():
     definition with that mask on both halves (values and relative vectors)."""
     length, K, p = 30, 32, 0.3
     q, k, v, grad, valid = inputs(length, heads=2)
-    mask = frpe.padding_mask(valid, F64)
+    mask = extended_attention_mask(valid, F64)
     scaled = q / math.sqrt(q.shape[-1])
     torch.manual_seed(7)
     out = frpe.sdpa_attention(scaled, k, v, mask, K, dropout_p=p)
@@ -133,7 +134,7 @@ def test_sdpa_form_on_a_query_subset_equals_the_definition():
     q, k, v, grad, valid = inputs(length, heads=2)
     positions = torch.tensor([[0, 5, 39], [3, 3, 20], [1, 2, 3]])
     rows = torch.stack([q[b][:, positions[b]] for b in range(3)])
-    mask = frpe.padding_mask(valid, F64)
+    mask = extended_attention_mask(valid, F64)
     errors = compare(lambda q, k, v: frpe.sdpa_attention(q / math.sqrt(q.shape[-1]), k, v, mask, K,
                                                          query_positions=positions),
                      rows, k, v, grad[:, :, :3],

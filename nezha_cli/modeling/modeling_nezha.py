@@ -24,7 +24,7 @@ from nezha_cli.modeling.crf import ConditionalRandomField
 from nezha_cli.modeling.kernels import fast_paths
 from nezha_cli.modeling.kernels.dispatch import attention_path
 from nezha_cli.modeling.kernels.dropout import Dropout
-from nezha_cli.modeling.kernels.frpe import fused_attention, padding_mask, sdpa_attention
+from nezha_cli.modeling.kernels.frpe import fused_attention, sdpa_attention
 from nezha_cli.modeling.relative_attention import (
     RelativePositions,
     relative_context,
@@ -239,7 +239,8 @@ class NezhaSelfAttention(nn.Module):
                 context = fused_attention(query, key, value, key_valid, positions.query_positions,
                                           self.max_relative_position, dropout_p=dropout_p)
             else:
-                mask = None if key_valid is None else padding_mask(key_valid, query.dtype)
+                # In the query's dtype, as SDPA wants it (the model's mask is in the embeddings' dtype).
+                mask = None if key_valid is None else extended_attention_mask(key_valid, query.dtype)
                 context = sdpa_attention(query, key, value, mask, self.max_relative_position, dropout_p,
                                          query_positions=positions.query_positions)
             return context.transpose(1, 2).flatten(-2), None

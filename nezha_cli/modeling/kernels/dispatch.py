@@ -25,8 +25,6 @@ from dataclasses import dataclass
 
 import torch
 
-from nezha_cli.modeling.configuration import ATTENTION_IMPLEMENTATIONS  # noqa: F401  (documented here)
-
 ENABLED = os.environ.get("NEZHA_TRITON", "1") != "0"
 CPU_ENABLED = os.environ.get("NEZHA_CPU_KERNELS", "1") != "0"
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -146,7 +144,8 @@ TRITON = Backend("triton", _triton_expand_buckets, _triton_sum_buckets)
 
 # -- the attention as a whole ---------------------------------------------------------------------------------------
 
-# What each ``config.attn_implementation`` (ATTENTION_IMPLEMENTATIONS; None: automatic, today "eager") computes with:
+# What each config.attn_implementation (configuration.ATTENTION_IMPLEMENTATIONS; None: automatic, today "eager")
+# computes with:
 #
 # * "eager": the bucket path of relative_attention (with the kernels above where they serve);
 # * "sdpa": one scaled_dot_product_attention call of head size 2d where every pair is in the band (L <= K + 1),

@@ -100,11 +100,6 @@ def sdpa_attention(query, key, value, attention_mask, max_relative_position: int
     return (out[..., :depth] + rotate(out[..., depth:], positions)).to(value.dtype)
 
 
-def padding_mask(key_valid: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """[B, L] bool -> the additive [B, 1, 1, L] mask of the model (0 or finfo(dtype).min) in ``dtype``."""
-    return (~key_valid)[:, None, None, :].to(dtype) * torch.finfo(dtype).min
-
-
 def _sdpa_backends(x: torch.Tensor):
     """On the CPU the math backend: the fused CPU backend's backward is wrong on a row with no valid key under the
     finite finfo.min mask (its stored log-sum-exp loses log L; ``shared/design/frpe-fused-attention.md``, 7)."""
@@ -171,8 +166,9 @@ class _Launch:
                     1.0 / (1.0 - dropout_p)),
                    options)
 
-    def grid(self, length: int) -> tuple[int, int]:
-        return -(-length // 64), self.query.shape[0] * self.query.shape[1]
+    def grid(self, length: int, block: str) -> tuple[int, int]:
+        """Programs of a kernel over ``length`` rows in blocks of option ``block`` (BLOCK_M, BLOCK_N), per head."""
+        return -(-length // self.options[block]), self.query.shape[0] * self.query.shape[1]
 
 
 def _forward(query, key, value, key_valid, query_positions, seed, max_relative_position, scale, dropout_p,
@@ -187,7 +183,7 @@ def _forward(query, key, value, key_valid, query_positions, seed, max_relative_p
     u = torch.empty(query.shape, dtype=torch.float32, device=query.device)
     w = torch.empty_like(u)
     lse = torch.empty(query.shape[:-1], dtype=torch.float32, device=query.device)
-    _kernels().frpe_forward_kernel[run.grid(query.shape[-2])](
+    _kernels().frpe_forward_kernel[run.grid(query.shape[-2], "BLOCK_M")](
         *run.inputs, run.record, u, w, lse, *run.sizes, RECORD=record is not None, **run.options)
     out = u + rotate(w, run.positions)  # O = U + R(i) W
     return out.to(query.dtype), lse
@@ -208,20 +204,20 @@ def _backward(grad, query, key, value, key_valid, query_positions, seed, out, ls
     dq = torch.empty(query.shape, dtype=torch.float32, device=query.device)
     dqr = torch.empty_like(dq)
     kernels = _kernels()
-    kernels.frpe_backward_kv_kernel[run.grid(key.shape[-2])](
+    kernels.frpe_backward_kv_kernel[run.grid(key.shape[-2], "BLOCK_N")](
         *run.inputs, run.record, *rows, dk, dv, *run.sizes, RECORD=record is not None, **run.options)
-    kernels.frpe_backward_q_kernel[run.grid(query.shape[-2])](*run.inputs, *rows, dq, dqr, *run.sizes,
+    kernels.frpe_backward_q_kernel[run.grid(query.shape[-2], "BLOCK_M")](*run.inputs, *rows, dq, dqr, *run.sizes,
                                                                **run.options)
     dq = dq + rotate(dqr, run.positions)  # dq_i += R(i) dq'_i
     return dq.to(query.dtype), dk.to(key.dtype), dv.to(value.dtype)
 
 
-# The custom op: key_valid and query_positions are always tensors here (the wrapper fills them in).
+# The custom op (None for key_valid / query_positions: all keys valid / queries 0 .. Q - 1, see _Launch.build).
 
 
 @torch.library.custom_op("nezha::frpe_attention", mutates_args=())
-def _frpe_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, key_valid: torch.Tensor,
-                    query_positions: torch.Tensor, seed: torch.Tensor, max_relative_position: int, scale: float,
+def _frpe_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, key_valid: torch.Tensor | None,
+                    query_positions: torch.Tensor | None, seed: torch.Tensor, max_relative_position: int, scale: float,
                     dropout_p: float) -> tuple[torch.Tensor, torch.Tensor]:
     return _forward(query, key, value, key_valid, query_positions, seed, max_relative_position, scale, dropout_p)
 
@@ -234,7 +230,7 @@ def _(query, key, value, key_valid, query_positions, seed, max_relative_position
 
 @torch.library.custom_op("nezha::frpe_attention_backward", mutates_args=())
 def _frpe_attention_backward(grad: torch.Tensor, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                             key_valid: torch.Tensor, query_positions: torch.Tensor, seed: torch.Tensor,
+                             key_valid: torch.Tensor | None, query_positions: torch.Tensor | None, seed: torch.Tensor,
                              out: torch.Tensor, lse: torch.Tensor, max_relative_position: int, scale: float,
                              dropout_p: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return _backward(grad, query, key, value, key_valid, query_positions, seed, out, lse, max_relative_position,
@@ -273,14 +269,9 @@ def fused_attention(query, key, value, key_valid=None, query_positions=None, max
     keys (the additive-mask definition). ``dropout_p``: attention dropout, drawn from Philox with a seed taken from
     torch's generator on the device (seeded runs repeat; gradient checkpointing regenerates the same mask).
     """
-    batch = query.shape[0]
-    if key_valid is None:
-        key_valid = torch.ones(batch, key.shape[-2], dtype=torch.bool, device=query.device)
-    if query_positions is None:
-        query_positions = torch.arange(query.shape[-2], device=query.device).expand(batch, -1)
     if dropout_p > 0.0:
         seed = torch.randint(0, 2**30, (1,), device=query.device, dtype=torch.int64)
     else:
         seed = torch.zeros(1, dtype=torch.int64, device=query.device)
-    return _frpe_attention(query, key, value, key_valid.to(torch.bool), query_positions.to(torch.int64), seed,
-                           max_relative_position, float(scale), float(dropout_p))[0]
+    return _frpe_attention(query, key, value, None if key_valid is None else key_valid.to(torch.bool),
+                           query_positions, seed, max_relative_position, float(scale), float(dropout_p))[0]
