@@ -324,6 +324,35 @@ def test_kernel_equals_the_definition_in_the_triton_interpreter(dtype):
     assert not bad, f"out/dq/dk/dv relative errors above {tolerance}: {bad}"
 
 
+# Shared memory a block may use (CUDA's opt-in maximum): A100, H100.
+SHARED_MEMORY = {80: 166912, 90: 232448}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("capability", sorted(SHARED_MEMORY))
+def test_kernels_compile_for_the_gpu_without_one(capability):
+    """The interpreter accepts code the compiler refuses: compile for the GPU here (Triton's CUDA backend, ptxas)."""
+    pytest.importorskip("triton")
+    try:
+        from triton.backends.nvidia.compiler import get_ptxas
+
+        get_ptxas(capability)
+    except Exception as error:  # a Triton build without its CUDA backend
+        pytest.skip(f"Triton's CUDA backend is not available: {error}")
+    kernels = frpe.compile_ahead(capability, torch.bfloat16, dropout_p=0.1)
+    assert sorted(kernels) == ["frpe_backward_kv_kernel", "frpe_backward_q_kernel", "frpe_forward_kernel"]
+    for name, kernel in kernels.items():
+        assert ".entry " + name in kernel.asm["ptx"]
+        assert kernel.asm["cubin"], name  # ptxas assembled it
+        assert 0 < kernel.metadata.shared <= SHARED_MEMORY[capability], (name, kernel.metadata.shared)
+
+
+def test_compile_ahead_refuses_the_interpreter(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
+        frpe.compile_ahead(90)
+
+
 @pytest.mark.slow
 def test_kernel_dropout_in_the_triton_interpreter():
     for case, result in interpreted("dropout").items():

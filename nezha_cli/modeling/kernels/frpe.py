@@ -158,7 +158,14 @@ class _Launch:
         options = {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_D": block_d,
                    "DROP": 0 if dropout_p == 0.0 else (2 if keep is not None else 1),
                    # The interpreter multiplies 16-bit blocks wrongly (see frpe_triton._dot).
-                   "DOT_F32": interpreted(), "IEEE": query.dtype == torch.float32}
+                   "DOT_F32": interpreted(), "IEEE": query.dtype == torch.float32,
+                   # Twice FlashAttention's live tiles (q and q', two accumulators, the region masks): with 4 warps
+                   # ptxas spills 0.8-1.5 KB per thread on sm_90, with 8 warps 0.15-0.4 KB
+                   # (benchmarks/bench_kernel_resources.py).
+                   "num_warps": 8,
+                   # Multiply-adds fused, as FlashAttention's kernels assume, whatever Triton's default
+                   # (3.10 turns it off).
+                   "enable_fp_fusion": True}
         return cls(query, positions, c_lo, c_hi,
                    (query, query_rot, key, value, e, c_lo, c_hi, positions, keyok, dead.to(torch.int8), seed, keep_in),
                    record if record is not None else keyok,
@@ -171,26 +178,31 @@ class _Launch:
         return -(-length // self.options[block]), self.query.shape[0] * self.query.shape[1]
 
 
+def _launch(kernel, grid, *args, **options):
+    kernel[grid](*args, **options)
+
+
 def _forward(query, key, value, key_valid, query_positions, seed, max_relative_position, scale, dropout_p,
-             keep=None, record=None):
+             keep=None, record=None, launch=_launch):
     """(out, lse): out in the inputs' dtype, lse ([B, H, Q] fp32) for the backward.
 
     ``keep`` ([B, H, Q, L] uint8/bool): a given dropout keep mask instead of Philox (tests); ``record``: an int8
-    tensor of that shape to write the mask used into (tests).
+    tensor of that shape to write the mask used into (tests). ``launch``: what runs a kernel (see
+    :func:`compile_ahead`).
     """
     run = _Launch.build(query, key, value, key_valid, query_positions, seed, max_relative_position, scale,
                         dropout_p, keep, record)
     u = torch.empty(query.shape, dtype=torch.float32, device=query.device)
     w = torch.empty_like(u)
     lse = torch.empty(query.shape[:-1], dtype=torch.float32, device=query.device)
-    _kernels().frpe_forward_kernel[run.grid(query.shape[-2], "BLOCK_M")](
-        *run.inputs, run.record, u, w, lse, *run.sizes, RECORD=record is not None, **run.options)
+    launch(_kernels().frpe_forward_kernel, run.grid(query.shape[-2], "BLOCK_M"),
+           *run.inputs, run.record, u, w, lse, *run.sizes, RECORD=record is not None, **run.options)
     out = u + rotate(w, run.positions)  # O = U + R(i) W
     return out.to(query.dtype), lse
 
 
 def _backward(grad, query, key, value, key_valid, query_positions, seed, out, lse, max_relative_position, scale,
-              dropout_p, keep=None, record=None):
+              dropout_p, keep=None, record=None, launch=_launch):
     """(dq, dk, dv) in the inputs' dtypes."""
     run = _Launch.build(query, key, value, key_valid, query_positions, seed, max_relative_position, scale,
                         dropout_p, keep, record)
@@ -204,12 +216,58 @@ def _backward(grad, query, key, value, key_valid, query_positions, seed, out, ls
     dq = torch.empty(query.shape, dtype=torch.float32, device=query.device)
     dqr = torch.empty_like(dq)
     kernels = _kernels()
-    kernels.frpe_backward_kv_kernel[run.grid(key.shape[-2], "BLOCK_N")](
-        *run.inputs, run.record, *rows, dk, dv, *run.sizes, RECORD=record is not None, **run.options)
-    kernels.frpe_backward_q_kernel[run.grid(query.shape[-2], "BLOCK_M")](*run.inputs, *rows, dq, dqr, *run.sizes,
-                                                               **run.options)
+    launch(kernels.frpe_backward_kv_kernel, run.grid(key.shape[-2], "BLOCK_N"),
+           *run.inputs, run.record, *rows, dk, dv, *run.sizes, RECORD=record is not None, **run.options)
+    launch(kernels.frpe_backward_q_kernel, run.grid(query.shape[-2], "BLOCK_M"),
+           *run.inputs, *rows, dq, dqr, *run.sizes, **run.options)
     dq = dq + rotate(dqr, run.positions)  # dq_i += R(i) dq'_i
     return dq.to(query.dtype), dk.to(key.dtype), dv.to(value.dtype)
+
+
+_TRITON_TYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16", torch.int8: "i8",
+                 torch.int32: "i32", torch.int64: "i64"}
+_COMPILE_OPTIONS = ("num_warps", "num_stages", "enable_fp_fusion")
+
+
+def compile_ahead(capability: int, dtype: torch.dtype = torch.bfloat16, dropout_p: float = 0.1,
+                  head_size: int = 64, num_warps: int | None = None) -> dict:
+    """Compile the forward and backward kernels for CUDA compute capability ``capability`` (80: A100, 90: H100)
+    on a machine without a GPU: Triton's CUDA backend and the ptxas that ships with it.
+
+    The kernels get the argument types and compile-time options of a real launch (traced on tiny CPU tensors
+    through :func:`_forward` and :func:`_backward`), so this finds what the interpreter cannot: code that does not
+    compile for the GPU, or shared memory beyond the device's. Returns {kernel name: Triton's compiled kernel}
+    (``.asm["ptx"]``, ``.metadata.shared``). The JIT adds alignment hints of its own at run time, so the GPU's
+    binary can differ a little from this one. ``num_warps``: instead of the launch's own (to compare).
+    """
+    if interpreted():
+        raise RuntimeError("compile_ahead needs Triton's compiler; unset TRITON_INTERPRET")
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    calls = []
+
+    def record(kernel, grid, *args, **options):
+        calls.append((kernel, args, options))
+
+    query = torch.zeros(1, 1, 2, head_size, dtype=dtype)
+    seed = torch.zeros(1, dtype=torch.int64)
+    out, lse = _forward(query, query, query, None, None, seed, 64, 1.0, dropout_p, launch=record)
+    _backward(query, query, query, query, None, None, seed, out, lse, 64, 1.0, dropout_p, launch=record)
+    compiled = {}
+    for kernel, args, options in calls:
+        if num_warps is not None:
+            options = {**options, "num_warps": num_warps}
+        constants = {k: v for k, v in options.items() if k not in _COMPILE_OPTIONS}
+        names = [n for n in kernel.arg_names if n not in constants]
+        signature = {n: ("*" + _TRITON_TYPES[a.dtype] if isinstance(a, torch.Tensor)
+                         else "fp32" if isinstance(a, float) else "i32") for n, a in zip(names, args, strict=True)}
+        signature.update(dict.fromkeys(constants, "constexpr"))
+        compiled[kernel.__name__] = triton.compile(
+            ASTSource(kernel, signature, constexprs=constants), target=GPUTarget("cuda", capability, 32),
+            options={k: v for k, v in options.items() if k in _COMPILE_OPTIONS})
+    return compiled
 
 
 # The custom op (None for key_valid / query_positions: all keys valid / queries 0 .. Q - 1, see _Launch.build).
