@@ -7,6 +7,7 @@ against its Nezha classes on the same weights.
 
 import copy
 import inspect
+import math
 import warnings
 
 import pytest
@@ -510,3 +511,50 @@ def test_torchscript_trace(name, tmp_path):
         again = torch.jit.load(tmp_path / "model.pt")(x["input_ids"], x["attention_mask"])
     assert isinstance(eager, tuple)
     torch.testing.assert_close(again[0], eager[0])
+
+
+class _PairDataset(torch.utils.data.Dataset):
+    """16 padded id sequences with a binary label, as a transformers training script feeds its Trainer."""
+
+    def __len__(self):
+        return 16
+
+    def __getitem__(self, i):
+        x = {k: v[i % B] for k, v in inputs("NezhaForSequenceClassification", seed=i // B).items()}
+        return {**x, "labels": torch.tensor(i % 2)}
+
+
+@pytest.mark.slow
+def test_transformers_trainer_trains_evaluates_saves_and_resumes_our_model(tmp_path):
+    """transformers' Trainer with one of our heads: train with gradient checkpointing and evaluations, predict,
+    save, resume from a checkpoint to the same weights. Its save_model writes only the weights of a model that is
+    not transformers' own class: loading that directory says so, and loads with the config given."""
+    transformers = pytest.importorskip("transformers")
+    config = NezhaConfig(**TINY, num_labels=2)
+
+    def trainer(name):
+        torch.manual_seed(0)
+        args = transformers.TrainingArguments(
+            str(tmp_path / name), per_device_train_batch_size=4, num_train_epochs=2, learning_rate=1e-3,
+            save_steps=2, eval_strategy="steps", eval_steps=2, gradient_checkpointing=True, report_to=[],
+            use_cpu=True, disable_tqdm=True, seed=0)
+        return transformers.Trainer(model=ours.NezhaForSequenceClassification(config), args=args,
+                                    train_dataset=_PairDataset(), eval_dataset=_PairDataset())
+
+    run = trainer("run")
+    result = run.train()
+    assert result.global_step == 8 and math.isfinite(result.training_loss)
+    assert run.model.is_gradient_checkpointing
+    assert [r["step"] for r in run.state.log_history if "eval_loss" in r] == [2, 4, 6, 8]
+    assert run.predict(_PairDataset()).predictions.shape == (16, 2)
+
+    run.save_model(str(tmp_path / "final"))
+    with pytest.raises(FileNotFoundError, match="weights without config.json .*pass config="):
+        ours.NezhaForSequenceClassification.from_pretrained(tmp_path / "final")
+    loaded = ours.NezhaForSequenceClassification.from_pretrained(tmp_path / "final", config=config)
+    final = run.model.state_dict()
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in final.items())
+
+    resumed = trainer("resumed")
+    assert resumed.train(resume_from_checkpoint=str(tmp_path / "run" / "checkpoint-4")).global_step == 8
+    assert all(torch.equal(resumed.model.state_dict()[k], v) for k, v in final.items())

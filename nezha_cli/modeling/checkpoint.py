@@ -247,6 +247,12 @@ def from_pretrained(cls, pretrained_model_name_or_path: str | Path | None, *mode
         config = NezhaConfig.from_pretrained(config)
     if config is None:
         if not (directory / CONFIG_NAME).is_file():
+            if any((directory / name).is_file() for name in (SAFE_WEIGHTS_NAME, WEIGHTS_NAME)):
+                # transformers' Trainer.save_model writes only the weights of a model that is not its own class.
+                raise ModelFileNotFoundError(
+                    f"{directory}: weights without {CONFIG_NAME} (as transformers' Trainer saves models of other "
+                    "libraries); pass config= (the config of the model you trained), or save with "
+                    "model.save_pretrained(directory)")
             raise ModelFileNotFoundError(f"{directory}: no {CONFIG_NAME}; is this a model directory?")
         config = NezhaConfig.from_pretrained(directory)
     else:
