@@ -10,6 +10,8 @@ finfo.min mask (a sequence with no valid key attends uniformly to every key) and
 
 from __future__ import annotations
 
+import importlib.metadata
+import importlib.util
 import json
 import math
 import os
@@ -347,9 +349,14 @@ def test_kernels_compile_for_the_gpu_without_one(capability):
         assert 0 < kernel.metadata.shared <= SHARED_MEMORY[capability], (name, kernel.metadata.shared)
 
 
-def test_compile_ahead_refuses_the_interpreter(monkeypatch):
+def test_compile_ahead_refuses_the_interpreter_and_an_old_triton(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
+        frpe.compile_ahead(90)
+    monkeypatch.delenv("TRITON_INTERPRET")
+    monkeypatch.setattr(dispatch, "ENABLED", True)
+    monkeypatch.setattr(dispatch, "_TRITON", (3, 1))
+    with pytest.raises(RuntimeError, match="needs Triton 3.2 or newer"):
         frpe.compile_ahead(90)
 
 
@@ -494,4 +501,30 @@ def test_fused_attention_where_it_cannot_run_says_so_once(caplog):
     with caplog.at_level("WARNING", logger="nezha_cli"):
         set_attention(model, "fused", torch.device("cpu"))
     runs_here = frpe.interpreted() and dispatch._HAS_TRITON
-    assert ("the eager attention runs on this cpu" in caplog.text) != runs_here
+    assert ("needs a CUDA GPU with Triton; this is a cpu; the eager attention runs instead" in caplog.text) \
+        != runs_here
+
+
+def test_fused_attention_on_cuda_needs_triton_3_2(monkeypatch):
+    """Triton 3.0 and 3.1 abort compiling the kernels for Hopper: the eager path serves there, and says why."""
+    cuda = torch.device("cuda")
+    monkeypatch.setattr(dispatch, "ENABLED", True)
+    for version, runs in (((3, 1), False), ((3, 2), True), ((3, 6), True), (None, False)):
+        monkeypatch.setattr(dispatch, "_TRITON", version)
+        monkeypatch.setattr(dispatch, "_HAS_TRITON", version is not None)
+        assert dispatch.fused_attention_runs_on(cuda) == runs, version
+    monkeypatch.setattr(dispatch, "_TRITON", (3, 1))
+    assert "needs Triton 3.2 or newer" in dispatch.fused_attention_unavailable(cuda)
+    assert "Triton 3.1 is installed" in dispatch.fused_attention_unavailable(cuda)
+    monkeypatch.setattr(dispatch, "_TRITON", (3, 6))
+    monkeypatch.setattr(dispatch, "ENABLED", False)
+    assert "NEZHA_TRITON=0" in dispatch.fused_attention_unavailable(cuda)
+
+
+def test_triton_version_is_read_without_importing_it():
+    version = dispatch._triton_version()
+    if importlib.util.find_spec("triton") is None:
+        assert version is None
+    else:
+        assert version >= (3, 0)
+        assert version[:2] == tuple(int(x) for x in importlib.metadata.version("triton").split(".")[:2])

@@ -143,7 +143,8 @@ def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
 def set_attention(model: torch.nn.Module, attention: str, device: torch.device | None = None) -> None:
     """Choose the model's attention implementation (``training.attention``), before accelerate wraps it.
 
-    The fused kernel needs a CUDA GPU with Triton: elsewhere the eager path runs, which the log says once.
+    The fused kernel needs a CUDA GPU with Triton 3.2 or newer: elsewhere the eager path runs, which the log says
+    once, with the reason.
     """
     choose = getattr(model, "set_attn_implementation", None)
     if not callable(choose):
@@ -151,11 +152,11 @@ def set_attention(model: torch.nn.Module, attention: str, device: torch.device |
                           "unset for this model")
     choose(attention)
     if attention == "fused" and device is not None:
-        from nezha_cli.modeling.kernels.dispatch import fused_attention_runs_on
+        from nezha_cli.modeling.kernels.dispatch import fused_attention_unavailable
 
-        if not fused_attention_runs_on(device):
-            logger.warning("attention=fused: the Triton kernel needs a CUDA GPU with Triton installed; the eager "
-                           "attention runs on this %s", device.type)
+        reason = fused_attention_unavailable(device)
+        if reason is not None:
+            logger.warning("attention=fused: %s; the eager attention runs instead", reason)
 
 
 def compile_model(model: torch.nn.Module) -> None:

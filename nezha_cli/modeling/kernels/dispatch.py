@@ -16,10 +16,13 @@ torch.compile, torch.export and tracing; everything else takes the PyTorch ops.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
+import importlib.metadata
 import importlib.util
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -176,16 +179,48 @@ def attention_path(requested: str | None, query: torch.Tensor, key_length: int, 
     return "eager"
 
 
+def _triton_version() -> tuple[int, int] | None:
+    """(major, minor) of the installed Triton, read from its metadata without importing it; None if absent."""
+    if importlib.util.find_spec("triton") is None:
+        return None
+    for name in ("triton", "pytorch-triton"):
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            found = re.match(r"(\d+)\.(\d+)", importlib.metadata.version(name))
+            if found:
+                return int(found.group(1)), int(found.group(2))
+    return (99, 0)  # importable, version unknown (a source build): assume a recent one
+
+
 # Looked up once, not imported: under torch.compile the check must be a plain constant.
-_HAS_TRITON = importlib.util.find_spec("triton") is not None
+_TRITON = _triton_version()
+_HAS_TRITON = _TRITON is not None
+# Triton 3.0 and 3.1 (torch 2.4, 2.5) abort with an assertion when they compile the fused kernels for Hopper
+# (sm_90: "mma -> mma layout conversion is only supported on Ampere"); 3.2 to 3.9 compile them for sm_80 and sm_90.
+FUSED_MIN_TRITON = (3, 2)
 
 
-def fused_attention_runs_on(device: torch.device) -> bool:
-    """Whether the fused Triton kernel serves tensors on ``device``: CUDA with Triton (``NEZHA_TRITON`` not 0),
-    or the CPU through Triton's interpreter (``TRITON_INTERPRET=1``: tests)."""
+def fused_attention_unavailable(device: torch.device) -> str | None:
+    """Why the fused Triton kernel cannot serve tensors on ``device``, or None where it can: CUDA with Triton 3.2 or
+    newer (``NEZHA_TRITON`` not 0), or the CPU through Triton's interpreter (``TRITON_INTERPRET=1``: tests)."""
     from nezha_cli.modeling.kernels import frpe
 
     if device.type == "cuda":
-        return ENABLED and _HAS_TRITON
-    return device.type == "cpu" and frpe.interpreted() and _HAS_TRITON
+        if not ENABLED:
+            return "NEZHA_TRITON=0 turns the Triton kernels off"
+        if _TRITON is None:
+            return "the kernel needs Triton, which is not installed"
+        if _TRITON < FUSED_MIN_TRITON:
+            return (f"the kernel needs Triton {'.'.join(map(str, FUSED_MIN_TRITON))} or newer (torch 2.6 or newer "
+                    f"brings it); Triton {_TRITON[0]}.{_TRITON[1]} is installed")
+        return None
+    if device.type == "cpu" and frpe.interpreted() and _HAS_TRITON:
+        return None
+    return f"the kernel needs a CUDA GPU with Triton; this is a {device.type}"
+
+
+def fused_attention_runs_on(device: torch.device) -> bool:
+    """Whether the fused Triton kernel serves tensors on ``device`` (see :func:`fused_attention_unavailable`)."""
+    return fused_attention_unavailable(device) is None
+
+
 CPU = Backend("cpu", _cpu_expand_buckets, _cpu_sum_buckets)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import math
 import os
 from dataclasses import dataclass
@@ -242,9 +243,16 @@ def compile_ahead(capability: int, dtype: torch.dtype = torch.bfloat16, dropout_
     """
     if interpreted():
         raise RuntimeError("compile_ahead needs Triton's compiler; unset TRITON_INTERPRET")
+    from nezha_cli.modeling.kernels import dispatch
+
+    if dispatch._TRITON is not None and dispatch._TRITON < dispatch.FUSED_MIN_TRITON:
+        raise RuntimeError(f"compile_ahead: {dispatch.fused_attention_unavailable(torch.device('cuda'))}")
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
+
+    # Triton 3.3 renamed ASTSource's compile-time constants argument.
+    constants_argument = "constexprs" if "constexprs" in inspect.signature(ASTSource).parameters else "constants"
 
     calls = []
 
@@ -265,7 +273,7 @@ def compile_ahead(capability: int, dtype: torch.dtype = torch.bfloat16, dropout_
                          else "fp32" if isinstance(a, float) else "i32") for n, a in zip(names, args, strict=True)}
         signature.update(dict.fromkeys(constants, "constexpr"))
         compiled[kernel.__name__] = triton.compile(
-            ASTSource(kernel, signature, constexprs=constants), target=GPUTarget("cuda", capability, 32),
+            ASTSource(kernel, signature, **{constants_argument: constants}), target=GPUTarget("cuda", capability, 32),
             options={k: v for k, v in options.items() if k in _COMPILE_OPTIONS})
     return compiled
 
@@ -327,6 +335,12 @@ def fused_attention(query, key, value, key_valid=None, query_positions=None, max
     keys (the additive-mask definition). ``dropout_p``: attention dropout, drawn from Philox with a seed taken from
     torch's generator on the device (seeded runs repeat; gradient checkpointing regenerates the same mask).
     """
+    if query.device.type == "cuda":
+        from nezha_cli.modeling.kernels.dispatch import fused_attention_unavailable
+
+        reason = fused_attention_unavailable(query.device)
+        if reason is not None:  # an old Triton would abort the process compiling the kernels
+            raise RuntimeError(f"fused_attention: {reason}")
     if dropout_p > 0.0:
         seed = torch.randint(0, 2**30, (1,), device=query.device, dtype=torch.int64)
     else:
