@@ -75,3 +75,28 @@ def test_training_step_gradients_match_transformers(tmp_path):
     ours_grads = dict(model.named_parameters())
     for name, p in reference.named_parameters():
         assert (p.grad - ours_grads[name].grad).abs().max() <= 1e-5, name
+
+
+@pytest.mark.parametrize("is_decoder", [False, True])
+def test_module_helpers_equal_transformers(is_decoder):
+    """get_extended_attention_mask, invert_attention_mask, get_memory_footprint, estimate_tokens and
+    floating_point_ops, which code built around a transformers model calls."""
+    torch.manual_seed(0)
+    reference = hf.NezhaModel(hf_config.NezhaConfig(**KW, is_decoder=is_decoder)).eval()
+    model = ours.NezhaModel(ours.NezhaConfig(**KW, is_decoder=is_decoder)).eval()
+    x = batch("NezhaModel")
+    mask2, mask3 = x["attention_mask"], x["attention_mask"][:, None, :].repeat(1, 24, 1)
+    for mask in (mask2, mask3):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            expected = reference.get_extended_attention_mask(mask, mask2.shape)
+        torch.testing.assert_close(model.get_extended_attention_mask(mask, mask2.shape), expected, rtol=0, atol=0)
+        torch.testing.assert_close(model.invert_attention_mask(mask), reference.invert_attention_mask(mask),
+                                   rtol=0, atol=0)
+    assert model.get_memory_footprint(return_buffers=False) == reference.get_memory_footprint(return_buffers=False)
+    # transformers' layers each hold an [L, L, d] table of relative vectors as a buffer; ours build them per call.
+    buffers = sum(b.nelement() * b.element_size() for b in model.buffers())
+    assert model.get_memory_footprint() == model.get_memory_footprint(return_buffers=False) + buffers
+    assert model.estimate_tokens(x) == reference.estimate_tokens(x) == 48
+    assert model.floating_point_ops(x) == reference.floating_point_ops(x)
+    assert model.floating_point_ops(x, exclude_embeddings=False) == reference.floating_point_ops(x, False)

@@ -7,6 +7,7 @@ against its Nezha classes on the same weights.
 
 import copy
 import inspect
+import json
 import math
 import warnings
 
@@ -558,3 +559,47 @@ def test_transformers_trainer_trains_evaluates_saves_and_resumes_our_model(tmp_p
     resumed = trainer("resumed")
     assert resumed.train(resume_from_checkpoint=str(tmp_path / "run" / "checkpoint-4")).global_step == 8
     assert all(torch.equal(resumed.model.state_dict()[k], v) for k, v in final.items())
+
+
+def test_dtype_is_transformers_4_56_name_for_torch_dtype(tmp_path):
+    """transformers 4.56+ writes "dtype" in config.json and takes from_pretrained(dtype=...): the same setting as
+    torch_dtype, never a silently stored extra."""
+    config = NezhaConfig(**TINY, dtype="bfloat16")
+    assert config.torch_dtype is torch.bfloat16 and config.dtype is torch.bfloat16
+    assert NezhaConfig(**TINY, torch_dtype="float16", dtype="bfloat16").dtype is torch.bfloat16
+    config.dtype = "float16"
+    assert config.torch_dtype is torch.float16
+    ours.NezhaForMaskedLM(NezhaConfig(**TINY)).save_pretrained(tmp_path / "m")
+    saved = json.loads((tmp_path / "m" / "config.json").read_text())
+    saved.pop("torch_dtype", None)
+    saved["dtype"] = "bfloat16"  # as transformers 4.57 writes it
+    (tmp_path / "m" / "config.json").write_text(json.dumps(saved))
+    assert ours.NezhaForMaskedLM.from_pretrained(tmp_path / "m").dtype is torch.float32
+    assert ours.NezhaForMaskedLM.from_pretrained(tmp_path / "m", torch_dtype="auto").dtype is torch.bfloat16
+    assert ours.NezhaForMaskedLM.from_pretrained(tmp_path / "m", dtype="auto").dtype is torch.bfloat16
+    assert ours.NezhaForMaskedLM.from_pretrained(tmp_path / "m", dtype=torch.float16).dtype is torch.float16
+    with pytest.raises(TypeError, match="same option"):
+        ours.NezhaForMaskedLM.from_pretrained(tmp_path / "m", dtype=torch.float16, torch_dtype=torch.bfloat16)
+    reloaded = NezhaConfig.from_pretrained(tmp_path / "m")
+    assert reloaded.torch_dtype is torch.bfloat16 and "dtype" not in reloaded.to_dict()
+
+
+def test_config_update_from_string_and_text_config():
+    """As transformers' example scripts use them (--config_overrides "n_embd=10,resid_pdrop=0.2,...")."""
+    config = NezhaConfig(**TINY)
+    config.update_from_string("hidden_dropout_prob=0.25,num_hidden_layers=3,output_attentions=true,hidden_act=relu")
+    assert (config.hidden_dropout_prob, config.num_hidden_layers, config.output_attentions, config.hidden_act) == \
+        (0.25, 3, True, "relu")
+    assert type(config.num_hidden_layers) is int
+    with pytest.raises(ValueError, match="no setting 'hidden_dims'"):
+        config.update_from_string("hidden_dims=3")
+    with pytest.raises(ValueError, match="not true or false"):
+        config.update_from_string("output_attentions=maybe")
+    with pytest.raises(ValueError):
+        config.update_from_string("num_hidden_layers=three")
+    assert config.get_text_config() is config
+    transformers = pytest.importorskip("transformers")
+    reference = transformers.BertConfig()
+    reference.update_from_string("hidden_dropout_prob=0.25,num_hidden_layers=3,output_attentions=true,hidden_act=relu")
+    assert (reference.hidden_dropout_prob, reference.num_hidden_layers, reference.output_attentions,
+            reference.hidden_act) == (0.25, 3, True, "relu")

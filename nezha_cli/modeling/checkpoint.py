@@ -221,15 +221,21 @@ _IGNORED_LOAD_OPTIONS = (*HUB_OPTIONS, "low_cpu_mem_usage", "_fast_init", "from_
 def from_pretrained(cls, pretrained_model_name_or_path: str | Path | None, *model_args,
                     config: NezhaConfig | str | Path | None = None, state_dict: dict[str, torch.Tensor] | None = None,
                     output_loading_info: bool = False, ignore_mismatched_sizes: bool = False, strict: bool = False,
-                    torch_dtype=None, subfolder: str = "", device_map=None, **kwargs):
+                    torch_dtype=None, subfolder: str = "", device_map=None, dtype=None, **kwargs):
     """Build ``cls`` from a model directory, as transformers' ``from_pretrained`` does.
 
     ``pretrained_model_name_or_path`` may be None when ``config`` and ``state_dict`` are given. ``kwargs`` that
     are config settings (``num_labels=3``, ``output_attentions=True``) replace the config's. A weight whose shape
     differs from the model's is an error unless ``ignore_mismatched_sizes`` (then it is left at its initial value
     with a warning); ``strict`` also refuses missing body weights. ``output_loading_info`` returns ``(model,
-    LoadReport)``, the report being transformers' dict of missing/unexpected/mismatched keys.
+    LoadReport)``, the report being transformers' dict of missing/unexpected/mismatched keys. ``dtype`` is
+    transformers 4.56's name for ``torch_dtype`` ("auto": the config's).
     """
+    if dtype is not None:
+        if torch_dtype is not None and torch_dtype != dtype:
+            raise TypeError(f"from_pretrained(): torch_dtype={torch_dtype!r} and dtype={dtype!r} are the same "
+                            "option; give one")
+        torch_dtype = dtype
     for option in _IGNORED_LOAD_OPTIONS:
         kwargs.pop(option, None)
     if device_map not in (None, "cpu"):

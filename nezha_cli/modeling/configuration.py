@@ -108,6 +108,11 @@ class NezhaConfig:
             setattr(self, name, kwargs.pop(name, copy.deepcopy(default)))
         for name, default in GENERAL_DEFAULTS.items():
             setattr(self, name, kwargs.pop(name, copy.deepcopy(default)))
+        # transformers 4.56 renamed torch_dtype to dtype (and writes "dtype" in config.json): the same setting,
+        # the new name winning where both are given, as there.
+        dtype = kwargs.pop("dtype", None)
+        if dtype is not None:
+            self.torch_dtype = dtype
         if isinstance(self.torch_dtype, str):
             self.torch_dtype = _torch_dtype(self.torch_dtype)
         # transformers' old name for gradient checkpointing in a config; the model reads it when built.
@@ -175,6 +180,31 @@ class NezhaConfig:
     def update(self, values: dict[str, Any]) -> None:
         for key, value in values.items():
             setattr(self, key, value)
+
+    def update_from_string(self, settings: str) -> None:
+        """Set existing settings from ``"key=value,key=value"`` (transformers' form, as its example scripts'
+        ``--config_overrides``), each value read as the type of the current one; booleans as true/false."""
+        for item in settings.split(","):
+            key, _, text = item.partition("=")
+            if not hasattr(self, key):
+                raise ValueError(f"config has no setting {key!r} (from {item!r})")
+            current = getattr(self, key)
+            if isinstance(current, bool):
+                truth = {"true": True, "1": True, "yes": True, "y": True,
+                         "false": False, "0": False, "no": False, "n": False}.get(text.lower())
+                if truth is None:
+                    raise ValueError(f"config setting {key}: {text!r} is not true or false")
+                value = truth
+            elif isinstance(current, (int, float, str)):
+                value = type(current)(text)
+            else:
+                raise TypeError(f"config setting {key} is a {type(current).__name__}: set it in code, not from a "
+                                "string")
+            setattr(self, key, value)
+
+    def get_text_config(self, *args, **kwargs) -> NezhaConfig:
+        """The config of the text model: this one (transformers asks it of every config)."""
+        return self
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, NezhaConfig) and self.to_dict() == other.to_dict()
@@ -248,6 +278,15 @@ class NezhaConfig:
                               f"{', '.join(ATTENTION_IMPLEMENTATIONS)} (or leave it unset)")
         if self.problem_type not in (None, "regression", "single_label_classification", "multi_label_classification"):
             raise ConfigError(f"config field problem_type={self.problem_type!r}: unknown problem type")
+
+    @property
+    def dtype(self):
+        """transformers 4.56's name for ``torch_dtype``."""
+        return self.torch_dtype
+
+    @dtype.setter
+    def dtype(self, value) -> None:
+        self.torch_dtype = _torch_dtype(value) if isinstance(value, str) else value
 
     @property
     def attention_head_size(self) -> int:

@@ -591,6 +591,31 @@ class NezhaPreTrainedModel(nn.Module):
     def can_generate(cls) -> bool:
         return False
 
+    # -- transformers' helpers for code built around a model -------------------------------------------------------
+    def get_extended_attention_mask(self, attention_mask: torch.Tensor, input_shape=None, device=None,
+                                    dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The additive mask the attention takes, from a [B, L] or [B, L, L] mask (1 = attend); causal as well
+        in a decoder. ``input_shape`` and ``device`` are transformers' arguments, not needed here."""
+        return extended_attention_mask(attention_mask, dtype or self.dtype, causal=self.config.is_decoder)
+
+    def invert_attention_mask(self, encoder_attention_mask: torch.Tensor) -> torch.Tensor:
+        """The additive mask of cross-attention over encoder states, from a [B, L] or [B, L, L] mask."""
+        return extended_attention_mask(encoder_attention_mask, self.dtype)
+
+    def get_memory_footprint(self, return_buffers: bool = True) -> int:
+        """Bytes of the parameters (and buffers)."""
+        tensors = [*self.parameters(), *(self.buffers() if return_buffers else ())]
+        return sum(t.nelement() * t.element_size() for t in tensors)
+
+    def estimate_tokens(self, input_dict: dict) -> int:
+        """Tokens in a batch of inputs (0 without ``input_ids``), as transformers' Trainer counts them."""
+        tokens = input_dict.get(self.main_input_name)
+        return tokens.numel() if tokens is not None else 0
+
+    def floating_point_ops(self, input_dict: dict, exclude_embeddings: bool = True) -> int:
+        """transformers' estimate of a training step's FLOPs: 6 x tokens x parameters (no attention terms)."""
+        return 6 * self.estimate_tokens(input_dict) * self.num_parameters(exclude_embeddings=exclude_embeddings)
+
     # -- embeddings -------------------------------------------------------------------------------------------
     def tie_weights(self) -> None:
         """Share the word embeddings with the MLM decoder (a copy under ``config.torchscript``, as transformers)."""
@@ -767,7 +792,7 @@ class NezhaPreTrainedModel(nn.Module):
 
     @classmethod
     def _from_config(cls, config: NezhaConfig, **kwargs):
-        torch_dtype = kwargs.pop("torch_dtype", None)
+        torch_dtype = kwargs.pop("torch_dtype", None) or kwargs.pop("dtype", None)
         model = cls(config, **kwargs)
         return model if torch_dtype is None else model.to(torch_dtype)
 
