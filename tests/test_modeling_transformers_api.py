@@ -603,3 +603,53 @@ def test_config_update_from_string_and_text_config():
     reference.update_from_string("hidden_dropout_prob=0.25,num_hidden_layers=3,output_attentions=true,hidden_act=relu")
     assert (reference.hidden_dropout_prob, reference.num_hidden_layers, reference.output_attentions,
             reference.hidden_act) == (0.25, 3, True, "relu")
+
+
+@pytest.mark.parametrize("task, name, text", [
+    ("fill-mask", "NezhaForMaskedLM", "今天[MASK]气很好"),
+    ("text-classification", "NezhaForSequenceClassification", "今天天气很好"),
+    ("token-classification", "NezhaForTokenClassification", "华为在深圳"),
+    ("question-answering", "NezhaForQuestionAnswering", {"question": "华为在哪里？", "context": "华为在深圳。"}),
+])
+def test_transformers_pipelines_take_our_heads(task, name, text, bert_vocab):
+    transformers = pytest.importorskip("transformers")
+    tokenizer = transformers.BertTokenizerFast(vocab_file=str(bert_vocab))
+    torch.manual_seed(0)
+    model = getattr(ours, name)(NezhaConfig(**{**TINY, "vocab_size": tokenizer.vocab_size}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pipe = transformers.pipeline(task, model=model, tokenizer=tokenizer, device="cpu")
+        result = pipe(text)
+    if task == "fill-mask":
+        assert len(result) == 5 and all(r["sequence"].startswith("今 天") for r in result)
+    elif task == "text-classification":
+        assert result[0]["label"] in ("LABEL_0", "LABEL_1") and 0 < result[0]["score"] < 1
+    elif task == "token-classification":
+        assert all(r["word"] in "华为在深圳" for r in result)
+    else:
+        assert result["answer"] and result["answer"] in text["context"]
+
+
+@pytest.mark.slow
+def test_transformers_trainer_pretrains_our_masked_lm_with_its_collators(tmp_path, bert_vocab):
+    """Masked-LM training with transformers' tokenizer, whole-word-mask collator and Trainer, checkpoints included.
+    The decoder shares the word embeddings, and for a model that is not its own class the Trainer writes the raw
+    state dict, which safetensors refuses for shared tensors: save_safetensors=False (the documented way)."""
+    transformers = pytest.importorskip("transformers")
+    tokenizer = transformers.BertTokenizerFast(vocab_file=str(bert_vocab))
+    texts = ["今天天气很好，我们去公园散步。", "华为诺亚方舟实验室提出了哪吒模型。", "这家餐厅的菜非常好吃。"] * 4
+    dataset = [tokenizer(t) for t in texts]
+    torch.manual_seed(0)
+    model = ours.NezhaForMaskedLM(NezhaConfig(**{**TINY, "vocab_size": tokenizer.vocab_size}))
+    args = transformers.TrainingArguments(str(tmp_path), per_device_train_batch_size=4, num_train_epochs=2,
+                                          save_steps=3, save_safetensors=False, report_to=[], use_cpu=True,
+                                          disable_tqdm=True, remove_unused_columns=False, seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        collator = transformers.DataCollatorForWholeWordMask(tokenizer)
+        result = transformers.Trainer(model=model, args=args, train_dataset=dataset, data_collator=collator).train()
+    assert result.global_step == 6 and math.isfinite(result.training_loss)
+    assert model.cls.predictions.decoder.weight is model.nezha.embeddings.word_embeddings.weight  # still tied
+    saved = torch.load(tmp_path / "checkpoint-6" / "pytorch_model.bin", weights_only=True)
+    loaded = ours.NezhaForMaskedLM.from_pretrained(tmp_path / "checkpoint-6", config=model.config)
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in saved.items())

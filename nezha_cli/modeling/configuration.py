@@ -102,6 +102,7 @@ _OMITTED_WHEN_DEFAULT = {"use_crf", "word_features", "architectures"}
 class NezhaConfig:
     model_type = MODEL_TYPE
     is_composition = False  # transformers' flag for configs made of sub-configs
+    _commit_hash = None  # the Hub revision a transformers config came from: none here (pipelines read it)
 
     def __init__(self, **kwargs: Any) -> None:
         for name, (_, default) in MODEL_FIELDS.items():
