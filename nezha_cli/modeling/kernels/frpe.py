@@ -124,6 +124,12 @@ def interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
+# Tile sizes and warps of the three kernels (benchmarks/bench_fused_kernel.py times others). Twice FlashAttention's
+# live tiles (q and q', two accumulators, the region masks): with 4 warps ptxas spills 0.8-1.5 KB per thread on
+# sm_90, with 8 warps 0.15-0.4 KB (benchmarks/bench_kernel_resources.py).
+LAUNCH = {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 8}
+
+
 @dataclass
 class _Launch:
     """The kernels' shared arguments for one call: inputs, side tensors, sizes and compile-time flags."""
@@ -156,14 +162,10 @@ class _Launch:
         keep_in = keep.to(torch.int8).contiguous() if keep is not None else keyok
         strides = [s for t in (query, key, value) for s in t.stride()[:3]]
         block_d = max(16, 1 << (depth - 1).bit_length())
-        options = {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_D": block_d,
+        options = {**LAUNCH, "BLOCK_D": block_d,
                    "DROP": 0 if dropout_p == 0.0 else (2 if keep is not None else 1),
                    # The interpreter multiplies 16-bit blocks wrongly (see frpe_triton._dot).
                    "DOT_F32": interpreted(), "IEEE": query.dtype == torch.float32,
-                   # Twice FlashAttention's live tiles (q and q', two accumulators, the region masks): with 4 warps
-                   # ptxas spills 0.8-1.5 KB per thread on sm_90, with 8 warps 0.15-0.4 KB
-                   # (benchmarks/bench_kernel_resources.py).
-                   "num_warps": 8,
                    # Multiply-adds fused, as FlashAttention's kernels assume, whatever Triton's default
                    # (3.10 turns it off).
                    "enable_fp_fusion": True}
