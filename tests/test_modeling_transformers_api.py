@@ -653,3 +653,27 @@ def test_transformers_trainer_pretrains_our_masked_lm_with_its_collators(tmp_pat
     saved = torch.load(tmp_path / "checkpoint-6" / "pytorch_model.bin", weights_only=True)
     loaded = ours.NezhaForMaskedLM.from_pretrained(tmp_path / "checkpoint-6", config=model.config)
     assert all(torch.equal(loaded.state_dict()[k], v) for k, v in saved.items())
+
+
+@pytest.mark.parametrize("name", ["NezhaForSequenceClassification", "NezhaForPreTraining"])
+def test_outputs_survive_data_parallel_gather(name, monkeypatch):
+    """nn.DataParallel (transformers' Trainer on several GPUs in one process) rebuilds a dict output as
+    type(out)((key, gathered) for key in out): torch's own gather, its device copy replaced by a CPU concat."""
+    from torch.nn.parallel import scatter_gather
+
+    class CpuGather:
+        @staticmethod
+        def apply(target_device, dim, *tensors):
+            return torch.cat([t.reshape(1) if t.dim() == 0 else t for t in tensors], dim)
+
+    monkeypatch.setattr(scatter_gather, "Gather", CpuGather)
+    model = getattr(ours, name)(NezhaConfig(**TINY)).eval()
+    outs = [model(**inputs(name, seed=s), **labels(name)) for s in (0, 1)]
+    gathered = scatter_gather.gather(outs, "cpu")
+    assert type(gathered) is type(outs[0]) and list(gathered.keys()) == list(outs[0].keys())
+    for key in outs[0]:
+        expected = torch.cat([o[key].reshape(1) if o[key].dim() == 0 else o[key] for o in outs])
+        assert torch.equal(getattr(gathered, key), expected) and gathered[key] is getattr(gathered, key)
+    assert gathered.loss.shape == (2,)  # one loss per replica, as the Trainer then averages
+    with pytest.raises(TypeError, match="field name"):
+        type(outs[0])(iter([1, 2]))

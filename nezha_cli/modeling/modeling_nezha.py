@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -40,16 +40,27 @@ class ModelOutput(OrderedDict):
 
     ``out.logits``, ``out["logits"]`` and ``out[0]`` all work; keys, ``len``, iteration and ``to_tuple()`` hold the
     fields that are not None, in declaration order, which is also what ``return_dict=False`` returns. Built from a
-    mapping as first argument (how accelerate rebuilds the outputs it converts to fp32), the mapping's items become
-    the fields.
+    mapping, or from (name, value) pairs, as only argument, those become the fields: accelerate rebuilds the outputs
+    it converts to fp32 from a mapping, and ``nn.DataParallel`` (transformers' Trainer on several GPUs in one
+    process) gathers them as ``type(out)((name, value) for name in out)``.
     """
 
     def __post_init__(self) -> None:
         names = [f.name for f in fields(self)]
         first = getattr(self, names[0])
-        if isinstance(first, Mapping) and all(getattr(self, n) is None for n in names[1:]):
+        items = None
+        if all(getattr(self, n) is None for n in names[1:]):
+            if isinstance(first, Mapping):
+                items = list(first.items())
+            elif isinstance(first, Iterator) or (isinstance(first, (list, tuple)) and first and all(
+                    isinstance(x, tuple) and len(x) == 2 and isinstance(x[0], str) for x in first)):
+                items = list(first)
+                if not all(isinstance(x, tuple) and len(x) == 2 and x[0] in names for x in items):
+                    raise TypeError(f"{type(self).__name__}: an iterator as only argument must give (field name, "
+                                    f"value) pairs of {', '.join(names)}")
+        if items is not None:
             object.__setattr__(self, names[0], None)
-            for key, value in first.items():
+            for key, value in items:
                 if value is not None:
                     self[key] = value
             return
