@@ -516,6 +516,9 @@ def test_fused_attention_on_cuda_needs_triton_3_2(monkeypatch):
     monkeypatch.setattr(dispatch, "_TRITON", (3, 1))
     assert "needs Triton 3.2 or newer" in dispatch.fused_attention_unavailable(cuda)
     assert "Triton 3.1 is installed" in dispatch.fused_attention_unavailable(cuda)
+    q = torch.randn(1, 1, 4, 8)
+    with pytest.raises(RuntimeError, match="needs Triton 3.2 or newer"):  # called directly: refused, not compiled
+        frpe.fused_attention(q, q, q, max_relative_position=8)
     monkeypatch.setattr(dispatch, "_TRITON", (3, 6))
     monkeypatch.setattr(dispatch, "ENABLED", False)
     assert "NEZHA_TRITON=0" in dispatch.fused_attention_unavailable(cuda)

@@ -22,6 +22,7 @@ logger = logging.getLogger(__name__)
 
 SAFE_WEIGHTS_NAME = "model.safetensors"
 WEIGHTS_NAME = "pytorch_model.bin"
+WEIGHTS_NAMES = (SAFE_WEIGHTS_NAME, WEIGHTS_NAME)  # in the order they are looked for
 
 # Buffers that older writers stored but that are derived from the config here (transformers < 4.30 kept the
 # [L, L, d] relative table and position/token-type id buffers in some checkpoints).
@@ -101,7 +102,7 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 
 def find_weights(directory: Path) -> Path:
-    for name in (SAFE_WEIGHTS_NAME, WEIGHTS_NAME):
+    for name in WEIGHTS_NAMES:
         if (directory / name).is_file():
             return directory / name
     raise ModelFileNotFoundError(
@@ -253,7 +254,7 @@ def from_pretrained(cls, pretrained_model_name_or_path: str | Path | None, *mode
         config = NezhaConfig.from_pretrained(config)
     if config is None:
         if not (directory / CONFIG_NAME).is_file():
-            if any((directory / name).is_file() for name in (SAFE_WEIGHTS_NAME, WEIGHTS_NAME)):
+            if any((directory / name).is_file() for name in WEIGHTS_NAMES):
                 # transformers' Trainer.save_model writes only the weights of a model that is not its own class.
                 raise ModelFileNotFoundError(
                     f"{directory}: weights without {CONFIG_NAME} (as transformers' Trainer saves models of other "

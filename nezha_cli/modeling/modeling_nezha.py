@@ -48,16 +48,20 @@ class ModelOutput(OrderedDict):
     def __post_init__(self) -> None:
         names = [f.name for f in fields(self)]
         first = getattr(self, names[0])
+        def field_pair(x) -> bool:
+            return isinstance(x, tuple) and len(x) == 2 and x[0] in names
+
         items = None
         if all(getattr(self, n) is None for n in names[1:]):
             if isinstance(first, Mapping):
                 items = list(first.items())
-            elif isinstance(first, Iterator) or (isinstance(first, (list, tuple)) and first and all(
-                    isinstance(x, tuple) and len(x) == 2 and isinstance(x[0], str) for x in first)):
+            elif isinstance(first, Iterator):
                 items = list(first)
-                if not all(isinstance(x, tuple) and len(x) == 2 and x[0] in names for x in items):
+                if not all(map(field_pair, items)):
                     raise TypeError(f"{type(self).__name__}: an iterator as only argument must give (field name, "
                                     f"value) pairs of {', '.join(names)}")
+            elif isinstance(first, (list, tuple)) and first and all(map(field_pair, first)):
+                items = list(first)
         if items is not None:
             object.__setattr__(self, names[0], None)
             for key, value in items:
@@ -803,7 +807,8 @@ class NezhaPreTrainedModel(nn.Module):
 
     @classmethod
     def _from_config(cls, config: NezhaConfig, **kwargs):
-        torch_dtype = kwargs.pop("torch_dtype", None) or kwargs.pop("dtype", None)
+        torch_dtype, dtype = kwargs.pop("torch_dtype", None), kwargs.pop("dtype", None)
+        torch_dtype = dtype or torch_dtype  # transformers 4.56's name wins, as in the config
         model = cls(config, **kwargs)
         return model if torch_dtype is None else model.to(torch_dtype)
 

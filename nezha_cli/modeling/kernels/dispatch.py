@@ -199,6 +199,14 @@ _HAS_TRITON = _TRITON is not None
 FUSED_MIN_TRITON = (3, 2)
 
 
+def triton_too_old() -> str | None:
+    """Why the installed Triton cannot compile the fused kernels (see FUSED_MIN_TRITON), or None."""
+    if _TRITON is None or _TRITON >= FUSED_MIN_TRITON:
+        return None
+    return (f"the kernel needs Triton {'.'.join(map(str, FUSED_MIN_TRITON))} or newer (torch 2.6 or newer brings "
+            f"it); Triton {_TRITON[0]}.{_TRITON[1]} is installed")
+
+
 def fused_attention_unavailable(device: torch.device) -> str | None:
     """Why the fused Triton kernel cannot serve tensors on ``device``, or None where it can: CUDA with Triton 3.2 or
     newer (``NEZHA_TRITON`` not 0), or the CPU through Triton's interpreter (``TRITON_INTERPRET=1``: tests)."""
@@ -209,10 +217,7 @@ def fused_attention_unavailable(device: torch.device) -> str | None:
             return "NEZHA_TRITON=0 turns the Triton kernels off"
         if _TRITON is None:
             return "the kernel needs Triton, which is not installed"
-        if _TRITON < FUSED_MIN_TRITON:
-            return (f"the kernel needs Triton {'.'.join(map(str, FUSED_MIN_TRITON))} or newer (torch 2.6 or newer "
-                    f"brings it); Triton {_TRITON[0]}.{_TRITON[1]} is installed")
-        return None
+        return triton_too_old()
     if device.type == "cpu" and frpe.interpreted() and _HAS_TRITON:
         return None
     return f"the kernel needs a CUDA GPU with Triton; this is a {device.type}"

@@ -112,8 +112,14 @@ def _sdpa_backends(x: torch.Tensor):
 # ----------------------------------------------------------------------------------------- fused kernel
 
 
-@functools.cache
 def _kernels():
+    """The Triton kernels, refused where the installed Triton would abort the process compiling them."""
+    if not interpreted():
+        from nezha_cli.modeling.kernels.dispatch import triton_too_old
+
+        reason = triton_too_old()
+        if reason is not None:
+            raise RuntimeError(f"fused attention: {reason}")
     from nezha_cli.modeling.kernels import frpe_triton
 
     return frpe_triton
@@ -245,10 +251,6 @@ def compile_ahead(capability: int, dtype: torch.dtype = torch.bfloat16, dropout_
     """
     if interpreted():
         raise RuntimeError("compile_ahead needs Triton's compiler; unset TRITON_INTERPRET")
-    from nezha_cli.modeling.kernels import dispatch
-
-    if dispatch._TRITON is not None and dispatch._TRITON < dispatch.FUSED_MIN_TRITON:
-        raise RuntimeError(f"compile_ahead: {dispatch.fused_attention_unavailable(torch.device('cuda'))}")
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -337,12 +339,6 @@ def fused_attention(query, key, value, key_valid=None, query_positions=None, max
     keys (the additive-mask definition). ``dropout_p``: attention dropout, drawn from Philox with a seed taken from
     torch's generator on the device (seeded runs repeat; gradient checkpointing regenerates the same mask).
     """
-    if query.device.type == "cuda":
-        from nezha_cli.modeling.kernels.dispatch import fused_attention_unavailable
-
-        reason = fused_attention_unavailable(query.device)
-        if reason is not None:  # an old Triton would abort the process compiling the kernels
-            raise RuntimeError(f"fused_attention: {reason}")
     if dropout_p > 0.0:
         seed = torch.randint(0, 2**30, (1,), device=query.device, dtype=torch.int64)
     else:

@@ -29,6 +29,13 @@ def _dot(a, b, DOT_F32: tl.constexpr, IEEE: tl.constexpr):
 
 
 @triton.jit
+def _program(H):
+    """(block index, batch x head, batch, head) of this program: grid (blocks, batch x heads)."""
+    bh = tl.program_id(1)
+    return tl.program_id(0), bh, bh // H, bh % H
+
+
+@triton.jit
 def _keep(seed, keep_in, keep_out, rows, cols, ok, n_cols, p_drop, DROP: tl.constexpr, RECORD: tl.constexpr):
     """The dropout keep mask of a tile: Philox (DROP 1) from (seed, row * n_cols + col), or given (DROP 2)."""
     offsets = rows[:, None] * n_cols + cols[None, :]
@@ -66,10 +73,7 @@ def frpe_forward_kernel(Q, QR, Kp, V, E, CLO, CHI, QPOS, KEYOK, DEAD, SEED, KEEP
                         H, LQ, LK, D, K, scale, p_drop, inv_keep,
                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                         DROP: tl.constexpr, RECORD: tl.constexpr, DOT_F32: tl.constexpr, IEEE: tl.constexpr):
-    pid = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = bh // H
-    h = bh % H
+    pid, bh, b, h = _program(H)
     rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.arange(0, BLOCK_D)
     col_ok = cols < D
@@ -180,10 +184,7 @@ def frpe_backward_kv_kernel(Q, QR, Kp, V, E, CLO, CHI, QPOS, KEYOK, DEAD, SEED, 
                             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                             DROP: tl.constexpr, RECORD: tl.constexpr, DOT_F32: tl.constexpr, IEEE: tl.constexpr):
     # One program per block of keys: dk and dv summed over every query block.
-    pid = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = bh // H
-    h = bh % H
+    pid, bh, b, h = _program(H)
     j0 = pid * BLOCK_N
     j_pos = j0 + tl.arange(0, BLOCK_N)
     cols = tl.arange(0, BLOCK_D)
@@ -231,10 +232,7 @@ def frpe_backward_q_kernel(Q, QR, Kp, V, E, CLO, CHI, QPOS, KEYOK, DEAD, SEED, K
                            BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                            DROP: tl.constexpr, DOT_F32: tl.constexpr, IEEE: tl.constexpr):
     # One program per block of queries: dq (with the constants' part) and dq', the gradient of q' = R(i)^T q.
-    pid = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = bh // H
-    h = bh % H
+    pid, bh, b, h = _program(H)
     rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.arange(0, BLOCK_D)
     col_ok = cols < D
