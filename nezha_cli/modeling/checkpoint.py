@@ -26,7 +26,7 @@ WEIGHTS_NAMES = (SAFE_WEIGHTS_NAME, WEIGHTS_NAME)  # in the order they are looke
 
 # Buffers that older writers stored but that are derived from the config here (transformers < 4.30 kept the
 # [L, L, d] relative table and position/token-type id buffers in some checkpoints).
-_DERIVED_SUFFIXES = ("relative_positions_encoding.positions_encoding", "embeddings.position_ids",
+DERIVED_SUFFIXES = ("relative_positions_encoding.positions_encoding", "embeddings.position_ids",
                      "embeddings.token_type_ids")
 
 # Parameters that belong to task heads rather than the NEZHA body; missing ones are expected when fine-tuning
@@ -187,7 +187,7 @@ def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> LoadR
     expected = model.state_dict()
     usable: dict[str, torch.Tensor] = {}
     for name, tensor in _rename_for(model, state_dict).items():
-        if name.endswith(_DERIVED_SUFFIXES):
+        if name.endswith(DERIVED_SUFFIXES):
             report.skipped.append(name)
         elif name not in expected:
             report.unexpected.append(name)

@@ -321,7 +321,8 @@ class NezhaAttention(nn.Module):
         # The current position of each remaining original head.
         remaining = [h for h in range(self.self.num_attention_heads + len(self.pruned_heads))
                      if h not in self.pruned_heads]
-        keep = torch.ones(len(remaining), size, dtype=torch.bool)
+        # On the CPU even where the model is being built on the meta device (transformers 5's from_pretrained).
+        keep = torch.ones(len(remaining), size, dtype=torch.bool, device="cpu")
         for position, head in enumerate(remaining):
             if head in heads:
                 keep[position] = False
@@ -494,6 +495,10 @@ class NezhaLMPredictionHead(nn.Module):
         self.bias = nn.Parameter(torch.zeros(config.vocab_size))
         self.decoder.bias = self.bias
 
+    def _tie_weights(self) -> None:
+        # The model's tie_weights calls it (transformers' calls it on every module that has it).
+        self.decoder.bias = self.bias
+
     def forward(self, hidden_states, decoder_weight=None):
         # ``decoder_weight``: an alias of decoder.weight given by the model (see tied_word_lookup).
         hidden_states = self.transform(hidden_states)
@@ -554,17 +559,22 @@ class NezhaPreTrainedModel(nn.Module):
     _no_split_modules = ["NezhaLayer"]
 
     def __init__(self, config: NezhaConfig, *args, **kwargs):
-        super().__init__()
         if not isinstance(config, NezhaConfig):
             raise TypeError(f"config must be a NezhaConfig, got {type(config).__name__}")
         config.validate()
+        super().__init__(*self._base_init_arguments(config))
         self.config = config
         self.name_or_path = config.name_or_path
+
+    def _base_init_arguments(self, config: NezhaConfig) -> tuple:
+        """What the next class's constructor takes: nothing for nn.Module; the config for transformers'
+        PreTrainedModel, which follows this class in nezha_cli.modeling.transformers_classes."""
+        return ()
 
     def post_init(self) -> None:
         """Initialise the weights, prune the config's pruned heads, tie the decoder (transformers' post_init)."""
         self.init_weights()
-        if self.config.gradient_checkpointing:
+        if getattr(self.config, "gradient_checkpointing", False):  # a transformers config may not have it
             self.gradient_checkpointing_enable()
 
     def init_weights(self) -> None:
@@ -588,6 +598,12 @@ class NezhaPreTrainedModel(nn.Module):
             module.bias.data.zero_()
         elif isinstance(module, NezhaLMPredictionHead):
             module.bias.data.zero_()
+        elif isinstance(module, NezhaEncoder):
+            # Derived from the config, not saved: transformers 5 loads into a model built on the meta device and
+            # has such buffers filled here.
+            table = module.relative_positions_table
+            module.relative_positions_table = relative_position_table(
+                self.config.max_relative_position, self.config.attention_head_size).to(table.device, table.dtype)
 
     # -- properties transformers' models have -----------------------------------------------------------------
     @property
@@ -641,7 +657,7 @@ class NezhaPreTrainedModel(nn.Module):
         head.weight = nn.Parameter(words.detach().clone()) if self.config.torchscript else words
         predictions = self._mlm_head()
         if predictions is not None and head is predictions.decoder:
-            head.bias = predictions.bias
+            predictions._tie_weights()
 
     def _mlm_head(self) -> NezhaLMPredictionHead | None:
         cls = getattr(self, "cls", None)
@@ -714,11 +730,14 @@ class NezhaPreTrainedModel(nn.Module):
     # -- attention heads --------------------------------------------------------------------------------------
     def prune_heads(self, heads_to_prune: dict[int, list[int]]) -> None:
         """Remove heads for good, ``{layer: [head, ...]}``; recorded in ``config.pruned_heads`` (saved with it)."""
+        # Layers as numbers: config.json keys are strings (transformers 5 leaves them so).
+        heads_to_prune = {int(layer): set(heads) for layer, heads in heads_to_prune.items()}
+        pruned = {int(layer): set(heads) for layer, heads in self.config.pruned_heads.items()}
         for layer, heads in heads_to_prune.items():
-            union = set(self.config.pruned_heads.get(layer, [])) | set(heads)
-            self.config.pruned_heads[int(layer)] = sorted(union)
+            pruned[layer] = pruned.get(layer, set()) | heads
+        self.config.pruned_heads = {layer: sorted(heads) for layer, heads in pruned.items()}
         for layer, heads in heads_to_prune.items():
-            self.base_model.encoder.layer[int(layer)].attention.prune_heads(heads)
+            self.base_model.encoder.layer[layer].attention.prune_heads(heads)
 
     def get_head_mask(self, head_mask: torch.Tensor | None, num_hidden_layers: int) -> torch.Tensor | None:
         """[H] or [layers, H] (1 = keep) -> [layers, 1, H, 1, 1], to multiply each layer's probabilities."""
