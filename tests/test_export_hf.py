@@ -54,6 +54,7 @@ def test_hf_export_round_trip(name, tmp_path):
 
     auto = AUTO_CLASSES[name]
     assert f"{auto}.from_pretrained" in (out / "README.md").read_text()
+    assert "nezha_cli.modeling.transformers_classes import register; register()" in (out / "README.md").read_text()
     assert type(getattr(transformers, auto).from_pretrained(out)).__name__ == name
 
 

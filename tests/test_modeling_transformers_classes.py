@@ -108,6 +108,13 @@ def test_checkpoints_move_between_the_two_families(name, safe, tmp_path):
     same_outputs(tc.MODEL_CLASSES[name].from_pretrained(tmp_path / "ours"), model, name)
 
 
+def test_hub_ids_are_refused_not_downloaded(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for load in (tc.NezhaModel.from_pretrained, tc.NezhaConfig.from_pretrained):
+        with pytest.raises(OSError, match="sijunhe/nezha-cn-base: model directory not found .*never downloads"):
+            load("sijunhe/nezha-cn-base")
+
+
 def test_a_head_loads_from_a_body_and_the_body_from_a_head(tmp_path):
     build("NezhaForSequenceClassification").save_pretrained(tmp_path / "head")
     body = tc.NezhaModel.from_pretrained(tmp_path / "head")
@@ -132,6 +139,22 @@ def test_buffers_of_older_checkpoints_are_not_unexpected(tmp_path):
     loaded, info = tc.NezhaModel.from_pretrained(tmp_path, output_loading_info=True)
     assert not info["unexpected_keys"] and not info["missing_keys"]  # lists in 4.x, sets in 5
     same_outputs(loaded, model, "NezhaModel")
+
+
+def test_head_parts_a_body_lacks_are_initialised(tmp_path):
+    """transformers builds the model without running constructors' init (meta device, or init skipped) and
+    initialises what the checkpoint lacks through the model's weight init: the CRF and word features included."""
+    build("NezhaModel").save_pretrained(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = tc.NezhaForTokenClassification.from_pretrained(tmp_path, num_labels=5, use_crf=True,
+                                                               word_features="jieba-pos")
+    crf = model.crf
+    assert all(torch.equal(p, torch.zeros_like(p)) for p in (crf.transitions, crf.start_transitions,
+                                                             crf.end_transitions))
+    words = model.word_feature_embeddings.weight
+    assert torch.equal(words[0], torch.zeros(32)) and 0.01 < words[1:].std() < 0.03  # padding row, N(0, 0.02)
+    assert torch.equal(model.classifier.bias, torch.zeros(5)) and torch.isfinite(model.classifier.weight).all()
 
 
 def test_dtype_and_attention_implementation_reach_the_model(tmp_path):
@@ -189,6 +212,7 @@ def test_gradient_checkpointing_gives_the_same_gradients():
 def test_register_makes_the_auto_classes_build_them(tmp_path):
     """In a child process: the Auto classes' registry is process-wide."""
     build("NezhaForSequenceClassification").save_pretrained(tmp_path)
+    (tmp_path / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "华", "为"]) + "\n")
     script = f"""
 import transformers
 from nezha_cli.modeling import transformers_classes as tc
@@ -200,6 +224,8 @@ config = transformers.AutoConfig.from_pretrained({str(tmp_path)!r})
 print(type(model).__name__, type(body).__name__, type(config).__module__)
 assert type(model) is tc.NezhaForSequenceClassification and type(body) is tc.NezhaModel
 assert type(config) is tc.NezhaConfig
+tokenizer = transformers.AutoTokenizer.from_pretrained({str(tmp_path)!r})  # vocab.txt alone: BERT's, as in 4.x
+assert tokenizer("华为")["input_ids"] == [2, 5, 6, 3], tokenizer("华为")
 """
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -178,7 +178,9 @@ def model_card(model: NezhaPreTrainedModel, model_dir: Path, name: str,
     lines += ["## Use", "", "```python", f"from transformers import AutoTokenizer, {auto}  # transformers < 5", "",
               'tokenizer = AutoTokenizer.from_pretrained("path/to/this/directory")',
               f'model = {auto}.from_pretrained("path/to/this/directory")  # {architecture}', "```", "",
-              "or with nezha-cli: `nezha_cli.modeling.load_model(\"path/to/this/directory\")`.", ""]
+              "transformers 5 has no Nezha: with nezha-cli installed, `from nezha_cli.modeling.transformers_classes "
+              "import register; register()` first. Or with nezha-cli alone: "
+              "`nezha_cli.modeling.load_model(\"path/to/this/directory\")`.", ""]
     return "\n".join(lines)
 
 

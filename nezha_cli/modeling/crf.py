@@ -40,10 +40,16 @@ class ConditionalRandomField(nn.Module):
     def __init__(self, num_tags: int):
         super().__init__()
         self.num_tags = num_tags
-        # Zero at the start: the untrained CRF decodes like the per-token scores alone.
-        self.start_transitions = nn.Parameter(torch.zeros(num_tags))
-        self.end_transitions = nn.Parameter(torch.zeros(num_tags))
-        self.transitions = nn.Parameter(torch.zeros(num_tags, num_tags))
+        self.start_transitions = nn.Parameter(torch.empty(num_tags))
+        self.end_transitions = nn.Parameter(torch.empty(num_tags))
+        self.transitions = nn.Parameter(torch.empty(num_tags, num_tags))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Zero: the untrained CRF decodes like the per-token scores alone. (Also what the model's weight init calls
+        for a CRF a checkpoint lacks: transformers' loaders build models without running constructors' init.)"""
+        for parameter in (self.start_transitions, self.end_transitions, self.transitions):
+            parameter.data.zero_()
 
     def forward(self, emissions: torch.Tensor, labels: torch.Tensor, pairwise: bool | None = None) -> torch.Tensor:
         """Negative log-likelihood of the gold tag sequences, summed over rows and divided by the number of

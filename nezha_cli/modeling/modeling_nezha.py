@@ -598,6 +598,8 @@ class NezhaPreTrainedModel(nn.Module):
             module.bias.data.zero_()
         elif isinstance(module, NezhaLMPredictionHead):
             module.bias.data.zero_()
+        elif isinstance(module, ConditionalRandomField):
+            module.reset_parameters()
         elif isinstance(module, NezhaEncoder):
             # Derived from the config, not saved: transformers 5 loads into a model built on the meta device and
             # has such buffers filled here.

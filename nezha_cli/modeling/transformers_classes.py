@@ -23,6 +23,7 @@ import copy
 import dataclasses
 import functools
 import re
+from pathlib import Path
 
 try:
     import transformers
@@ -32,6 +33,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 from transformers import PreTrainedModel, modeling_outputs
 from transformers.utils import ModelOutput
 
+from nezha_cli.errors import ModelFileNotFoundError
 from nezha_cli.modeling import checkpoint, configuration
 from nezha_cli.modeling import modeling_nezha as nezha
 
@@ -39,6 +41,13 @@ from nezha_cli.modeling import modeling_nezha as nezha
 _TransformersConfig = getattr(transformers, "PreTrainedConfig", None) or transformers.PretrainedConfig
 # transformers 5 gives tied weights as {tied parameter: the parameter it is tied to}; 4.x as a list of the former.
 _TIES_AS_MAPPING = int(transformers.__version__.split(".")[0]) >= 5
+
+
+def _local_only(path, kwargs: dict) -> None:
+    """nezha never downloads: a Hub id (which transformers would fetch) is refused as nezha_cli.modeling refuses it."""
+    if path is not None and not Path(path).exists():
+        raise ModelFileNotFoundError(f"{path}: model directory not found ({configuration.LOCAL_ONLY})")
+    kwargs["local_files_only"] = True
 
 
 class NezhaConfig(_TransformersConfig, configuration.NezhaConfig):
@@ -82,6 +91,11 @@ class NezhaConfig(_TransformersConfig, configuration.NezhaConfig):
     def attn_implementation(self, value: str | None) -> None:
         self._attn_implementation = value
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        _local_only(pretrained_model_name_or_path, kwargs)
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+
     def validate(self, source: str | None = None) -> None:
         """nezha's checks (:meth:`nezha_cli.modeling.NezhaConfig.validate`), then transformers 5's own."""
         configuration.NezhaConfig.validate(self, source)
@@ -111,12 +125,17 @@ class _FromTransformers:
     # Buffers older checkpoints hold that are derived from the config here (the relative table, id buffers).
     _keys_to_ignore_on_load_unexpected = [re.escape(suffix) + "$" for suffix in checkpoint.DERIVED_SUFFIXES]
     _tied_weights_keys = None  # the two MLM classes set theirs
-    from_pretrained = PreTrainedModel.__dict__["from_pretrained"]
     _from_config = PreTrainedModel.__dict__["_from_config"]
     save_pretrained = PreTrainedModel.save_pretrained
     init_weights = PreTrainedModel.init_weights
     tie_weights = PreTrainedModel.tie_weights
     resize_token_embeddings = PreTrainedModel.resize_token_embeddings
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """transformers' ``from_pretrained``, from local directories only (as everywhere in nezha)."""
+        _local_only(pretrained_model_name_or_path, kwargs)
+        return PreTrainedModel.from_pretrained.__func__(cls, pretrained_model_name_or_path, *model_args, **kwargs)
 
     def _base_init_arguments(self, config: NezhaConfig) -> tuple:
         return (config,)
@@ -202,7 +221,8 @@ _AUTO_CLASSES = {
 
 
 def register(exist_ok: bool = False) -> None:
-    """Make ``AutoConfig`` and the ``AutoModel...`` classes build these for ``model_type`` "nezha".
+    """Make ``AutoConfig`` and the ``AutoModel...`` classes build these for ``model_type`` "nezha" (and
+    ``AutoTokenizer`` BERT's tokenizer, as transformers 4.x did for its Nezha).
 
     transformers 5 has no Nezha, so its Auto classes refuse NEZHA checkpoints until this is called. transformers 4.x
     has its own (deprecated) Nezha under that name: ``exist_ok=True`` replaces it there. Calling it again is a no-op.
@@ -215,6 +235,9 @@ def register(exist_ok: bool = False) -> None:
     AutoConfig.register(NezhaConfig.model_type, NezhaConfig, exist_ok=exist_ok)
     for auto_name, model_class in _AUTO_CLASSES.items():
         getattr(transformers, auto_name).register(NezhaConfig, model_class, exist_ok=exist_ok)
+    # NEZHA checkpoints carry BERT-Chinese's vocab.txt, often without a tokenizer_config.json that names a class.
+    transformers.AutoTokenizer.register(NezhaConfig, slow_tokenizer_class=transformers.BertTokenizer,
+                                        fast_tokenizer_class=transformers.BertTokenizerFast, exist_ok=exist_ok)
 
 
 __all__ = ["MODEL_CLASSES", "NezhaConfig", "NezhaForPreTrainingOutput", "NezhaPreTrainedModel", "register",
