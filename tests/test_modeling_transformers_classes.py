@@ -216,7 +216,13 @@ def test_register_makes_the_auto_classes_build_them(tmp_path):
     script = f"""
 import transformers
 from nezha_cli.modeling import transformers_classes as tc
-tc.register(exist_ok={not V5})  # transformers 4.x has its own deprecated Nezha under the name
+if {not V5}:  # transformers 4.x has its own deprecated Nezha under the name
+    try:
+        tc.register()
+        raise AssertionError("registered over transformers' own Nezha without exist_ok")
+    except ValueError as exc:
+        assert "register(exist_ok=True) replaces it" in str(exc), exc
+tc.register(exist_ok={not V5})
 tc.register()  # again: nothing to do
 model = transformers.AutoModelForSequenceClassification.from_pretrained({str(tmp_path)!r})
 body = transformers.AutoModel.from_pretrained({str(tmp_path)!r})

@@ -230,8 +230,12 @@ def register(exist_ok: bool = False) -> None:
     from transformers import AutoConfig
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
-    if NezhaConfig.model_type in CONFIG_MAPPING and CONFIG_MAPPING[NezhaConfig.model_type] is NezhaConfig:
-        return
+    if NezhaConfig.model_type in CONFIG_MAPPING:
+        if CONFIG_MAPPING[NezhaConfig.model_type] is NezhaConfig:
+            return
+        if not exist_ok:
+            raise ValueError(f"transformers {transformers.__version__} has its own (deprecated) Nezha under "
+                             "model_type 'nezha': register(exist_ok=True) replaces it with these classes")
     AutoConfig.register(NezhaConfig.model_type, NezhaConfig, exist_ok=exist_ok)
     for auto_name, model_class in _AUTO_CLASSES.items():
         getattr(transformers, auto_name).register(NezhaConfig, model_class, exist_ok=exist_ok)
