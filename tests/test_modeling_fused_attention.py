@@ -208,6 +208,9 @@ def test_attn_implementation_is_validated_and_not_written(tmp_path):
     loaded = NezhaForPreTraining.from_pretrained(tmp_path, attn_implementation="fused")
     assert loaded.config.attn_implementation == "fused"
     assert {m.attn_implementation for m in loaded.modules() if hasattr(m, "attn_implementation")} == {"fused"}
+    with pytest.raises(ConfigError, match="attn_implementation='flash_attention_2'"):
+        loaded.set_attn_implementation("flash_attention_2")
+    assert loaded.config.attn_implementation == "fused"  # left as it was
 
 
 # ------------------------------------------------------------------------ the Triton kernel, interpreted

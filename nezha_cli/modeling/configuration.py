@@ -274,9 +274,7 @@ class NezhaConfig:
             from nezha_cli.text.word_features import check_scheme
 
             check_scheme(self.word_features, what="config field word_features")
-        if self.attn_implementation not in (None, *ATTENTION_IMPLEMENTATIONS):
-            raise ConfigError(f"attn_implementation={self.attn_implementation!r}: use one of "
-                              f"{', '.join(ATTENTION_IMPLEMENTATIONS)} (or leave it unset)")
+        check_attn_implementation(self.attn_implementation)
         if self.problem_type not in (None, "regression", "single_label_classification", "multi_label_classification"):
             raise ConfigError(f"config field problem_type={self.problem_type!r}: unknown problem type")
 
@@ -390,6 +388,13 @@ class NezhaConfig:
         config = result[0] if isinstance(result, tuple) else result
         config.name_or_path = str(pretrained_model_name_or_path)
         return result
+
+
+def check_attn_implementation(value: str | None) -> None:
+    """Raise :class:`ConfigError` unless ``value`` is one of ATTENTION_IMPLEMENTATIONS or None."""
+    if value not in (None, *ATTENTION_IMPLEMENTATIONS):
+        raise ConfigError(f"attn_implementation={value!r}: use one of {', '.join(ATTENTION_IMPLEMENTATIONS)} "
+                          "(or leave it unset)")
 
 
 def _torch_dtype(name: str):

@@ -19,7 +19,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from nezha_cli.modeling.checkpoint import from_pretrained, save_pretrained
-from nezha_cli.modeling.configuration import NezhaConfig
+from nezha_cli.modeling.configuration import NezhaConfig, check_attn_implementation
 from nezha_cli.modeling.crf import ConditionalRandomField
 from nezha_cli.modeling.kernels import fast_paths
 from nezha_cli.modeling.kernels.dispatch import attention_path
@@ -760,8 +760,8 @@ class NezhaPreTrainedModel(nn.Module):
         Triton kernel), or None (automatic); each falls back to eager where it does not apply
         (:func:`~nezha_cli.modeling.kernels.dispatch.attention_path`). Also ``from_pretrained(...,
         attn_implementation=...)`` and ``NezhaConfig(attn_implementation=...)``, as in transformers."""
+        check_attn_implementation(attn_implementation)  # before the config changes
         self.config.attn_implementation = attn_implementation
-        self.config.validate()
         for module in self.modules():
             if isinstance(module, NezhaSelfAttention):
                 module.attn_implementation = attn_implementation

@@ -149,9 +149,7 @@ class _FromTransformers:
 
     def _check_and_adjust_attn_implementation(self, attn_implementation: str | None, *args, **kwargs) -> str:
         """transformers asks each model which attention implementations it has: nezha's, not transformers'."""
-        if attn_implementation not in (None, *configuration.ATTENTION_IMPLEMENTATIONS):
-            raise ValueError(f"attn_implementation={attn_implementation!r}: NEZHA's relative attention has "
-                             f"{', '.join(configuration.ATTENTION_IMPLEMENTATIONS)}")
+        configuration.check_attn_implementation(attn_implementation)  # a ValueError, as transformers raises
         return attn_implementation or "eager"
 
 
