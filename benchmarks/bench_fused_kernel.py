@@ -98,6 +98,8 @@ def main(argv=None) -> list[dict]:
 
     from nezha_cli.modeling.kernels import frpe
 
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("no CUDA device is visible: use --device cpu (with --tiny for a quick check)")
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if args.device == "cuda" else "CPU (Triton interpreter)"

@@ -32,3 +32,12 @@ def test_configurations_parse(load_benchmark):
     assert bench.parse_configs("64x64x8,128x32x4") == [{"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 8},
                                                        {"BLOCK_M": 128, "BLOCK_N": 32, "num_warps": 4}]
     assert bench.parse_lengths("128:256,512:32") == [(128, 256), (512, 32)]
+
+
+def test_without_a_gpu_it_says_so_in_one_line(load_benchmark, monkeypatch):
+    import torch
+
+    bench = load_benchmark("bench_fused_kernel")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit, match="no CUDA device is visible: use --device cpu"):
+        bench.main([])
