@@ -9,12 +9,12 @@ transformers 4.57 and 5.x::
 
     from nezha_cli.modeling.transformers_classes import NezhaForSequenceClassification, register
 
-    model = NezhaForSequenceClassification.from_pretrained("nezha-cn-base", num_labels=2)
+    model = NezhaForSequenceClassification.from_pretrained("path/to/nezha-cn-base", num_labels=2)
     register()  # AutoModel & co. build these for model_type "nezha" (transformers 5 has no Nezha of its own)
 
-The modules, forward passes, outputs and weight names are nezha_cli.modeling's (the classes derive from them);
-transformers provides loading and saving (``from_pretrained``/``save_pretrained`` with all their options), weight
-initialisation and tying, and vocabulary resizing. Checkpoints move freely between the two families.
+The modules, forward passes and weight names are nezha_cli.modeling's (the classes derive from them), the outputs
+transformers' output classes; transformers provides loading (from local directories only, as all of nezha) and
+saving, weight initialisation and tying, and vocabulary resizing. Checkpoints move freely between the two families.
 """
 
 from __future__ import annotations
