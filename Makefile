@@ -33,8 +33,9 @@ $(VENV)/.test: pyproject.toml $(VENV)/.torch
 	touch $@
 
 # nezha_cli.modeling.transformers_classes is tested against transformers 5 as well as the test extra's 4.57: its
-# packages go to a folder of their own, put first on the path for that one test file.
-TRANSFORMERS5 ?= transformers>=5,<6
+# packages go to a folder of their own, put first on the path for that one test file. Pinned to the newest 5.x
+# checked, so that a new release cannot turn main red unseen; raise it after running the file against the next.
+TRANSFORMERS5 ?= transformers==5.25.0
 $(VENV)/transformers5/.installed: | $(VENV)/.test
 	rm -rf $(VENV)/transformers5
 	$(BIN)/pip install --quiet --target $(VENV)/transformers5 "$(TRANSFORMERS5)"
