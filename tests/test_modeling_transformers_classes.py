@@ -16,6 +16,8 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
+from test_modeling_transformers_api import TINY, B, inputs  # noqa: E402  (the tiny config and batches of nezha's tests)
+
 from nezha_cli import modeling as ours  # noqa: E402
 from nezha_cli.errors import ConfigError  # noqa: E402
 from nezha_cli.modeling import transformers_classes as tc  # noqa: E402
@@ -23,19 +25,7 @@ from nezha_cli.modeling.modeling_nezha import NezhaSelfAttention  # noqa: E402
 
 NAMES = list(tc.MODEL_CLASSES)
 MLM = ["NezhaForPreTraining", "NezhaForMaskedLM"]
-TINY = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
-            max_position_embeddings=64, max_relative_position=8)
-B, L = 2, 12
 V5 = int(transformers.__version__.split(".")[0]) >= 5
-
-
-def inputs(name: str, seed: int = 0) -> dict:
-    g = torch.Generator().manual_seed(seed)
-    x = {"input_ids": torch.randint(1, 99, (B, L), generator=g), "attention_mask": torch.ones(B, L, dtype=torch.long)}
-    x["attention_mask"][1, L - 5:] = 0
-    if name == "NezhaForMultipleChoice":
-        x = {k: v[:, None].repeat(1, 3, 1) for k, v in x.items()}
-    return x
 
 
 def build(name: str, **config) -> torch.nn.Module:

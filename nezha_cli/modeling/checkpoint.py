@@ -27,7 +27,7 @@ WEIGHTS_NAMES = (SAFE_WEIGHTS_NAME, WEIGHTS_NAME)  # in the order they are looke
 # Buffers that older writers stored but that are derived from the config here (transformers < 4.30 kept the
 # [L, L, d] relative table and position/token-type id buffers in some checkpoints).
 DERIVED_SUFFIXES = ("relative_positions_encoding.positions_encoding", "embeddings.position_ids",
-                     "embeddings.token_type_ids")
+                    "embeddings.token_type_ids")
 
 # Parameters that belong to task heads rather than the NEZHA body; missing ones are expected when fine-tuning
 # (also how `nezha export` tells a head from the body in imported checkpoints).

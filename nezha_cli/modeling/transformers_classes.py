@@ -44,7 +44,8 @@ _TIES_AS_MAPPING = int(transformers.__version__.split(".")[0]) >= 5
 
 
 def _local_only(path, kwargs: dict) -> None:
-    """nezha never downloads: a Hub id (which transformers would fetch) is refused as nezha_cli.modeling refuses it."""
+    """nezha never downloads: a Hub id (which transformers would fetch) is refused as nezha_cli.modeling refuses it,
+    and ``kwargs`` tell transformers to stay off the Hub for files a local directory lacks."""
     if path is not None and not Path(path).exists():
         raise ModelFileNotFoundError(f"{path}: model directory not found ({configuration.LOCAL_ONLY})")
     kwargs["local_files_only"] = True
